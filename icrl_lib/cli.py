@@ -1,0 +1,57 @@
+"""Command line: ``python -m icrl_lib run <the paper's run_experiment.py flags>`` and ``max-examples``.
+
+Every command of the paper's README runs with only the program name changed, e.g.
+``python -m icrl_lib run --model_name microsoft/Phi-3.5-mini-instruct --task_name banking77 ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .config import config_from_argv
+
+
+def _max_examples(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="icrl max-examples", description="Most episodes whose worst-case prompt "
+                                     "fits 95%% of a token window (the paper's find_max_examples_given_max_window.py).")
+    parser.add_argument("--model_name", default="smollm2-135m-instruct", help="embedded alias, hub id or local folder")
+    parser.add_argument("--task_name", required=True, help="task, e.g. banking77 or clinic150_top10")
+    parser.add_argument("--max_window_tokens", type=int, default=None, help="window in tokens (default: the model's)")
+    parser.add_argument("--data_dir", default=None, help="local data folder (default: $ICRL_DATA_DIR, else the hub)")
+    parser.add_argument("--no-icrl", dest="icrl", action="store_false", help="ICL episodes (no feedback turns)")
+    args = parser.parse_args(argv)
+    from .runner import find_max_context_examples
+    from .tasks import parse_task_name
+
+    parse_task_name(args.task_name)  # fail on a bad name before loading the model
+    n = find_max_context_examples(args.model_name, args.task_name, args.max_window_tokens, args.data_dir, args.icrl)
+    print(f"{n} examples")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m icrl_lib`` and the ``icrl`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"run": "run one experiment (paper flags)", "max-examples": "max context examples for a window"}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m icrl_lib {run,max-examples} [flags]  (--help after a command for its flags)\n"
+              + "\n".join(f"  {k:13s} {v}" for k, v in commands.items()), file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        if argv[0] == "max-examples":
+            return _max_examples(argv[1:])
+        config = config_from_argv(argv[1:])
+        from .runner import run_experiment
+
+        result = run_experiment(config, progress=sys.stderr.isatty())
+        print(f"run folder: {result.run_dir}")
+        return 0
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

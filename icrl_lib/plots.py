@@ -1,0 +1,237 @@
+"""Plotly figures of ICRL runs, drawn from the tables of :mod:`icrl_lib.results`.
+
+Every function takes a tidy DataFrame (``steps_table`` / ``evaluation_table`` of one run, or ``load_runs`` /
+``load_run_steps`` over many) and returns a ``plotly.graph_objects.Figure``; nothing here reads files or runs
+a model. ``by`` names the column whose values become separate lines (e.g. ``"method"`` or ``"run"``); ``None``
+draws one line. :func:`save_html` writes a figure as one self-contained HTML file that opens offline.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+# The paper's methods in the order its plots list them; other strategy names follow alphabetically.
+METHOD_ORDER = ("zero-shot", "ICL", "naive ICRL", "explorative ICRL", "approximate ICRL")
+RUN_COLUMNS = ("run", "run_name", "run_dir")  # whichever a table has identifies one run
+_LAYOUT = dict(template="plotly_white", hovermode="x unified", legend_title_text="")
+
+
+def run_column(df: pd.DataFrame) -> str | None:
+    """The column that identifies a run in ``df`` (first of ``RUN_COLUMNS`` present), or None for one run."""
+    return next((c for c in RUN_COLUMNS if c in df.columns), None)
+
+
+def method_order(methods: Sequence[str]) -> list[str]:
+    """``methods`` (unique) in the paper's order, unknown names after, alphabetically."""
+    known = [m for m in METHOD_ORDER if m in set(methods)]
+    return known + sorted(set(methods) - set(METHOD_ORDER))
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: table lacks column(s) {missing}; it has {list(df.columns)}")
+
+
+def _groups(df: pd.DataFrame, by: str | None) -> list[tuple[str, pd.DataFrame]]:
+    """(legend name, rows sorted by step) per value of ``by``; methods in the paper's order."""
+    if by is None:
+        return [("", df.sort_values("step"))]
+    _require(df, [by], "by")
+    names = df[by].dropna().unique().tolist()
+    names = method_order(names) if by == "method" else sorted(names, key=str)
+    return [(str(name), df[df[by] == name].sort_values("step")) for name in names]
+
+
+def _line_figure(df: pd.DataFrame, y: str, by: str | None, title: str, y_title: str,
+                 percent: bool = False) -> go.Figure:
+    fig = go.Figure()
+    for name, rows in _groups(df, by):
+        fig.add_trace(go.Scatter(x=rows["step"], y=rows[y], mode="lines+markers" if len(rows) < 30 else "lines",
+                                 name=name or y_title, showlegend=by is not None))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title=y_title, **_LAYOUT)
+    if percent:
+        fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    return fig
+
+
+def test_accuracy_figure(tests: pd.DataFrame, *, by: str | None = None,
+                         title: str = "Test accuracy") -> go.Figure:
+    """Test accuracy over steps (columns ``step``, ``accuracy``), one line per value of ``by``."""
+    _require(tests, ["step", "accuracy"], "test_accuracy_figure")
+    return _line_figure(tests, "accuracy", by, title, "test accuracy", percent=True)
+
+
+def moving_accuracy(steps: pd.DataFrame, window: int | None, by: str | None = None) -> pd.Series:
+    """Mean reward over the last ``window`` training steps (None: since step 0), per ``by`` group.
+
+    Steps without a reward (ICL episodes) are left out; the result is aligned to ``steps``' index.
+    """
+    if window is not None and (not isinstance(window, int) or window < 1):
+        raise ValueError(f"window: must be None (cumulative) or an integer >= 1, got {window!r}")
+    _require(steps, ["step", "reward"], "moving_accuracy")
+    rewards = steps.sort_values("step")["reward"].astype("float64")
+    keys = steps.loc[rewards.index, by] if by is not None else pd.Series(0, index=rewards.index)
+    valid = rewards.dropna()
+    grouped = valid.groupby(keys.loc[valid.index], sort=False)
+    if window is None:
+        smooth = grouped.cumsum() / grouped.cumcount().add(1)
+    else:
+        smooth = grouped.transform(lambda s: s.rolling(window, min_periods=1).mean())
+    return smooth.reindex(steps.index)
+
+
+def running_accuracy_figure(steps: pd.DataFrame, *, window: int | None = 50, by: str | None = None,
+                            title: str | None = None) -> go.Figure:
+    """Training accuracy (reward) averaged over a moving ``window`` of steps; None = cumulative."""
+    table = steps.assign(moving_accuracy=moving_accuracy(steps, window, by)).dropna(subset=["moving_accuracy"])
+    label = "cumulative" if window is None else f"last {window} steps"
+    return _line_figure(table, "moving_accuracy", by, title or f"Training accuracy ({label})",
+                        "training accuracy", percent=True)
+
+
+def regret_figure(steps: pd.DataFrame, *, by: str | None = None, title: str = "Cumulative regret") -> go.Figure:
+    """Cumulative regret (count of reward 0 so far, column ``regret``) over steps."""
+    _require(steps, ["step", "regret"], "regret_figure")
+    return _line_figure(steps.dropna(subset=["regret"]), "regret", by, title, "cumulative regret")
+
+
+def context_figure(steps: pd.DataFrame, *, title: str = "Context over steps") -> go.Figure:
+    """Context size and positive-feedback episodes per step; approximate ICRL adds which context was used."""
+    _require(steps, ["step", "context_size", "context_positive"], "context_figure")
+    rows = steps.sort_values("step")
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=rows["step"], y=rows["context_size"], name="episodes in context", mode="lines"))
+    fig.add_trace(go.Scatter(x=rows["step"], y=rows["context_positive"], name="with positive feedback",
+                             mode="lines"))
+    if "context_index" in rows.columns and rows["context_index"].notna().any():
+        chosen = rows.dropna(subset=["context_index"])
+        fig.add_trace(go.Scatter(x=chosen["step"], y=chosen["context_index"], name="context index (approximate)",
+                                 mode="markers", marker=dict(size=4), yaxis="y2"))
+        fig.update_layout(yaxis2=dict(title="context index", overlaying="y", side="right", showgrid=False,
+                                      rangemode="tozero", dtick=1))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="episodes", **_LAYOUT)
+    return fig
+
+
+def _select(runs: pd.DataFrame, task: str | None, model: str | None, methods: Sequence[str] | None) -> pd.DataFrame:
+    keep = pd.Series(True, index=runs.index)
+    if task is not None:
+        keep &= runs["task_name"] == task
+    if model is not None:
+        keep &= runs["model_name"] == model
+    if methods is not None:
+        keep &= runs["method"].isin(list(methods))
+    return runs[keep]
+
+
+def main_comparison_figure(runs: pd.DataFrame, *, task: str, model: str | None = None,
+                           methods: Sequence[str] | None = None, title: str | None = None) -> go.Figure:
+    """The paper's main plot for one task: test accuracy over steps, one line per method.
+
+    ``runs`` is ``results.load_runs`` (one row per test step; columns task_name, model_name, method, step,
+    accuracy). Several runs of one method are averaged per step. A method tested only once (zero-shot) is drawn
+    as a dashed horizontal line across the steps of the others.
+    """
+    _require(runs, ["task_name", "model_name", "method", "step", "accuracy"], "main_comparison_figure")
+    rows = _select(runs, task, model, methods)
+    mean = rows.groupby(["method", "step"], as_index=False)["accuracy"].mean()
+    last = int(mean["step"].max()) if len(mean) else 0
+    fig = go.Figure()
+    for method in method_order(mean["method"].unique().tolist()):
+        line = mean[mean["method"] == method].sort_values("step")
+        if len(line) == 1 and last > 0:
+            fig.add_trace(go.Scatter(x=[0, last], y=[line["accuracy"].iloc[0]] * 2, name=method, mode="lines",
+                                     line=dict(dash="dash")))
+        else:
+            fig.add_trace(go.Scatter(x=line["step"], y=line["accuracy"], name=method, mode="lines+markers"))
+    model_text = f" — {model}" if model else ""
+    fig.update_layout(title=title or f"{task}{model_text}: test accuracy", xaxis_title="step",
+                      yaxis_title="test accuracy", **_LAYOUT)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    return fig
+
+
+def final_steps(steps: pd.DataFrame) -> pd.DataFrame:
+    """The last logged step of every run (the whole table's last row when there is no run column)."""
+    _require(steps, ["step"], "final_steps")
+    key = run_column(steps)
+    ordered = steps.sort_values("step")
+    return ordered.groupby(key, sort=False).tail(1) if key else ordered.tail(1)
+
+
+def regret_bar_figure(steps: pd.DataFrame, *, x: str = "task_name", color: str = "method",
+                      title: str = "Final cumulative regret") -> go.Figure:
+    """Regret at each run's last step, bars grouped by ``x`` and coloured by ``color`` (mean over runs)."""
+    _require(steps, ["step", "regret", x, color], "regret_bar_figure")
+    final = final_steps(steps).dropna(subset=["regret"])
+    table = final.groupby([x, color], as_index=False)["regret"].mean()
+    names = table[color].unique().tolist()
+    fig = go.Figure()
+    for name in method_order(names) if color == "method" else sorted(names, key=str):
+        bars = table[table[color] == name]
+        fig.add_trace(go.Bar(x=bars[x], y=bars["regret"], name=str(name)))
+    fig.update_layout(title=title, barmode="group", xaxis_title=x, yaxis_title="cumulative regret",
+                      **{**_LAYOUT, "hovermode": "closest"})
+    return fig
+
+
+def token_totals(steps: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Sum of ``prompt_tokens`` and ``computed_tokens`` per run (plus ``by`` columns), with steps counted."""
+    _require(steps, ["prompt_tokens", "computed_tokens", *by], "token_totals")
+    key = run_column(steps)
+    keys = list(dict.fromkeys([*([key] if key else []), *by]))
+    if not keys:
+        totals = steps[["prompt_tokens", "computed_tokens"]].sum().to_frame().T
+        return totals.assign(steps=len(steps))
+    grouped = steps.groupby(keys, sort=True, dropna=False)
+    totals = grouped[["prompt_tokens", "computed_tokens"]].sum()
+    return totals.assign(steps=grouped.size()).reset_index()
+
+
+def tokens_figure(steps: pd.DataFrame, *, label: str | Sequence[str] = ("task_name", "method"),
+                  title: str = "Tokens processed: computed vs prompt") -> go.Figure:
+    """Per run, total prompt tokens (what a cache-less model would process) next to tokens actually computed.
+
+    ``label`` names the column(s) that make each run's axis label; runs sharing a label are summed.
+    """
+    labels = [label] if isinstance(label, str) else list(label)
+    totals = token_totals(steps, labels)
+    names = totals[labels].astype(str).agg(" / ".join, axis=1) if labels else pd.Series(["run"] * len(totals))
+    table = totals.assign(label=names.values).groupby("label", as_index=False)[
+        ["prompt_tokens", "computed_tokens"]].sum()
+    fig = go.Figure([
+        go.Bar(x=table["label"], y=table["prompt_tokens"], name="prompt tokens"),
+        go.Bar(x=table["label"], y=table["computed_tokens"], name="computed tokens"),
+    ])
+    fig.update_layout(title=title, barmode="group", yaxis_title="tokens", **{**_LAYOUT, "hovermode": "closest"})
+    fig.update_yaxes(type="log")
+    return fig
+
+
+def empty_figure(message: str) -> go.Figure:
+    """A blank figure carrying ``message`` (used when a table has no rows to draw)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+    fig.update_layout(xaxis_visible=False, yaxis_visible=False, template="plotly_white")
+    return fig
+
+
+def save_html(fig: go.Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as one self-contained HTML file (plotly.js embedded, ~4.8 MB) that opens offline.
+
+    ``include_plotlyjs=True`` is used on purpose: "cdn" needs the network, and "directory" needs a
+    ``plotly.min.js`` next to the file, which breaks when the HTML alone is copied or mailed.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise ValueError(f"path: must end in .html or .htm, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+    os.replace(tmp, path)  # a reader never sees half a file
+    return path

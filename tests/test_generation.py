@@ -1,0 +1,141 @@
+"""Constrained decoding and the KV-cache fast path, on the real embedded model and real TREC/Banking77 data."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from icrl_lib.generation import LabelPredictor, LabelTrie, choose_token
+from icrl_lib.kvcache import PrefixCachePool, extend_cache, new_cache
+from icrl_lib.prompts import Episode, build_messages, render_prompt, system_prompt
+from icrl_lib.tasks import load_task
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def trec(data_dir):
+    return load_task("trec_coarse", data_dir)
+
+
+def make_prompts(lm, task, n_context: int, n_queries: int, icrl: bool = True):
+    """Prompts sharing one ICRL context of real training episodes (predictions = gold, alternating feedback)."""
+    train = task.sample_train(n_context + n_queries, seed=7)[1]
+    episodes = [
+        Episode(task.format_input(ex), task.answer(ex), task.answer(ex), i % 2) for i, ex in enumerate(train[:n_context])
+    ]
+    system = system_prompt(icrl, task.description)
+
+    def render(query):
+        msgs = build_messages(system, episodes, query, icrl=icrl, prediction_prefix=task.prediction_prefix,
+                              system_role=lm.system_role)
+        return render_prompt(lm.tokenizer, msgs, task.prediction_prefix) if query else lm.tokenizer.apply_chat_template(
+            msgs, tokenize=False)
+
+    return [render(task.format_input(ex)) for ex in train[n_context:]], render(None)
+
+
+def test_end_of_turn_comes_from_the_template(lm):
+    assert lm.tokenizer.convert_ids_to_tokens(lm.eot_id) == "<|im_end|>"
+    rendered = lm.tokenizer.apply_chat_template([{"role": "assistant", "content": "X"}], tokenize=False)
+    assert "X<|im_end|>" in rendered
+
+
+def test_trie_allows_exactly_the_label_sequences(lm, trec):
+    trie = LabelTrie.build(trec.labels, lm.encode, lm.eot_id)
+    # Walk every path of the trie: the complete paths are exactly the labels' token sequences.
+    complete, stack = set(), [()]
+    while stack:
+        node = stack.pop()
+        for token in trie.children.get(node, ()):
+            (complete.add(node + (token,)) if token == lm.eot_id else stack.append(node + (token,)))
+    assert complete == {tuple(lm.encode(" " + label)) + (lm.eot_id,) for label in trec.labels}
+
+
+def test_choose_token_follows_the_cdf():
+    logits = torch.tensor([0.0, math.log(3.0), 5.0])  # restricted to tokens 0 and 1: p = 0.25, 0.75
+    assert choose_token(logits, (0, 1), 1.0, 0.2)[0] == 0
+    assert choose_token(logits, (0, 1), 1.0, 0.3)[0] == 1
+    assert choose_token(logits, (0, 1), 0.0, 0.0)[0] == 1  # greedy
+    assert choose_token(logits, (0, 1), 1.0, 0.3)[1] == pytest.approx(math.log(0.75))
+
+
+@pytest.mark.parametrize("task_name,n_context", [("trec_coarse", 6), ("banking77", 4)])
+def test_cached_label_probabilities_equal_uncached(lm, data_dir, task_name, n_context):
+    task = load_task(task_name, data_dir)
+    prompts, _ = make_prompts(lm, task, n_context, 2)
+    predictor = LabelPredictor(lm, task.labels, temperature=1.0)
+    for prompt in prompts:
+        cached = predictor.label_logprobs(prompt, cached=True)
+        uncached = predictor.label_logprobs(prompt, cached=False)
+        assert sum(math.exp(v) for v in cached.values()) == pytest.approx(1.0, abs=1e-5)  # fp32 logits
+        a = np.array([cached[k] for k in task.labels])
+        b = np.array([uncached[k] for k in task.labels])
+        np.testing.assert_allclose(np.exp(a), np.exp(b), atol=1e-4)  # probabilities within 1e-4
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_fast_path_predictions_equal_full_recompute(lm, trec, temperature):
+    prompts, context = make_prompts(lm, trec, 8, 12)
+    fast = LabelPredictor(lm, trec.labels, temperature, fast=True, batch_size=5)  # 3 packed chunks
+    slow = LabelPredictor(lm, trec.labels, temperature, fast=False)
+    a = fast.predict(prompts, seed=123, stream=1, context=context)
+    b = slow.predict(prompts, seed=123, stream=1, context=context)
+    assert [p.label for p in a] == [p.label for p in b]
+    assert all(p.label in trec.labels for p in a)
+    np.testing.assert_allclose([p.logprob for p in a], [p.logprob for p in b], atol=1e-4)
+    # The fast path computed far fewer tokens for the same prompts.
+    ta, tb = fast.tokens.take(), slow.tokens.take()
+    assert ta["prompt"] == tb["prompt"] and ta["computed"] < tb["computed"] / 3
+
+
+def test_sampling_frequencies_match_trie_probabilities(lm, trec):
+    prompts, _ = make_prompts(lm, trec, 3, 1)
+    predictor = LabelPredictor(lm, trec.labels, temperature=1.0)
+    probs = {k: math.exp(v) for k, v in predictor.label_logprobs(prompts[0]).items()}
+    n = 600
+    draws = predictor.predict(prompts * n, seed=2024, stream=1)  # independent draw per query index
+    freq = {k: sum(p.label == k for p in draws) / n for k in trec.labels}
+    for label, p in probs.items():
+        sd = math.sqrt(p * (1 - p) / n)
+        assert abs(freq[label] - p) <= 4 * sd + 1e-3, (label, freq[label], p)
+    assert len({p.label for p in draws}) > 1  # the prompt is not degenerate, so the test can fail
+
+
+def test_same_seed_same_predictions_and_streams_differ(lm, trec):
+    prompts, context = make_prompts(lm, trec, 4, 6)
+    predictor = LabelPredictor(lm, trec.labels, 1.0)
+    first = [p.label for p in predictor.predict(prompts, seed=5, stream=1, context=context)]
+    again = [p.label for p in predictor.predict(prompts, seed=5, stream=1, context=context)]
+    assert first == again
+
+
+def test_incrementally_extended_cache_equals_encoding_from_scratch(lm, trec):
+    prompts, _ = make_prompts(lm, trec, 10, 1)
+    ids = lm.encode(prompts[0])
+    cuts = [len(ids) // 4, len(ids) // 2, len(ids) - 1]
+    pool = PrefixCachePool(lm, budget_tokens=100_000)
+    for cut in cuts:  # a growing context, as approximate ICRL's: extended in place, never re-encoded
+        entry = pool.acquire(ids[:cut])
+    assert len(pool.entries) == 1 and pool.stats.computed_tokens == cuts[-1]
+    fresh = new_cache(lm)
+    reference = extend_cache(lm, fresh, ids[: cuts[-1]])
+    torch.testing.assert_close(entry.last_logits, reference, atol=1e-4, rtol=1e-4)
+    # and the next token's logits on top of both caches agree
+    a = extend_cache(lm, entry.cache, ids[-1:])
+    b = extend_cache(lm, fresh, ids[-1:])
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_pool_reuses_the_longest_common_prefix_and_respects_its_budget(lm, trec):
+    prompts, _ = make_prompts(lm, trec, 6, 2)
+    a, b = lm.encode(prompts[0]), lm.encode(prompts[1])
+    pool = PrefixCachePool(lm, budget_tokens=len(a) + len(b), max_entries=2)
+    pool.acquire(a)
+    pool.acquire(b)  # shares the context with a: only b's own tail is computed
+    shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    assert pool.stats.computed_tokens == len(a) + len(b) - shared
+    pool.acquire(list(reversed(a)))  # nothing in common: evicts to stay within budget
+    assert sum(len(e.ids) for e in pool.entries) <= len(a) + len(b) and pool.stats.evictions >= 1

@@ -1,0 +1,181 @@
+"""End-to-end runs on the real embedded model and real data: learning loop, determinism, resume, tools, CLI."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from icrl_lib.config import ExperimentConfig
+from icrl_lib.prompts import Episode, build_messages, feedback_text, render_prompt, system_prompt
+from icrl_lib.runner import evaluation_steps, run_experiment
+from icrl_lib.tasks import load_task
+from icrl_lib.window import max_examples_for_window
+
+pytestmark = pytest.mark.model
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small(tmp_path, data_dir, **kw) -> ExperimentConfig:
+    base = dict(task_name="trec_coarse", context_strategy_name="random_unbiased_only_positive", context_p_keep=0.5,
+                max_context_examples=8, train_k=30, test_every=15, test_k=10, debug_k=0, seed=3, training_seed=4,
+                test_seed=5, data_dir=str(data_dir), output_dir=str(tmp_path / "out"))
+    base.update(kw)
+    return ExperimentConfig.from_dict(base)
+
+
+def strip_measurements(records, logprob_digits: int | None = None):
+    """Wall time and computed tokens depend on what the KV cache held, not on the experiment; log-probabilities
+    from differently shaped forwards agree to float precision only."""
+    out = []
+    for rec in records:
+        rec = json.loads(json.dumps(rec))
+        rec.pop("seconds")
+        rec["tokens"].pop("computed")
+        rec["tokens"].pop("generated")
+        if logprob_digits is not None and rec["train"] and rec["train"]["logprob"] is not None:
+            rec["train"]["logprob"] = round(rec["train"]["logprob"], logprob_digits)
+        out.append(rec)
+    return out
+
+
+def test_evaluation_schedule_matches_the_paper_plus_last_step():
+    assert evaluation_steps(30, 15) == [0, 14, 29]
+    assert evaluation_steps(10, 4) == [0, 3, 7, 9]
+
+
+def test_short_explorative_run_learns_in_context_and_writes_tidy_tables(tmp_path, data_dir, lm):
+    config = small(tmp_path, data_dir)
+    result = run_experiment(config, progress=False, lm=lm)
+    task = load_task("trec_coarse", data_dir)
+    assert len(result.records) == 30
+    for rec in result.records:
+        assert rec["train"]["prediction"] in task.labels
+        assert rec["train"]["reward"] == int(rec["train"]["prediction"] == rec["train"]["answer"])
+        assert rec["train"]["feedback"] == rec["train"]["reward"]  # no flipping asked
+        # only-positive strategy: every episode in the context had positive feedback
+        assert rec["context"]["positive"] == rec["context"]["size"] <= 8
+    tests = [rec for rec in result.records if rec["test"]]
+    assert [rec["step"] for rec in tests] == [0, 14, 29]
+    assert all(p in task.labels for rec in tests for p in rec["test"]["predictions"])
+    steps = pd.read_parquet(result.run_dir / "tables" / "steps.parquet")
+    assert len(steps) == 30 and steps["regret"].iloc[-1] == sum(r["train"]["reward"] == 0 for r in result.records)
+    log = pd.read_json(result.run_dir / "steps.jsonl", lines=True)
+    assert list(log["step"]) == list(range(30))
+    assert (steps["computed_tokens"] < steps["prompt_tokens"]).all()  # the context cache was reused at every step
+
+
+def test_same_config_twice_gives_identical_predictions(tmp_path, data_dir, lm):
+    a = run_experiment(small(tmp_path / "a", data_dir, train_k=12, test_every=6), progress=False, lm=lm)
+    b = run_experiment(small(tmp_path / "b", data_dir, train_k=12, test_every=6), progress=False, lm=lm)
+    assert strip_measurements(a.records) == strip_measurements(b.records)
+
+
+def test_fast_path_on_and_off_give_identical_predictions(tmp_path, data_dir, lm):
+    a = run_experiment(small(tmp_path / "a", data_dir, train_k=10, test_every=5, fast=True), progress=False, lm=lm)
+    b = run_experiment(small(tmp_path / "b", data_dir, train_k=10, test_every=5, fast=False), progress=False, lm=lm)
+    assert strip_measurements(a.records, 3) == strip_measurements(b.records, 3)
+
+
+def test_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir, lm):
+    kw = dict(context_strategy_name="approximate_only_positive", max_contexts=3,
+              approximate_context_sampling_method="exact", train_k=24, test_every=8)
+    reference = run_experiment(small(tmp_path / "ref", data_dir, **kw), progress=False, lm=lm)
+    config = small(tmp_path / "killed", data_dir, **kw)
+    argv = [sys.executable, "-m", "icrl_lib", "run"] + [
+        f"--{k}={v}" for k, v in config.to_dict().items() if v is not None and not isinstance(v, bool)
+    ] + ["--icrl" if config.icrl else "--no-icrl"]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = Path(config.output_dir) / reference.run_dir.name / "steps.jsonl"  # same config -> same folder name
+    deadline = time.time() + 240
+    while time.time() < deadline and (not log.exists() or log.read_text().count("\n") < 10):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with open(log, "a") as fh:
+        fh.write('{"step": 99, "torn')  # a torn last line, as a kill in the middle of a write leaves
+    done_before = log.read_text().count("\n")
+    assert 10 <= done_before < 24
+    resumed = run_experiment(config, progress=False, lm=lm)
+    assert strip_measurements(resumed.records, 4) == strip_measurements(reference.records, 4)
+
+
+def test_icl_stops_at_the_first_test_step_after_the_context_is_full(tmp_path, data_dir, lm):
+    config = small(tmp_path, data_dir, icrl=False, context_strategy_name="random_unbiased", context_p_keep=1.0,
+                   max_context_examples=5, train_k=20, test_every=4, test_k=4)
+    result = run_experiment(config, progress=False, lm=lm)
+    assert len(result.records) == 8  # tests at 0, 3, 7: 7 is the first test step >= 5
+    assert [r["step"] for r in result.records if r["test"]] == [0, 3, 7]
+    assert all(r["train"]["prediction"] is None and r["train"]["reward"] is None for r in result.records)
+    assert result.records[-1]["context"]["size"] == 5
+
+
+def test_zero_shot_is_one_test_step(tmp_path, data_dir, lm):
+    result = run_experiment(small(tmp_path, data_dir, max_context_examples=0, test_k=6), progress=False, lm=lm)
+    assert len(result.records) == 1 and result.records[0]["train"] is None
+    assert len(result.records[0]["test"]["predictions"]) == 6
+
+
+def test_computed_tokens_equal_an_independent_count(tmp_path, data_dir, lm):
+    """Zero-shot with the fast path: the prefix shared by all prompts and the context (system turn) is computed
+    once, then each query's own tokens, then every label token fed back (the end-of-turn never is)."""
+    task = load_task("trec_coarse", data_dir)
+    result = run_experiment(small(tmp_path, data_dir, max_context_examples=0, test_k=5), progress=False, lm=lm)
+    system = system_prompt(False, task.description)
+
+    def common(a, b):
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    prompts = [lm.encode(render_prompt(lm.tokenizer, build_messages(system, [], task.format_input(ex), icrl=False,
+               prediction_prefix=task.prediction_prefix), task.prediction_prefix)) for ex in task.sample_test(5, 5)]
+    context = lm.encode(lm.tokenizer.apply_chat_template(
+        build_messages(system, [], None, icrl=False, prediction_prefix=task.prediction_prefix), tokenize=False))
+    shared = min([len(p) - 1 for p in prompts] + [common(prompts[0], p) for p in prompts] + [common(prompts[0], context)])
+    fed_back = sum(len(lm.encode(" " + label)) for label in result.records[0]["test"]["predictions"])
+    expected = shared + sum(len(p) - shared for p in prompts) + fed_back
+    assert result.records[0]["tokens"] == {"prompt": sum(map(len, prompts)), "computed": expected,
+                                           "generated": fed_back}
+
+
+def test_max_examples_fits_and_one_more_does_not(lm, data_dir):
+    task = load_task("banking77", data_dir)
+    window = 1500
+    n = max_examples_for_window(lm, task, window)
+    # Independent worst case: longest input and label in tokens, the (longer) negative feedback.
+    longest_input = max((task.format_input(e) for e in task.train + task.test), key=lambda s: len(lm.encode(s)))
+    longest_label = max(task.labels, key=lambda s: len(lm.encode(" " + s)))
+    assert len(lm.encode(feedback_text(longest_label, False))) > len(lm.encode(feedback_text(longest_label, True)))
+
+    def tokens(k):
+        episodes = [Episode(longest_input, longest_label, longest_label, 0)] * k
+        msgs = build_messages(system_prompt(True), episodes, longest_input, icrl=True, prediction_prefix="Intent:")
+        return len(lm.encode(render_prompt(lm.tokenizer, msgs, "Intent:") + " " + longest_label)) + 1
+
+    assert n > 0 and tokens(n) <= window < tokens(n + 1)
+
+
+def test_cli_runs_a_paper_command_and_never_stores_the_token(tmp_path, data_dir):
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "icrl_lib", "run", "--model_name", "smollm2-135m-instruct", "--task_name", "trec_coarse",
+           "--context_strategy_name", "approximate_only_positive", "--max_contexts", "8",
+           "--approximate_context_sampling_method", "uniform", "--temperature", "1.0", "--context_p_keep", "0.1",
+           "--icrl", "--no-icrl_omit_feedback", "--no-icrl_flip_feedback", "--train_k", "4", "--test_every", "2",
+           "--test_k", "3", "--debug_k", "1", "--seed", "100", "--training_seed", "100", "--test_seed", "100",
+           "--hf_token", "hf_SECRETSECRET", "--no-verbose", "--max_context_examples", "4",
+           "--data_dir", str(data_dir), "--output_dir", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "hf_SECRETSECRET" not in proc.stdout + proc.stderr
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert files and not any(b"hf_SECRETSECRET" in p.read_bytes() for p in files)
+    bad = subprocess.run([sys.executable, "-m", "icrl_lib", "run", "--task_name", "bankin77"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "task_name" in bad.stderr and "banking77" in bad.stderr
