@@ -14,7 +14,6 @@ import re
 from collections import Counter
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
@@ -77,7 +76,7 @@ def _allowed() -> str:
 @lru_cache(maxsize=1)
 def raw_label_names() -> Mapping[str, Mapping[str, tuple[str, ...]]]:
     """The hub's raw class names per dataset folder and label field (shipped in ``icrl_lib/label_names.json``)."""
-    table = json.loads(resources.files("icrl_lib").joinpath("label_names.json").read_text(encoding="utf-8"))
+    table = json.loads(Path(__file__).with_name("label_names.json").read_text(encoding="utf-8"))
     return MappingProxyType({d: MappingProxyType({f: tuple(n) for f, n in fields.items()}) for d, fields in table.items()})
 
 
