@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 import yaml
 
@@ -135,10 +136,10 @@ def test_strip_outputs(tmp_path):
     assert "papermill" not in cleaned.metadata and notebook.strip_outputs(path) is False
 
 
-def _execute(output: Path, parameters: dict) -> None:
+def _execute(output: Path, parameters: dict, source: Path = EXPERIMENT) -> None:
     import papermill
 
-    papermill.execute_notebook(str(EXPERIMENT), str(output), parameters=parameters, kernel_name="python3",
+    papermill.execute_notebook(str(source), str(output), parameters=parameters, kernel_name="python3",
                                cwd=str(ROOT / "notebooks"), progress_bar=False)
 
 
@@ -167,6 +168,24 @@ def test_papermill_runs_the_experiment_notebook_end_to_end(tmp_path, data_dir, m
 
     _execute(tmp_path / "again.ipynb", parameters)  # re-execution resumes: nothing appended
     assert (run / "steps.jsonl").read_text().splitlines() == steps
+
+    # The analysis notebooks on exactly one run: they export their figures and tables.
+    outputs = {"outputs_dir": str(tmp_path / "outputs")}
+    _execute(tmp_path / "results.ipynb", outputs, ROOT / "notebooks" / "results.ipynb")
+    exported = sorted(p.name for p in (tmp_path / "outputs" / "_analysis" / "figures").glob("*.html"))
+    assert exported == ["comparison__trec_coarse__smollm2-135m-instruct.html", "regret_bars.html"]
+    _execute(tmp_path / "tokens.ipynb", outputs, ROOT / "notebooks" / "token_usage.ipynb")
+    usage = pd.read_parquet(tmp_path / "outputs" / "_analysis" / "token_usage.parquet")
+    totals = [json.loads(line)["tokens"] for line in steps]
+    assert usage["prompt_tokens"].tolist() == [sum(t["prompt"] for t in totals)]
+    assert usage["computed_tokens"].tolist() == [sum(t["computed"] for t in totals)]
+
+
+def test_analysis_notebooks_with_no_runs(tmp_path):
+    """results.ipynb and token_usage.ipynb say there is nothing yet instead of failing."""
+    for name in ("results.ipynb", "token_usage.ipynb"):
+        _execute(tmp_path / name, {"outputs_dir": str(tmp_path / "empty")}, ROOT / "notebooks" / name)
+        assert "run notebooks/icrl_experiment.ipynb" in (tmp_path / name).read_text()
 
 
 @pytest.mark.model
