@@ -67,9 +67,9 @@ class PackedRow:
                 input_ids=torch.tensor([list(tokens)], device=device),
                 attention_mask=mask[None, None].to(device),
                 position_ids=torch.tensor([positions], device=device),
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=torch.tensor(list(keep), device=device),
+                **{lm.cache_arg: cache},
             )
         self.owners.extend(owners)
         return out.logits[0].float()
@@ -90,9 +90,9 @@ def extend_cache(lm: LanguageModel, cache, ids: Sequence[int]) -> torch.Tensor |
         with torch.inference_mode():
             out = lm.model(
                 input_ids=torch.tensor([chunk], device=lm.model.device),
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,  # full-vocab logits for every prefix position would cost ~400 MB per 2k tokens
+                **{lm.cache_arg: cache},
             )
         logits = out.logits[0, -1].float()
     return logits
@@ -154,8 +154,10 @@ class PrefixCachePool:
             n = common_prefix_length(entry.ids, prefix)
             if n > lcp:
                 best, lcp = entry, n
-        if best is not None and lcp == len(best.ids):
-            entry = best  # the prefix only extends this cache: grow it in place
+        if best is not None and 4 * (len(best.ids) - lcp) <= len(best.ids):
+            # The prefix extends this cache, or drops only its last few tokens (a test step cached the context plus
+            # the queries' common opening): grow or crop it in place rather than keeping a stale copy.
+            entry = best
         else:
             self._make_room(len(prefix), keep=best)
             if best is not None and best in self.entries and (len(self.entries) < self.max_entries):
@@ -166,10 +168,9 @@ class PrefixCachePool:
             else:
                 entry = CacheEntry(ids=[], cache=new_cache(self.lm), last_logits=None)
                 self.entries.append(entry)
-            if len(entry.ids) > lcp:
-                entry.cache.crop(-(len(entry.ids) - lcp))
-                entry.ids = entry.ids[:lcp]
-                entry.last_logits = None
+        if len(entry.ids) > lcp:
+            entry.cache.crop(-(len(entry.ids) - lcp))
+            entry.ids, entry.last_logits = entry.ids[:lcp], None
         todo = prefix[len(entry.ids):]
         if lcp:
             self.stats.hits += 1

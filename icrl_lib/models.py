@@ -47,6 +47,7 @@ class LanguageModel:
     context_window: int  # maximum positions the model supports
     system_role: bool  # whether the chat template accepts a system message
     device: str
+    cache_arg: str = "past_key_values"  # forward() keyword of the KV cache ("cache" from transformers 5.24 on)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -61,6 +62,10 @@ class LanguageModel:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` exactly as written (chat templates already render BOS when they want one)."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_batch(self, texts) -> list[list[int]]:
+        """:meth:`encode` for many texts in one tokenizer call (parallel in fast tokenizers)."""
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
 
 
 def cache_root() -> Path:
@@ -194,4 +199,14 @@ def load_model(
         context_window=_context_window(model, tokenizer),
         system_role=supports_system_role(tokenizer),
         device=str(next(model.parameters()).device),
+        cache_arg=cache_argument(model),
     )
+
+
+def cache_argument(model) -> str:
+    """The keyword ``model.forward`` takes the KV cache by: ``cache`` (transformers >= 5.24, where
+    ``past_key_values`` is deprecated) or ``past_key_values`` (older releases and most remote-code models)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"

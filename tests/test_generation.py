@@ -132,10 +132,17 @@ def test_incrementally_extended_cache_equals_encoding_from_scratch(lm, trec):
 def test_pool_reuses_the_longest_common_prefix_and_respects_its_budget(lm, trec):
     prompts, _ = make_prompts(lm, trec, 6, 2)
     a, b = lm.encode(prompts[0]), lm.encode(prompts[1])
-    pool = PrefixCachePool(lm, budget_tokens=len(a) + len(b), max_entries=2)
-    pool.acquire(a)
-    pool.acquire(b)  # shares the context with a: only b's own tail is computed
     shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    assert 4 * (len(a) - shared) <= len(a)  # the prompts differ only in their short query
+    pool = PrefixCachePool(lm, budget_tokens=2 * len(a) + len(b), max_entries=2)
+    pool.acquire(a)
+    entry = pool.acquire(b)  # shares the context with a: a's cache is cropped to it in place, then b's tail computed
     assert pool.stats.computed_tokens == len(a) + len(b) - shared
-    pool.acquire(list(reversed(a)))  # nothing in common: evicts to stay within budget
-    assert sum(len(e.ids) for e in pool.entries) <= len(a) + len(b) and pool.stats.evictions >= 1
+    assert len(pool.entries) == 1 and entry.ids == b
+    half = b[: len(b) // 2] + list(reversed(b[len(b) // 2:]))  # keeps only half of b: b stays, a copy is grown
+    pool.acquire(half)
+    assert len(pool.entries) == 2 and pool.entries[0].ids == b and pool.entries[1].ids == half
+    assert pool.stats.computed_tokens == len(a) + len(b) - shared + len(b) - len(b) // 2
+    pool.acquire(list(reversed(a)))  # nothing in common: the least recently used entry goes
+    assert [e.ids for e in pool.entries] == [half, list(reversed(a))] and pool.stats.evictions == 1
+    assert sum(len(e.ids) for e in pool.entries) <= pool.budget_tokens
