@@ -1,8 +1,8 @@
 """Tidy pandas tables from run logs, and the paper's metrics.
 
 Per training step: reward, running accuracy (cumulative mean reward), regret (cumulative number of wrong training
-predictions), context size/composition and tokens. Per test step: accuracy and per-class accuracy. ICL steps have
-no reward, so their running accuracy and regret are NaN.
+predictions), context size/composition, tokens (in the prompts vs actually computed) and the KV cache held.
+Per test step: accuracy and per-class accuracy. ICL steps have no reward, so their running accuracy and regret are NaN.
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def steps_table(records: Iterable[dict]) -> pd.DataFrame:
         train = rec.get("train") or {}
         ctx = rec.get("context") or {}
         tokens = rec.get("tokens") or {}
+        cache = rec.get("cache") or {}
         reward = train.get("reward")
         rows.append({
             "step": rec["step"], "prediction": train.get("prediction"), "answer": train.get("answer"),
@@ -48,11 +49,12 @@ def steps_table(records: Iterable[dict]) -> pd.DataFrame:
             "flipped": bool(train.get("flipped", False)), "context_size": ctx.get("size", 0),
             "context_positive": ctx.get("positive", 0), "context_index": ctx.get("context_index"),
             "prompt_tokens": tokens.get("prompt", 0), "computed_tokens": tokens.get("computed", 0),
+            "cached_tokens": cache.get("tokens", 0), "cache_evictions": cache.get("evictions", 0),
             "seconds": rec.get("seconds", np.nan), "tested": rec.get("test") is not None,
         })
     df = pd.DataFrame(rows, columns=["step", "prediction", "answer", "reward", "feedback", "flipped", "context_size",
                                      "context_positive", "context_index", "prompt_tokens", "computed_tokens",
-                                     "seconds", "tested"])
+                                     "cached_tokens", "cache_evictions", "seconds", "tested"])
     has_reward = df["reward"].notna()
     df["running_accuracy"] = df["reward"].expanding().mean().where(has_reward)
     df["regret"] = (df["reward"] == 0).cumsum().astype(float).where(has_reward)

@@ -65,7 +65,8 @@ def resolve_max_examples(config: ExperimentConfig, lm: LanguageModel, task: Task
         return config.max_context_examples
     window = usable_window(lm, config.max_window_tokens)
     mode = "icrl" + ("_nofeedback" if config.icrl_omit_feedback else "") if config.icrl else "icl"
-    key = f"{config.model_name}|{task.name}|{window}|{mode}|exemplars{exemplars}|{hash_text(config.system_prompt)}"
+    # "v2": the worst case became the n longest distinct inputs (v1 repeated the single longest one).
+    key = f"v2|{config.model_name}|{task.name}|{window}|{mode}|exemplars{exemplars}|{hash_text(config.system_prompt)}"
     return cached_max_examples(
         Path(config.output_dir) / "_cache" / "max_context_examples.json", key,
         lambda: max_examples_for_window(lm, task, window, icrl=config.icrl, omit_feedback=config.icrl_omit_feedback,
@@ -90,6 +91,12 @@ def find_max_context_examples(model_name: str, task_name: str, max_window_tokens
 def run_experiment(config: ExperimentConfig, progress: bool | None = True, lm: LanguageModel | None = None) -> RunResult:
     """Run (or resume) one experiment; ``progress`` True = tqdm bar, False = a log line every ``log_every`` steps."""
     config.validate()  # before anything is loaded or written
+    if config.verbose and not logging.getLogger().handlers and not log.handlers:
+        # In a notebook nothing configures logging, and INFO records would vanish: show them on stderr.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     task = load_task(config.task_name, config.data_dir)
     store = RunStore.open(config)
     records = store.records()
@@ -108,12 +115,15 @@ def run_experiment(config: ExperimentConfig, progress: bool | None = True, lm: L
     if not config.icrl and not zero_shot:  # ICL: the context is full once max_examples gold pairs exist
         steps = min([s for s in to_test if s >= max_examples], default=steps - 1) + 1
         to_test = [s for s in to_test if s < steps]
+    loop = _Loop(config, task, lm, store, exemplars, stream, test, max_examples, steps, set(to_test))
+    pool = loop.predictor.pool
     store.write_json("meta.json", {
         "max_context_examples": max_examples, "steps": steps, "test_steps": to_test, "train_size": len(stream),
-        "test_size": len(test), "exemplars": len(exemplars), "model": {
+        "test_size": len(test), "exemplars": len(exemplars), "kv_cache": {
+            "budget_tokens": pool.budget_tokens, "max_entries": pool.max_entries,
+            "bytes_per_token": lm.kv_bytes_per_token}, "model": {
             "name": lm.name, "context_window": lm.context_window, "eot_id": lm.eot_id, "device": lm.device,
             "system_role": lm.system_role}})
-    loop = _Loop(config, task, lm, store, exemplars, stream, test, max_examples, steps, set(to_test))
     loop.replay(records)
     loop.run(progress)
     from .results import write_tables
@@ -137,8 +147,10 @@ class _Loop:
                                   1 if self.icrl else None) for e in exemplars]
         self.history: list[Episode] = []
         self.system = system_prompt(self.icrl, task.description, config.system_prompt)
+        # One cache entry per approximate context (they only grow, so each is extended in place) plus one spare.
         self.predictor = LabelPredictor(lm, task.labels, config.temperature, fast=config.fast,
-                                        batch_size=config.batch_size)
+                                        batch_size=config.batch_size,
+                                        max_cached_contexts=max(9, (config.max_contexts or 0) + 1))
         self.debug_left = config.debug_k
         self.rewards: list[int] = []
         self.last_test: float | None = None
@@ -221,7 +233,7 @@ class _Loop:
                "context_lengths": list(selection.context_lengths) if selection and selection.context_lengths else None,
                "size": len(episodes), "positive": sum(1 for e in episodes if e.feedback == 1)}
         return {"step": step, "context": ctx, "train": train, "test": test, "tokens": self.predictor.tokens.take(),
-                "seconds": round(time.perf_counter() - started, 4)}
+                "cache": self.predictor.cache_report(), "seconds": round(time.perf_counter() - started, 4)}
 
     def run(self, progress: bool | None) -> None:
         start = self.done

@@ -1,9 +1,11 @@
 """How many episodes fit a token window (the paper's ``find_max_examples_given_max_window.py``).
 
-We build the worst-case prompt for ``n`` episodes — every episode with the task's longest input, its longest label
-as the prediction and the longer feedback sentence, then a query with the longest input and the longest label
-continuation — and binary-search the largest ``n`` whose token count fits the window. (The paper's search returned
-one more than fits; here ``n`` fits and ``n + 1`` does not, which the tests check by rendering both.)
+The worst-case prompt for ``n`` episodes uses the ``n`` longest inputs of the task (train and test, by tokens) as the
+episodes, each with the longest label as its prediction (or gold answer, for ICL) and the longer feedback sentence,
+then the next longest input as the query, plus the longest label and the end-of-turn token it will generate. We
+search for the largest ``n`` whose token count fits the window. The paper used the same worst case but left out the
+query and the answer, and its binary search returned one more than fits; here ``n`` fits and ``n + 1`` does not
+(the tests check it by rendering both prompts).
 """
 from __future__ import annotations
 
@@ -18,20 +20,31 @@ from .tasks import Task
 WINDOW_FRACTION = 0.95  # leave 5% of the model's window as headroom, as the paper did
 
 
+def inputs_by_length(lm: LanguageModel, task: Task) -> list[str]:
+    """Formatted inputs of every train and test row, longest first in tokens (ties keep data order)."""
+    texts = [task.format_input(ex) for ex in task.train + task.test]
+    lengths = [len(ids) for ids in lm.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return [texts[i] for i in sorted(range(len(texts)), key=lambda i: -lengths[i])]
+
+
 def worst_case_tokens(lm: LanguageModel, task: Task, n: int, *, icrl: bool = True, omit_feedback: bool = False,
-                      template: str | None = None, extra_episodes: int = 0) -> int:
-    """Tokens of a prompt with ``n + extra_episodes`` worst-case episodes plus a worst-case query and answer."""
-    examples = task.train + task.test
-    longest_input = max((task.format_input(ex) for ex in examples), key=lambda s: len(lm.encode(s)))
+                      template: str | None = None, extra_episodes: int = 0, inputs: list[str] | None = None) -> int:
+    """Tokens of the worst-case prompt with ``n + extra_episodes`` episodes, its query and the generated answer.
+
+    ``inputs`` is :func:`inputs_by_length` (computed when not given; pass it when calling repeatedly).
+    """
+    inputs = inputs if inputs is not None else inputs_by_length(lm, task)
+    k = n + extra_episodes
+    if k >= len(inputs):
+        raise ValueError(f"n: {k} episodes plus a query need {k + 1} distinct rows; task {task.name!r} has {len(inputs)}")
     longest_label = max(task.labels, key=lambda s: len(lm.encode(" " + s)))
-    # Feedback shown is whichever sentence is longer for the longest label (the negative one, in English).
+    # The feedback shown is whichever sentence is longer for that label (the negative one, in English).
     positive = len(lm.encode(feedback_text(longest_label, True))) >= len(lm.encode(feedback_text(longest_label, False)))
-    episode = Episode(input=longest_input, answer=longest_label, prediction=longest_label if icrl else None,
-                      feedback=int(positive) if icrl else None)
+    episodes = [Episode(input=text, answer=longest_label, prediction=longest_label if icrl else None,
+                        feedback=int(positive) if icrl else None) for text in inputs[:k]]
     messages = build_messages(
-        system_prompt(icrl and n > 0, task.description, template),
-        [episode] * (n + extra_episodes), longest_input, icrl=icrl, prediction_prefix=task.prediction_prefix,
-        omit_feedback=omit_feedback, system_role=lm.system_role,
+        system_prompt(icrl and n > 0, task.description, template), episodes, inputs[k], icrl=icrl,
+        prediction_prefix=task.prediction_prefix, omit_feedback=omit_feedback, system_role=lm.system_role,
     )
     prompt = render_prompt(lm.tokenizer, messages, task.prediction_prefix)
     return len(lm.encode(prompt)) + len(lm.encode(" " + longest_label)) + 1  # + answer and end-of-turn
@@ -39,14 +52,21 @@ def worst_case_tokens(lm: LanguageModel, task: Task, n: int, *, icrl: bool = Tru
 
 def max_examples_for_window(lm: LanguageModel, task: Task, window_tokens: int, **prompt_options) -> int:
     """Largest ``n`` whose worst-case prompt fits ``window_tokens`` (exponential then binary search)."""
-    if worst_case_tokens(lm, task, 0, **prompt_options) > window_tokens:
+    inputs = inputs_by_length(lm, task)
+    limit = len(inputs) - 1 - prompt_options.get("extra_episodes", 0)  # every episode and the query distinct rows
+
+    def fits(n: int) -> bool:
+        return worst_case_tokens(lm, task, n, inputs=inputs, **prompt_options) <= window_tokens
+
+    if not fits(0):
         raise ValueError(f"max_window_tokens={window_tokens}: not even a zero-shot prompt of task {task.name!r} fits")
-    lo, hi = 0, 1  # invariant: lo fits
-    while worst_case_tokens(lm, task, hi, **prompt_options) <= window_tokens:
+    lo, hi = 0, 1  # invariant: lo fits; hi does not, or is past the last row
+    while hi <= limit and fits(hi):
         lo, hi = hi, hi * 2
-    while hi - lo > 1:  # lo fits, hi does not
+    hi = min(hi, limit + 1)
+    while hi - lo > 1:
         mid = (lo + hi) // 2
-        if worst_case_tokens(lm, task, mid, **prompt_options) <= window_tokens:
+        if fits(mid):
             lo = mid
         else:
             hi = mid

@@ -38,6 +38,7 @@ def strip_measurements(records, logprob_digits: int | None = None):
     for rec in records:
         rec = json.loads(json.dumps(rec))
         rec.pop("seconds")
+        rec.pop("cache")
         rec["tokens"].pop("computed")
         rec["tokens"].pop("generated")
         if logprob_digits is not None and rec["train"] and rec["train"]["logprob"] is not None:
@@ -125,52 +126,66 @@ def test_zero_shot_is_one_test_step(tmp_path, data_dir, lm):
 
 
 def test_computed_tokens_equal_an_independent_count(tmp_path, data_dir, lm):
-    """Zero-shot with the fast path: the prefix shared by all prompts and the context (system turn) is computed
-    once, then each query's own tokens, then every label token fed back (the end-of-turn never is)."""
-    task = load_task("trec_coarse", data_dir)
-    result = run_experiment(small(tmp_path, data_dir, max_context_examples=0, test_k=5), progress=False, lm=lm)
+    """Zero-shot with the fast path: the prefix shared by all prompts (the system turn and the query's opening) is
+    computed once, then each query's own tokens, then the label tokens up to the label's last branching point in the trie
+    (tokens the trie forces after it, such as the end-of-turn, are never fed to the model)."""
+    task = load_task("trec_fine", data_dir)
+    result = run_experiment(small(tmp_path, data_dir, task_name="trec_fine", max_context_examples=0, test_k=8),
+                            progress=False, lm=lm)
     system = system_prompt(False, task.description)
 
     def common(a, b):
         return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
     prompts = [lm.encode(render_prompt(lm.tokenizer, build_messages(system, [], task.format_input(ex), icrl=False,
-               prediction_prefix=task.prediction_prefix), task.prediction_prefix)) for ex in task.sample_test(5, 5)]
+               prediction_prefix=task.prediction_prefix), task.prediction_prefix)) for ex in task.sample_test(8, 5)]
+    shared = min([len(p) - 1 for p in prompts] + [common(prompts[0], p) for p in prompts])
     context = lm.encode(lm.tokenizer.apply_chat_template(
         build_messages(system, [], None, icrl=False, prediction_prefix=task.prediction_prefix), tokenize=False))
-    shared = min([len(p) - 1 for p in prompts] + [common(prompts[0], p) for p in prompts] + [common(prompts[0], context)])
-    fed_back = sum(len(lm.encode(" " + label)) for label in result.records[0]["test"]["predictions"])
+    assert shared > common(prompts[0], context)  # "<|im_start|>user\nQuestion:" is shared too, and cached once
+    seqs = [tuple(lm.encode(" " + label)) + (lm.eot_id,) for label in task.labels]
+
+    def fed(label):  # depth of the deepest point on the label's path where more than one token is allowed
+        s = tuple(lm.encode(" " + label)) + (lm.eot_id,)
+        return max(d for d in range(len(s)) if d == 0 or len({t[d] for t in seqs if len(t) > d and t[:d] == s[:d]}) > 1)
+
+    fed_back = sum(fed(label) for label in result.records[0]["test"]["predictions"])
+    assert fed_back > 0  # some predicted labels needed a second decision, so the count is exercised
     expected = shared + sum(len(p) - shared for p in prompts) + fed_back
     assert result.records[0]["tokens"] == {"prompt": sum(map(len, prompts)), "computed": expected,
                                            "generated": fed_back}
 
 
-def test_max_examples_fits_and_one_more_does_not(lm, data_dir):
+@pytest.mark.parametrize("icrl", [True, False])
+def test_max_examples_fits_and_one_more_does_not(lm, data_dir, icrl):
     task = load_task("banking77", data_dir)
     window = 1500
-    n = max_examples_for_window(lm, task, window)
-    # Independent worst case: longest input and label in tokens, the (longer) negative feedback.
-    longest_input = max((task.format_input(e) for e in task.train + task.test), key=lambda s: len(lm.encode(s)))
+    n = max_examples_for_window(lm, task, window, icrl=icrl)
+    # Independent worst case: the longest rows in tokens as episodes, the next one as the query, the longest label
+    # as every prediction and the (longer) negative feedback sentence; then the answer and the end-of-turn token.
+    rows = sorted((task.format_input(e) for e in task.train + task.test), key=lambda s: len(lm.encode(s)), reverse=True)
     longest_label = max(task.labels, key=lambda s: len(lm.encode(" " + s)))
     assert len(lm.encode(feedback_text(longest_label, False))) > len(lm.encode(feedback_text(longest_label, True)))
 
     def tokens(k):
-        episodes = [Episode(longest_input, longest_label, longest_label, 0)] * k
-        msgs = build_messages(system_prompt(True), episodes, longest_input, icrl=True, prediction_prefix="Intent:")
+        episodes = [Episode(text, longest_label, longest_label if icrl else None, 0 if icrl else None)
+                    for text in rows[:k]]
+        msgs = build_messages(system_prompt(icrl), episodes, rows[k], icrl=icrl, prediction_prefix="Intent:")
         return len(lm.encode(render_prompt(lm.tokenizer, msgs, "Intent:") + " " + longest_label)) + 1
 
     assert n > 0 and tokens(n) <= window < tokens(n + 1)
 
 
 def test_cli_runs_a_paper_command_and_never_stores_the_token(tmp_path, data_dir):
+    """The README's approximate TREC coarse command, verbatim, then tiny sizes (later flags override earlier)."""
+    from test_cli import readme_commands
+
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "icrl_lib", "run", "--model_name", "smollm2-135m-instruct", "--task_name", "trec_coarse",
-           "--context_strategy_name", "approximate_only_positive", "--max_contexts", "8",
-           "--approximate_context_sampling_method", "uniform", "--temperature", "1.0", "--context_p_keep", "0.1",
-           "--icrl", "--no-icrl_omit_feedback", "--no-icrl_flip_feedback", "--train_k", "4", "--test_every", "2",
-           "--test_k", "3", "--debug_k", "1", "--seed", "100", "--training_seed", "100", "--test_seed", "100",
-           "--hf_token", "hf_SECRETSECRET", "--no-verbose", "--max_context_examples", "4",
-           "--data_dir", str(data_dir), "--output_dir", str(out)]
+    argv = next(a for a in readme_commands("smollm2-135m-instruct")
+                if "trec_coarse" in a and "approximate_only_positive" in a)
+    argv = [a.replace("YOUR_HUGGINGFACE_TOKEN_HERE", "hf_SECRETSECRET") for a in argv]
+    cmd = [sys.executable, "-m", "icrl_lib", "run", *argv, "--train_k", "4", "--test_every", "2", "--test_k", "3",
+           "--debug_k", "1", "--max_context_examples", "4", "--data_dir", str(data_dir), "--output_dir", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "hf_SECRETSECRET" not in proc.stdout + proc.stderr
