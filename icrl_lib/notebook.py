@@ -147,9 +147,18 @@ def print_summary(executed_notebook: str | os.PathLike) -> None:
                     print(line.rstrip("\n"))
 
 
-def analysis_dir(outputs_dir: str | os.PathLike = "outputs", export_dir: str | os.PathLike | None = None) -> Path:
-    """Where analysis notebooks write: ``export_dir``, else ``<outputs_dir>/_analysis`` (never a run folder)."""
-    return resolve_path(export_dir) if export_dir else resolve_path(outputs_dir) / "_analysis"
+def runs_dir(outputs_dir: str | os.PathLike | None = None) -> Path:
+    """Folder whose sub-folders are runs: ``outputs_dir``; if None, the ``output_dir`` of the experiment parameters
+    named by ``ICRL_PARAMS_FILE`` (so under CI the analysis notebooks read the CI run), else ``outputs``."""
+    if outputs_dir is None:
+        path = params_file()
+        outputs_dir = (load_yaml_mapping(path).get("output_dir") if path else None) or "outputs"
+    return resolve_path(outputs_dir)
+
+
+def analysis_dir(outputs_dir: str | os.PathLike | None = None, export_dir: str | os.PathLike | None = None) -> Path:
+    """Where analysis notebooks write: ``export_dir``, else ``<runs_dir(outputs_dir)>/_analysis`` (never a run)."""
+    return resolve_path(export_dir) if export_dir else runs_dir(outputs_dir) / "_analysis"
 
 
 def export_table(table: pd.DataFrame, folder: str | os.PathLike, name: str) -> dict[str, Path]:

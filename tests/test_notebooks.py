@@ -115,6 +115,17 @@ def test_params_file_relative_to_the_checkout(monkeypatch, tmp_path):
     assert notebook.resolve_path(tmp_path) == tmp_path
 
 
+def test_analysis_notebooks_read_the_runs_of_the_params_file(monkeypatch, tmp_path):
+    """Under CI (ICRL_PARAMS_FILE=params/ci.yaml) results.ipynb and token_usage.ipynb read the CI run's folder."""
+    monkeypatch.delenv("ICRL_PARAMS_FILE", raising=False)
+    assert notebook.runs_dir() == ROOT / "outputs"
+    assert notebook.analysis_dir() == ROOT / "outputs" / "_analysis"
+    monkeypatch.setenv("ICRL_PARAMS_FILE", "params/ci.yaml")
+    assert notebook.runs_dir() == ROOT / "outputs" / "_ci"
+    assert notebook.analysis_dir(export_dir=tmp_path) == tmp_path
+    assert notebook.runs_dir(tmp_path) == tmp_path  # an explicit folder wins
+
+
 def test_new_parameters_and_mismatch_message():
     before = {"In", "notebook"}
     names = notebook.new_parameters({"In": 1, "notebook": 2, "_x": 3, "a": 4, "hf_token": 5}, before)
