@@ -18,7 +18,8 @@ def _max_examples(argv: list[str]) -> int:
     parser.add_argument("--model_name", default="smollm2-135m-instruct", help="embedded alias, hub id or local folder")
     parser.add_argument("--task_name", required=True, help="task, e.g. banking77 or clinic150_top10")
     parser.add_argument("--max_window_tokens", type=int, default=None, help="window in tokens (default: the model's)")
-    parser.add_argument("--data_dir", default=None, help="local data folder (default: $ICRL_DATA_DIR, else the hub)")
+    parser.add_argument("--data_dir", default=None, help="local data folder or 'hub' (default: $ICRL_DATA_DIR, else "
+                        "../shared/data beside the checkout if present, else the hub)")
     parser.add_argument("--no-icrl", dest="icrl", action="store_false", help="ICL episodes (no feedback turns)")
     args = parser.parse_args(argv)
     from .runner import find_max_context_examples

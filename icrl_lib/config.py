@@ -48,7 +48,8 @@ class ExperimentConfig:
     training_seed: int = _f(100, "seed that shuffles the training split")
     test_seed: int = _f(100, "seed that shuffles the test split")
     verbose: bool = _f(False, "log every step's context and prediction")
-    data_dir: str | None = _f(None, "local data folder (layout of ../shared/data); None = $ICRL_DATA_DIR, else the hub")
+    data_dir: str | None = _f(None, "local data folder (layout of ../shared/data) or 'hub'; None = $ICRL_DATA_DIR, "
+                                    "else ../shared/data beside the checkout if present, else the hub")
     output_dir: str = _f("outputs", "folder that holds one sub-folder per run")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
     max_window_tokens: int | None = _f(None, "cap on the token window used when max_context_examples is None")

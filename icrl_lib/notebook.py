@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from . import plots
+from .tasks import HUB
 
 PARAMS_FILE_ENV = "ICRL_PARAMS_FILE"
 SECRET_FIELDS = ("hf_token",)  # never notebook parameters
@@ -112,7 +113,7 @@ def experiment_config(params: Mapping[str, Any]):
 
     values = {k: v for k, v in params.items() if k not in NOTEBOOK_ONLY}
     values["output_dir"] = str(resolve_path(values.get("output_dir") or "outputs"))
-    if values.get("data_dir"):
+    if values.get("data_dir") and values["data_dir"] != HUB:
         values["data_dir"] = str(resolve_path(values["data_dir"]))
     return ExperimentConfig.from_dict(values)
 
@@ -189,7 +190,7 @@ def max_context_table(model_name: str, task_names, max_window_tokens, data_dir: 
     from .runner import find_max_context_examples
 
     lm = load_model(model_name)
-    data_dir = str(resolve_path(data_dir)) if data_dir else None
+    data_dir = str(resolve_path(data_dir)) if data_dir and data_dir != HUB else data_dir
     rows = []
     for task in task_names:
         for window in max_window_tokens:

@@ -176,16 +176,23 @@ def _shuffled(rows: tuple[Example, ...], seed: int, k: int | None) -> tuple[Exam
     return tuple(rows if k is None or k == -1 else rows[:k])
 
 
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside this checkout
+HUB = "hub"  # data_dir / $ICRL_DATA_DIR value that forces loading from the Hugging Face hub
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """Local data folder: the argument, else ``$ICRL_DATA_DIR``, else None (load from the hub)."""
+    """Local data folder: the argument, else ``$ICRL_DATA_DIR``, else ``../shared/data`` beside the checkout when it
+    exists; None (load from the hub) when none applies or the chosen value is ``"hub"``."""
     chosen = data_dir or os.environ.get("ICRL_DATA_DIR") or None
-    return Path(chosen).expanduser() if chosen else None
+    if chosen is None:
+        return SHARED_DATA if SHARED_DATA.is_dir() else None
+    return None if str(chosen) == HUB else Path(chosen).expanduser()
 
 
 def _missing(what: str, path: Path) -> FileNotFoundError:
     return FileNotFoundError(
         f"data_dir: expected {what} {path} (a folder laid out like ../shared/data: <data_dir>/<dataset>/<split>.jsonl); "
-        "pass data_dir or set ICRL_DATA_DIR to such a folder, or unset both to load from the Hugging Face hub")
+        "pass data_dir or set ICRL_DATA_DIR to such a folder, or set it to 'hub' to load from the Hugging Face hub")
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -253,7 +260,7 @@ def _examples(rows: tuple[_Row, ...], spec: TaskSpec) -> tuple[Example, ...]:
 
 
 def load_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
-    """Build the task ``name`` (variants included) from ``data_dir`` / ``$ICRL_DATA_DIR`` or the hub.
+    """Build the task ``name`` (variants included) from a local folder or the hub (see :func:`resolve_data_dir`).
 
     Raises ValueError for a bad name and FileNotFoundError when a local folder or file is missing.
     """

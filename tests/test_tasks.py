@@ -217,8 +217,11 @@ def test_data_dir_from_environment(data_dir, monkeypatch, tmp_path):
     assert resolve_data_dir(None) == data_dir
     assert resolve_data_dir(tmp_path) == tmp_path  # the argument wins
     assert load_task("trec_coarse").train == load_task("trec_coarse", data_dir).train
+    monkeypatch.setenv("ICRL_DATA_DIR", "hub")
+    assert resolve_data_dir(None) is None and resolve_data_dir("hub") is None
     monkeypatch.delenv("ICRL_DATA_DIR")
-    assert resolve_data_dir(None) is None
+    beside = Path(tasks.__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the checkout
+    assert resolve_data_dir(None) == (beside if beside.is_dir() else None)
 
 
 def test_hub_path_gives_identical_tasks(data_dir, monkeypatch):
@@ -235,7 +238,7 @@ def test_hub_path_gives_identical_tasks(data_dir, monkeypatch):
         assert kind == "parquet" and url.endswith(f"@refs%2Fconvert%2Fparquet/{url.split('/')[-3]}/{split}/*.parquet")
         return datasets.Dataset.from_list(_jsonl(data_dir / folders[hub_id] / f"{split}.jsonl"))
 
-    monkeypatch.delenv("ICRL_DATA_DIR", raising=False)
+    monkeypatch.setenv("ICRL_DATA_DIR", "hub")
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     tasks._raw_splits.cache_clear()
     try:
