@@ -2,7 +2,7 @@
 
 Every ICRL step re-reads a long context (system prompt + episodes) and then a short query. We encode the context
 once, keep its KV cache, and run every query on top of it. Many queries (the test set) go into ONE row after the
-cached prefix, each attending to the prefix and to its own tokens only (a block-diagonal 4D boolean mask with
+cached prefix, each attending to the prefix and to its own tokens only (a block-diagonal 4D attention mask with
 explicit position ids). Measured on the embedded model this beats per-query cache copies ~3x and batched copies
 4-6x (../shared/notes/embedded-model.md). Tokens appended for the queries are cropped off afterwards, so the
 cached prefix is never changed by them.
@@ -62,10 +62,14 @@ class PackedRow:
             ],
             dim=1,
         )
+        # Additive float mask (0 = attend, dtype min = masked): the same logits as a boolean mask, which SDPA would
+        # convert in every layer (measured 8% slower on CPU).
+        dtype = lm.model.dtype
+        additive = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
         with torch.inference_mode():
             out = lm.model(
                 input_ids=torch.tensor([list(tokens)], device=device),
-                attention_mask=mask[None, None].to(device),
+                attention_mask=additive[None, None].to(device),
                 position_ids=torch.tensor([positions], device=device),
                 use_cache=True,
                 logits_to_keep=torch.tensor(list(keep), device=device),
