@@ -3,17 +3,15 @@
 Reports steps/s and tokens computed per step (overall and over the last half of the run, when contexts are
 long), and the efficiency: time inside raw model forwards / end-to-end time.
 
-    python benchmarks/bench_steps.py --task_name trec_coarse --train_k 300
+    python benchmarks/bench_steps.py --task_name trec_coarse --train_k 300 --p_keep 0.3
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 
-from common import forward_timer, machine
+from common import forward_timer, load_bench_model, machine, parser
 from icrl_lib.config import ExperimentConfig
-from icrl_lib.models import load_model
 from icrl_lib.runner import run_experiment
 
 METHODS = {
@@ -24,15 +22,13 @@ METHODS = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model_name", default="smollm2-135m-instruct")
-    ap.add_argument("--task_name", default="trec_coarse")
+    ap = parser(__doc__, "trec_coarse")
     ap.add_argument("--train_k", type=int, default=300)
-    ap.add_argument("--p_keep", type=float, default=0.1)
+    ap.add_argument("--p_keep", type=float, default=0.3, help="0.3 (paper: 0.1) so contexts grow long in a few "
+                    "hundred steps")
     ap.add_argument("--max_context_examples", type=int, default=None)
-    ap.add_argument("--data_dir", default=None)
     args = ap.parse_args()
-    lm = load_model(args.model_name)
+    lm = load_bench_model(args.model_name, args.layers)
     print(f"machine: {machine()}")
     rows = {}
     for name, kw in METHODS.items():
@@ -51,11 +47,13 @@ def main() -> None:
                 steps_per_s=len(steps) / seconds, computed=steps["computed_tokens"].mean(),
                 computed_late=late["computed_tokens"].mean(), prompt_late=late["prompt_tokens"].mean(),
                 context_late=late["context_size"].mean(), accuracy=steps["reward"].mean(),
+                evictions=int(steps["cache_evictions"].sum()), cached=int(steps["cached_tokens"].max()),
                 efficiency=spent["seconds"] / seconds)
     for name, r in rows.items():
         print(f"{name:12s} {r['steps_per_s']:.2f} steps/s; tokens computed/step {r['computed']:.0f} (last half "
               f"{r['computed_late']:.0f} of {r['prompt_late']:.0f} prompt tokens, context {r['context_late']:.1f} "
-              f"episodes); training accuracy {r['accuracy']:.3f}; efficiency {r['efficiency']:.3f}")
+              f"episodes); training accuracy {r['accuracy']:.3f}; efficiency {r['efficiency']:.3f}; KV cache peak "
+              f"{r['cached']} tokens, {r['evictions']} evictions")
     e, a = rows["explorative"], rows["approximate"]
     print(f"approximate vs explorative: {e['computed_late'] / a['computed_late']:.1f}x fewer tokens computed per step "
           f"(last half), {a['steps_per_s'] / e['steps_per_s']:.1f}x steps/s")

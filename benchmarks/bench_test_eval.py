@@ -9,28 +9,23 @@ fast path: time inside raw model forwards / end-to-end time (same forward calls,
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from common import forward_timer, machine
+from common import forward_timer, load_bench_model, machine, parser
 from icrl_lib.generation import LabelPredictor
-from icrl_lib.models import load_model
 from icrl_lib.prompts import Episode, build_messages, render_prompt, system_prompt
 from icrl_lib.tasks import load_task
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model_name", default="smollm2-135m-instruct")
-    ap.add_argument("--task_name", default="banking77")
+    ap = parser(__doc__, "banking77")
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--context-tokens", type=int, default=2000)
-    ap.add_argument("--baseline-queries", type=int, default=6)
-    ap.add_argument("--data_dir", default=None)
+    ap.add_argument("--baseline-queries", type=int, default=10)
     args = ap.parse_args()
-    lm = load_model(args.model_name)
+    lm = load_bench_model(args.model_name, args.layers)
     task = load_task(args.task_name, args.data_dir)
     system = system_prompt(True, task.description)
     stream = task.sample_train(2000, seed=1)[1]

@@ -1,6 +1,7 @@
 """Shared helpers for the benchmarks: machine description and time spent inside the model's forward."""
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
@@ -41,3 +42,47 @@ def forward_timer(model):
         yield spent
     finally:
         del model.forward
+
+
+RANDOM_LLAMA = "random-llama-3.1-8b"
+
+
+def load_bench_model(model_name: str, layers: int | None = None):
+    """The model a benchmark runs: any ``load_model`` name, or ``random-llama-3.1-8b``.
+
+    ``random-llama-3.1-8b`` has Meta-Llama-3.1-8B-Instruct's architecture (from its published config) with random
+    weights, bf16 on GPU: throughput does not depend on the weights, and it needs no hub access. It borrows the
+    embedded SmolLM2 tokenizer (its ids are all < Llama's 128,256). ``layers`` shrinks it for a smoke test on CPU.
+    """
+    from icrl_lib.models import DEFAULT_MODEL, LanguageModel, cache_argument, load_model, resolve_device
+
+    if model_name != RANDOM_LLAMA:
+        return load_model(model_name)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    small = load_model(DEFAULT_MODEL)  # tokenizer, end-of-turn and chat template
+    config = LlamaConfig(  # meta-llama/Meta-Llama-3.1-8B-Instruct config.json
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers or 32,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        attn_implementation="sdpa")
+    device = resolve_device("auto")
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    return LanguageModel(name=RANDOM_LLAMA, model=model, tokenizer=small.tokenizer, eot_id=small.eot_id,
+                         context_window=config.max_position_embeddings, system_role=small.system_role,
+                         device=str(next(model.parameters()).device), cache_arg=cache_argument(model))
+
+
+def parser(doc: str, task_name: str) -> argparse.ArgumentParser:
+    """Command-line flags every benchmark takes: the model (``--layers`` for the random Llama), task and data."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model_name", default="smollm2-135m-instruct",
+                    help=f"embedded alias, hub id, local folder, or {RANDOM_LLAMA} (random weights, GPU)")
+    ap.add_argument("--layers", type=int, default=None, help=f"{RANDOM_LLAMA} only: fewer layers (CPU smoke test)")
+    ap.add_argument("--task_name", default=task_name)
+    ap.add_argument("--data_dir", default=None, help="local data folder (default: as icrl_lib.tasks.resolve_data_dir)")
+    return ap
