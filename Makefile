@@ -55,8 +55,9 @@ experiment: setup
 test: setup
 	ICRL_PARAMS_FILE=params/ci.yaml $(PY) -m pytest tests notebooks --nbval-lax
 
+# Jupyter refuses to run as root unless told (containers, cloud VMs): pass --allow-root only then.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 grid: setup
 	@files=$$(find $(GRID) -name '*.yaml' | sort); test -n "$$files" || { echo "no YAML under $(GRID)"; exit 2; }; \

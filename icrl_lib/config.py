@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(ExperimentConfig):
         kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)]
         kind = kinds[0]
-        help_ = f"{f.metadata['help']} (default: {f.default})"
+        help_ = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")  # argparse formats help with %
         if kind is bool:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_)
         else:

@@ -74,3 +74,18 @@ def test_paper_parser_defaults():
 def test_bad_flags_name_the_parameter(flags, needle):
     with pytest.raises(ValueError, match=needle):
         config_from_argv(readme_commands("m")[0] + flags)
+
+
+def test_help_lists_every_flag():
+    import subprocess
+    import sys
+    from dataclasses import fields
+
+    from icrl_lib.config import ExperimentConfig
+
+    proc = subprocess.run([sys.executable, "-m", "icrl_lib", "run", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert all(f"--{f.name}" in proc.stdout for f in fields(ExperimentConfig))
+    text = " ".join(proc.stdout.split())  # argparse wraps lines
+    assert "--no-icrl_omit_feedback" in text and "(step + 1) % test_every" in text
