@@ -10,13 +10,8 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 GRID ?= params/grid
 
-# Offline data: ../shared/data beside the checkout when it exists, else the Hugging Face hub (unless set already).
-SHARED_DATA := $(abspath ../shared/data)
-ifeq ($(origin ICRL_DATA_DIR),undefined)
-ifneq ($(wildcard $(SHARED_DATA)/.),)
-export ICRL_DATA_DIR := $(SHARED_DATA)
-endif
-endif
+# Data: $ICRL_DATA_DIR, else ../shared/data beside the checkout when it exists, else the Hugging Face hub
+# (icrl_lib.tasks.resolve_data_dir decides, so make, papermill, the CLI and JupyterLab all agree).
 
 # params/quickstart.yaml -> outputs/quickstart.ipynb; params/grid/m/x.yaml -> outputs/grid__m__x.ipynb
 out_nb = outputs/$(if $(filter params/%,$(1)),$(subst /,__,$(patsubst params/%,%,$(basename $(1)))),$(notdir $(basename $(1)))).ipynb
