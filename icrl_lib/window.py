@@ -23,7 +23,7 @@ WINDOW_FRACTION = 0.95  # leave 5% of the model's window as headroom, as the pap
 def inputs_by_length(lm: LanguageModel, task: Task) -> list[str]:
     """Formatted inputs of every train and test row, longest first in tokens (ties keep data order)."""
     texts = [task.format_input(ex) for ex in task.train + task.test]
-    lengths = [len(ids) for ids in lm.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    lengths = [len(ids) for ids in lm.encode_batch(texts)]
     return [texts[i] for i in sorted(range(len(texts)), key=lambda i: -lengths[i])]
 
 

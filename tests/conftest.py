@@ -1,25 +1,18 @@
 """Shared fixtures: the real offline datasets beside the checkout (../shared/data) or ICRL_DATA_DIR."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _default_data_dir() -> Path:
-    env = os.environ.get("ICRL_DATA_DIR")
-    return Path(env) if env else ROOT.parent / "shared" / "data"
+from icrl_lib.tasks import SHARED_DATA, resolve_data_dir
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """Folder of JSON Lines mirrors of the paper's datasets; the tests need the real data."""
-    path = _default_data_dir()
-    if not (path / "banking77" / "train.jsonl").is_file():
-        pytest.fail(f"offline data not found at {path}; set ICRL_DATA_DIR to a folder laid out like ../shared/data")
+def data_dir():
+    """Folder of JSON Lines mirrors of the paper's datasets, found as the library finds it; the tests need real data."""
+    path = resolve_data_dir()
+    if path is None or not (path / "banking77" / "train.jsonl").is_file():
+        pytest.fail(f"offline data not found at {path or SHARED_DATA}; set ICRL_DATA_DIR to a folder laid out like "
+                    "../shared/data")
     return path
 
 
