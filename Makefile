@@ -43,6 +43,8 @@ run: setup
 experiment: setup
 	@test -n "$(PARAMS)" || { echo "usage: make experiment PARAMS=params/<name>.yaml"; exit 2; }
 	@test -f "$(PARAMS)" || { echo "PARAMS=$(PARAMS): no such file"; exit 2; }
+	@# Refuse bad parameters (and hf_token, which papermill would write into the notebook) before papermill runs.
+	@$(PY) -m icrl_lib check $(PARAMS)
 	mkdir -p outputs
 	$(PY) -m papermill notebooks/icrl_experiment.ipynb $(call out_nb,$(PARAMS)) -f $(PARAMS) -p headless True --log-output
 	@$(PY) -c 'import sys; from icrl_lib.notebook import print_summary; print_summary(sys.argv[1])' $(call out_nb,$(PARAMS))

@@ -1,7 +1,9 @@
-"""Command line: ``python -m icrl_lib run <the paper's run_experiment.py flags>`` and ``max-examples``.
+"""Command line: ``python -m icrl_lib run <the paper's run_experiment.py flags>``, ``check`` and ``max-examples``.
 
 Every command of the paper's README runs with only the program name changed, e.g.
 ``python -m icrl_lib run --model_name microsoft/Phi-3.5-mini-instruct --task_name banking77 ...``.
+A user's mistake (a parameter, a data file, a run folder in use, a full disk) ends in one line on stderr and exit
+status 2; Ctrl-C in one line and status 130. Only a bug in icrl itself prints a traceback.
 """
 from __future__ import annotations
 
@@ -10,6 +12,10 @@ import logging
 import sys
 
 from .config import config_from_argv
+
+COMMANDS = {"run": "run one experiment (paper flags)",
+            "check": "check an experiment notebook's params YAML without running it (what make experiment does first)",
+            "max-examples": "max context examples for a window"}
 
 
 def _max_examples(argv: list[str]) -> int:
@@ -22,35 +28,61 @@ def _max_examples(argv: list[str]) -> int:
                         "../shared/data beside the checkout if present, else the hub)")
     parser.add_argument("--no-icrl", dest="icrl", action="store_false", help="ICL episodes (no feedback turns)")
     args = parser.parse_args(argv)
+    from .models import resolve_model
     from .runner import find_max_context_examples
     from .tasks import parse_task_name
 
     parse_task_name(args.task_name)  # fail on a bad name before loading the model
+    resolve_model(args.model_name)
     n = find_max_context_examples(args.model_name, args.task_name, args.max_window_tokens, args.data_dir, args.icrl)
     print(f"{n} examples")
+    return 0
+
+
+def _check(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="icrl check", description="Check a params YAML of "
+                                     "notebooks/icrl_experiment.ipynb as papermill would pass it (-f): its keys and "
+                                     "values, output_dir, model_name and the data; loads no model.")
+    parser.add_argument("params", help="YAML file of notebook parameters, e.g. params/quickstart.yaml")
+    args = parser.parse_args(argv)
+    from . import notebook
+    from .runner import preflight
+    from .storage import run_name
+
+    config = notebook.experiment_config(notebook.checked_parameters(args.params))
+    preflight(config)
+    print(f"{args.params}: ok; run folder {config.output_dir}/{run_name(config)}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m icrl_lib`` and the ``icrl`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"run": "run one experiment (paper flags)", "max-examples": "max context examples for a window"}
-    if not argv or argv[0] not in commands:
-        print("usage: python -m icrl_lib {run,max-examples} [flags]  (--help after a command for its flags)\n"
-              + "\n".join(f"  {k:13s} {v}" for k, v in commands.items()), file=sys.stderr)
+    if not argv or argv[0] not in COMMANDS:
+        print("usage: python -m icrl_lib {" + ",".join(COMMANDS) + "} [flags]  (--help after a command for its flags)\n"
+              + "\n".join(f"  {k:13s} {v}" for k, v in COMMANDS.items()), file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         if argv[0] == "max-examples":
             return _max_examples(argv[1:])
+        if argv[0] == "check":
+            return _check(argv[1:])
         config = config_from_argv(argv[1:])
         from .runner import run_experiment
 
         result = run_experiment(config, progress=sys.stderr.isatty())
         print(f"run folder: {result.run_dir}")
         return 0
+    except KeyboardInterrupt as err:
+        print(f"error: {err or 'interrupted; rerun the same command to resume'}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # not wrapped where it happened: still one line, with the path
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: {err.strerror or err}:{where}", file=sys.stderr)
         return 2
 
 

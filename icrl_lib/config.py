@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .errors import UserError, os_error
+
 # Fields that change what an experiment computes; the others (where it runs, how it reports) may differ on resume.
 NON_RESULT_FIELDS = frozenset({"verbose", "output_dir", "data_dir", "device", "fast", "batch_size", "log_every",
                                "debug_k", "hf_token"})
+# Result fields that are not part of a run's identity: a larger train_k continues the same run (its stream begins
+# with the shorter one's), so the run folder does not depend on it.
+EXTENDABLE_FIELDS = frozenset({"train_k"})
+# Where the command line's default differs from the dataclass's: the paper's parser left --test_k at None.
+CLI_DEFAULTS: Mapping[str, Any] = types.MappingProxyType({"test_k": None})
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -61,8 +70,13 @@ class ExperimentConfig:
     log_every: int = _f(25, "headless runs print a progress line every log_every steps (and at test steps)")
 
     def __post_init__(self) -> None:
+        # Normalised once, here, so YAML (temperature: 1), the CLI and notebooks (1.0) give one run identity.
         if self.max_contexts == -1:  # the paper's parser default means "not set"
             object.__setattr__(self, "max_contexts", None)
+        for name, annotation in _field_types().items():
+            value = getattr(self, name)
+            if float in _allowed_types(annotation) and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
         self.validate()
 
     @classmethod
@@ -125,19 +139,55 @@ class ExperimentConfig:
         return out
 
     def result_fields(self) -> dict[str, Any]:
-        """The fields that determine the experiment's results (used to name and check run folders)."""
+        """The fields that determine the experiment's results."""
         return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_FIELDS}
+
+    @property
+    def zero_shot(self) -> bool:
+        """``max_context_examples: 0``: one test step on an empty context (the paper's step 0)."""
+        return self.max_context_examples == 0
+
+    def identity(self) -> dict[str, Any]:
+        """The result fields that this experiment actually uses: they name and check its run folder.
+
+        Fields without effect are left out, so that one experiment never lands in two folders: ``train_k`` (a
+        larger one extends the run), everything about training for zero-shot, the approximate-only fields for other
+        strategies, the flip probability without flipping, feedback options for ICL, the window cap when
+        ``max_context_examples`` is set.
+        """
+        unused = set(EXTENDABLE_FIELDS)
+        if not self.context_strategy_name.startswith("approximate"):
+            unused |= {"max_contexts", "approximate_context_sampling_method"}
+        if not self.icrl_flip_feedback:
+            unused.add("icrl_flip_feedback_prob")
+        if not self.icrl:
+            unused |= {"icrl_omit_feedback", "icrl_flip_feedback", "icrl_flip_feedback_prob"}
+        if self.max_context_examples is not None:
+            unused.add("max_window_tokens")
+        if self.zero_shot:
+            unused |= {"context_strategy_name", "context_p_keep", "max_contexts", "approximate_context_sampling_method",
+                       "test_every", "training_seed", "exemplars_per_label", "icrl_omit_feedback",
+                       "icrl_flip_feedback", "icrl_flip_feedback_prob"}
+        return {k: v for k, v in self.result_fields().items() if k not in unused}
 
 
 FIELD_HELP: Mapping[str, str] = types.MappingProxyType({f.name: f.metadata["help"] for f in fields(ExperimentConfig)})
 
 
+@functools.lru_cache(maxsize=1)
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(ExperimentConfig)
 
 
+def _allowed_types(annotation: Any) -> tuple[Any, ...]:
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return typing.get_args(annotation) if union else (annotation,)
+
+
 def _check_type(key: str, value: Any, annotation: Any) -> None:
-    allowed = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    allowed = _allowed_types(annotation)
+    if float in allowed and isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key}: must be a finite number, got {value!r}")
     for t in allowed:
         if t is type(None) and value is None:
             return
@@ -162,20 +212,37 @@ def load_config(source: str | Path | Mapping[str, Any] | None = None, **override
     """Config from a YAML file, a mapping or nothing (defaults), then ``overrides``; strict keys and types."""
     values: dict[str, Any] = {}
     if isinstance(source, (str, Path)):
-        import yaml
-
-        loaded = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{source}: expected a mapping of config keys, got {type(loaded).__name__}")
-        values.update(loaded)
+        values.update(read_yaml_mapping(source))
+        try:
+            return ExperimentConfig.from_dict({**values, **overrides})
+        except ValueError as err:
+            raise UserError(f"{source}: {err}") from None
     elif source is not None:
         values.update(source)
     values.update(overrides)
-    if "max_contexts" in values and values["max_contexts"] == -1:
-        values["max_contexts"] = None
-    if isinstance(values.get("temperature"), int) and not isinstance(values.get("temperature"), bool):
-        values["temperature"] = float(values["temperature"])
     return ExperimentConfig.from_dict(values)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding one mapping (``{}`` for an empty file); errors name the file (and line)."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise os_error("reading", path, err) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{path}{where}: not valid YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of parameter names to values, got {type(data).__name__}")
+    return data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(ExperimentConfig):
         kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)]
         kind = kinds[0]
-        help_ = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")  # argparse formats help with %
+        default = CLI_DEFAULTS.get(f.name, f.default)
+        help_ = f"{f.metadata['help']} (default: {default})".replace("%", "%%")  # argparse formats help with %
         if kind is bool:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, help=help_)
         else:
@@ -208,7 +276,5 @@ def config_from_argv(argv: list[str]) -> ExperimentConfig:
     """Config from command-line flags; a flag left out keeps its default (omitted ``--test_k``: whole test split,
     as the paper's parser, whose default was None)."""
     args = vars(build_parser().parse_args(argv))
-    if "test_k" not in args:
-        args["test_k"] = None
-    return load_config(args)
+    return load_config({**CLI_DEFAULTS, **args})
 

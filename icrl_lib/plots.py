@@ -100,6 +100,22 @@ def regret_figure(steps: pd.DataFrame, *, by: str | None = None, title: str = "C
     return _line_figure(steps.dropna(subset=["regret"]), "regret", by, title, "cumulative regret")
 
 
+def collapse_figure(steps: pd.DataFrame, *, title: str = "Exploration: labels predicted in recent training steps"
+                    ) -> go.Figure:
+    """Distinct labels and their entropy (bits) among the latest training predictions (``results.window_collapse``):
+    exploration collapse, the paper's central failure, shows as both falling to 1 label / 0 bits."""
+    _require(steps, ["step", "window_distinct_labels", "window_label_entropy"], "collapse_figure")
+    rows = steps.dropna(subset=["window_distinct_labels"]).sort_values("step")
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=rows["step"], y=rows["window_distinct_labels"], name="distinct labels", mode="lines"))
+    fig.add_trace(go.Scatter(x=rows["step"], y=rows["window_label_entropy"], name="entropy (bits)", mode="lines",
+                             yaxis="y2"))
+    fig.update_layout(title=title, xaxis_title="step", yaxis=dict(title="distinct labels", rangemode="tozero"),
+                      yaxis2=dict(title="entropy (bits)", overlaying="y", side="right", showgrid=False,
+                                  rangemode="tozero"), **_LAYOUT)
+    return fig
+
+
 def context_figure(steps: pd.DataFrame, *, title: str = "Context over steps") -> go.Figure:
     """Context size and positive-feedback episodes per step; approximate ICRL adds which context was used."""
     _require(steps, ["step", "context_size", "context_positive"], "context_figure")

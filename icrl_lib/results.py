@@ -1,20 +1,28 @@
 """Tidy pandas tables from run logs, and the paper's metrics.
 
 Per training step: reward, running accuracy (cumulative mean reward), regret (cumulative number of wrong training
-predictions), context size/composition, tokens (in the prompts vs actually computed) and the KV cache held.
-Per test step: accuracy and per-class accuracy. ICL steps have no reward, so their running accuracy and regret are NaN.
+predictions), exploration collapse (distinct labels predicted and their entropy over the last ``COLLAPSE_WINDOW``
+steps), context size/composition, tokens (in the prompts vs actually computed) and the KV cache held.
+Per test step: accuracy, how many distinct labels were predicted (and their entropy), per-class accuracy and the
+distribution of predictions. ICL steps have no reward, so their running accuracy and regret are NaN.
 """
 from __future__ import annotations
 
-import json
+import math
+import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-import yaml
 
-TABLES = ("steps", "tests", "per_class", "test_predictions")
+from .config import read_yaml_mapping
+from .errors import os_error
+from .storage import read_log
+
+TABLES = ("steps", "tests", "per_class", "test_predictions", "test_distribution")
+COLLAPSE_WINDOW = 50  # training steps over which distinct predicted labels and their entropy are measured
 
 
 def method_of(config: dict[str, Any]) -> str:
@@ -33,8 +41,30 @@ def method_of(config: dict[str, Any]) -> str:
     return str(strategy)
 
 
-def steps_table(records: Iterable[dict]) -> pd.DataFrame:
-    """One row per step: reward, running_accuracy, regret, context and token columns."""
+def label_entropy(labels: Iterable[str]) -> float:
+    """Shannon entropy (bits) of the empirical distribution of ``labels``; 0 when one label is always predicted."""
+    counts = np.array(list(Counter(labels).values()), dtype=float)
+    if counts.sum() == 0:
+        return float("nan")
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: no -0.0
+
+
+def window_collapse(predictions: pd.Series, window: int = COLLAPSE_WINDOW) -> pd.DataFrame:
+    """Per row: distinct labels and their entropy (bits) among the last ``window`` non-null predictions (NaN
+    before the first one). The paper's central failure, exploration collapse, shows as both falling towards 1 / 0."""
+    distinct, entropy, recent = [], [], []
+    for value in predictions:
+        if isinstance(value, str):
+            recent = (recent + [value])[-window:]
+        distinct.append(len(set(recent)) if recent else math.nan)
+        entropy.append(label_entropy(recent) if recent else math.nan)
+    return pd.DataFrame({"window_distinct_labels": distinct, "window_label_entropy": entropy},
+                        index=predictions.index)
+
+
+def steps_table(records: Iterable[dict], collapse_window: int = COLLAPSE_WINDOW) -> pd.DataFrame:
+    """One row per step: reward, running_accuracy, regret, collapse, context and token columns."""
     rows = []
     for rec in records:
         train = rec.get("train") or {}
@@ -60,14 +90,30 @@ def steps_table(records: Iterable[dict]) -> pd.DataFrame:
     df["regret"] = (df["reward"] == 0).cumsum().astype(float).where(has_reward)
     df["cumulative_prompt_tokens"] = df["prompt_tokens"].cumsum()
     df["cumulative_computed_tokens"] = df["computed_tokens"].cumsum()
-    return df
+    return pd.concat([df, window_collapse(df["prediction"], collapse_window)], axis=1)
 
 
 def evaluation_table(records: Iterable[dict]) -> pd.DataFrame:
-    """One row per test step: accuracy, number of test examples, context size."""
+    """One row per test step: accuracy, number of test examples, context size, distinct labels predicted and their
+    entropy (bits)."""
     rows = [{"step": r["step"], "accuracy": r["test"]["accuracy"], "n": len(r["test"]["predictions"]),
-             "context_size": (r.get("context") or {}).get("size", 0)} for r in records if r.get("test")]
-    return pd.DataFrame(rows, columns=["step", "accuracy", "n", "context_size"])
+             "context_size": (r.get("context") or {}).get("size", 0),
+             "distinct_predictions": len(set(r["test"]["predictions"])),
+             "prediction_entropy": label_entropy(r["test"]["predictions"])} for r in records if r.get("test")]
+    return pd.DataFrame(rows, columns=["step", "accuracy", "n", "context_size", "distinct_predictions",
+                                       "prediction_entropy"])
+
+
+def test_distribution_table(records: Iterable[dict]) -> pd.DataFrame:
+    """Per test step and predicted label: how often it was predicted (count, share) and how often it is the answer."""
+    rows = []
+    for r in records:
+        if not r.get("test"):
+            continue
+        predicted, gold, n = Counter(r["test"]["predictions"]), Counter(r["test"]["answers"]), len(r["test"]["answers"])
+        rows += [{"step": r["step"], "label": label, "count": count, "share": count / n, "gold_share": gold[label] / n}
+                 for label, count in predicted.most_common()]
+    return pd.DataFrame(rows, columns=["step", "label", "count", "share", "gold_share"])
 
 
 def evaluation_predictions_table(records: Iterable[dict]) -> pd.DataFrame:
@@ -86,33 +132,29 @@ def per_class_table(records: Iterable[dict]) -> pd.DataFrame:
     return grouped.rename(columns={"answer": "label", "mean": "accuracy", "size": "n"})
 
 
-def write_tables(store) -> dict[str, Path]:
-    """Write every table of a run as parquet under ``<run>/tables/``."""
-    records = store.records()
-    folder = store.path / "tables"
-    folder.mkdir(exist_ok=True)
+def write_tables(run_dir: str | Path, records: list[dict]) -> dict[str, Path]:
+    """Write every table of a run as parquet under ``<run_dir>/tables/`` (each file replaced atomically)."""
+    folder = Path(run_dir) / "tables"
     builders = {"steps": steps_table, "tests": evaluation_table, "per_class": per_class_table,
-                "test_predictions": evaluation_predictions_table}
+                "test_predictions": evaluation_predictions_table, "test_distribution": test_distribution_table}
     paths = {}
     for name, build in builders.items():
         paths[name] = folder / f"{name}.parquet"
-        build(records).to_parquet(paths[name], index=False)
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        try:
+            folder.mkdir(exist_ok=True)
+            build(records).to_parquet(tmp, index=False)
+            os.replace(tmp, paths[name])
+        except OSError as err:
+            raise os_error("writing", paths[name], err, "the step log is kept: fix the cause and rerun the same "
+                           "command to resume") from None
     return paths
 
 
 def _runs(outputs_dir: str | Path):
-    """(run folder, config dict, records) for every run folder under ``outputs_dir``."""
+    """(run folder, config dict, records) for every run folder under ``outputs_dir`` (see ``storage.read_log``)."""
     for cfg in sorted(Path(outputs_dir).glob("*/config.yaml")):
-        config = yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}
-        log = cfg.parent / "steps.jsonl"
-        records = []
-        if log.is_file():
-            for line in log.read_text(encoding="utf-8").splitlines():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # torn last line of a run in progress
-        yield cfg.parent, config, records
+        yield cfg.parent, read_yaml_mapping(cfg), read_log(cfg.parent / "steps.jsonl")
 
 
 def _with_config(df: pd.DataFrame, run_dir: Path, config: dict) -> pd.DataFrame:

@@ -4,12 +4,17 @@ Each step: the strategy builds the context from past episodes (seeded with ``see
 next training input, gets reward 1/0 and shows it (possibly flipped) as feedback; ICL records the gold label.
 At step 0, at every step with ``(step + 1) % test_every == 0`` and at the last step, the whole test set is
 predicted on that same context. Every completed step is one fsynced line in ``steps.jsonl``; a rerun replays the
-logged steps (checking that the strategy reproduces every logged context) and continues after the last one.
+logged steps (checking each record against the data stream and the strategy) and continues after the last one.
+
+Order of work, so that a mistake costs nothing: config, output_dir, model name and data are checked before the run
+folder is locked, and the folder is locked before the model is loaded.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,15 +22,18 @@ from typing import Any
 import numpy as np
 
 from .config import ExperimentConfig
+from .errors import RunInterrupted, UserError
 from .generation import LabelPredictor
-from .models import LanguageModel, load_model
+from .models import LanguageModel, ModelSource, load_model, resolve_model
 from .prompts import Episode, build_messages, render_prompt, system_prompt
-from .storage import RunStore
+from .storage import RunStore, check_output_dir
 from .strategies import make_strategy
-from .tasks import Task, load_task
+from .tasks import Example, Task, load_task
 from .window import cached_max_examples, max_examples_for_window, usable_window
 
 log = logging.getLogger("icrl")
+DEBUG_SEPARATOR = "=" * 80 + "\n"
+COLLAPSE_WINDOW = 50  # training steps over which the progress line counts distinct predicted labels
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,7 @@ class RunResult:
 
     run_dir: Path
     records: list[dict]
-    max_context_examples: int
+    max_context_examples: int  # episodes a context may hold besides the exemplars
 
     @property
     def steps(self):
@@ -49,6 +57,15 @@ class RunResult:
         return evaluation_table(self.records)
 
 
+@dataclass(frozen=True)
+class RunData:
+    """The rows one run uses: gold exemplars, the training stream and the test set."""
+
+    exemplars: tuple[Example, ...]
+    stream: tuple[Example, ...]
+    test: tuple[Example, ...]
+
+
 def evaluation_steps(steps: int, test_every: int) -> list[int]:
     """Step 0, every step with (step + 1) % test_every == 0, and the last step (sorted, unique)."""
     return sorted({0, steps - 1} | {s for s in range(steps) if (s + 1) % test_every == 0})
@@ -59,10 +76,29 @@ def flip_coin(seed: int, step: int) -> float:
     return float(np.random.default_rng(seed + step).random())
 
 
-def resolve_max_examples(config: ExperimentConfig, lm: LanguageModel, task: Task, exemplars: int) -> int:
-    """``max_context_examples`` as given, or as many worst-case episodes as fit (cached per model/task/window)."""
+def sample_data(config: ExperimentConfig, task: Task) -> RunData:
+    """Exemplars, training stream and test set of ``config``; UserError when a size exceeds the data."""
+    if config.test_k is not None and config.test_k > len(task.test):
+        raise UserError(f"test_k: {config.test_k} is more than the {len(task.test)} rows of the test split of "
+                        f"{task.name}; allowed: 1..{len(task.test)}, or None for the whole split")
+    train_k = 0 if config.zero_shot else config.train_k
+    exemplars, stream = task.sample_train(train_k, config.training_seed,
+                                          0 if config.zero_shot else config.exemplars_per_label)
+    if len(stream) < train_k:
+        left = f" left after {len(exemplars)} exemplars" if exemplars else ""
+        raise UserError(f"train_k: {train_k} is more than the {len(stream)} training rows of {task.name}{left}; "
+                        f"allowed: 1..{len(stream)}")
+    return RunData(exemplars, stream, task.sample_test(config.test_k, config.test_seed))
+
+
+def episode_budget(config: ExperimentConfig, lm: LanguageModel, task: Task, exemplars: int) -> int:
+    """Episodes a context may hold besides the exemplars.
+
+    Given ``max_context_examples``, the exemplars count against it (the paper: ``max(0, M - len(exemplars))``);
+    None: as many worst-case episodes as fit next to the exemplars (cached per model/task/window).
+    """
     if config.max_context_examples is not None:
-        return config.max_context_examples
+        return max(0, config.max_context_examples - exemplars)
     window = usable_window(lm, config.max_window_tokens)
     mode = "icrl" + ("_nofeedback" if config.icrl_omit_feedback else "") if config.icrl else "icl"
     # "v2": the worst case became the n longest distinct inputs (v1 repeated the single longest one).
@@ -88,95 +124,184 @@ def find_max_context_examples(model_name: str, task_name: str, max_window_tokens
     return max_examples_for_window(lm, task, usable_window(lm, max_window_tokens), icrl=icrl)
 
 
+def data_fingerprint(task: Task, data: RunData) -> dict[str, Any]:
+    """Where the rows came from and a hash of each part actually used (training stream, exemplars, test set)."""
+    import hashlib
+    import json
+
+    def digest(rows) -> str:
+        text = json.dumps([[ex.text, task.answer(ex)] for ex in rows], ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    return {"source": task.source, "train_steps": len(data.stream), "train": digest(data.stream),
+            "exemplars": digest(data.exemplars), "test": digest(data.test), "test_size": len(data.test)}
+
+
+def check_data(store: RunStore, task: Task, data: RunData) -> None:
+    """Record the data fingerprint of a new run; refuse to resume a run on other data (another data_dir, or an
+    edited dataset). A longer stream (larger train_k) must begin with the logged one."""
+    new = data_fingerprint(task, data)
+    old = store.read_json("data.json")
+    if old is not None:
+        try:
+            n = int(old["train_steps"])
+            same_prefix = data_fingerprint(task, RunData((), data.stream[:n], ()))["train"] == old["train"]
+            differ = [k for k in ("exemplars", "test") if old[k] != new[k]] + ([] if same_prefix else ["training stream"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{store.path / 'data.json'}: damaged; restore it, or remove the run folder to start "
+                            "over") from None
+        if differ:
+            raise UserError(f"data: {store.path} was run on other data ({', '.join(differ)} differ): it used "
+                            f"{old.get('source')}, this run reads {task.source}; use the same data_dir / ICRL_DATA_DIR, "
+                            "or another output_dir")
+        if n >= len(data.stream):
+            return
+    store.write_json("data.json", new)
+
+
+def preflight(config: ExperimentConfig, model: bool = True) -> tuple[ModelSource | None, Task, RunData]:
+    """Everything a user can get wrong, checked before a run folder is locked or a model loads: the config, that
+    output_dir is writable, that ``model_name`` resolves (skipped with ``model=False``), the data and its sizes.
+    Raises UserError (one line naming the parameter or file)."""
+    config.validate()
+    check_output_dir(config.output_dir)
+    if config.hf_token:
+        os.environ["HF_TOKEN"] = config.hf_token  # for this process only; never written anywhere
+    source = resolve_model(config.model_name, config.hf_token) if model else None
+    task = load_task(config.task_name, config.data_dir)
+    return source, task, sample_data(config, task)
+
+
 def run_experiment(config: ExperimentConfig, progress: bool | None = True, lm: LanguageModel | None = None) -> RunResult:
-    """Run (or resume) one experiment; ``progress`` True = tqdm bar, False = a log line every ``log_every`` steps."""
-    config.validate()  # before anything is loaded or written
+    """Run (or resume, or extend) one experiment; ``progress`` True = tqdm bar, False = a line every ``log_every``
+    steps. Everything a user can get wrong is checked before the model loads (see :func:`preflight`)."""
+    _show_verbose_logs(config)
+    source, task, data = preflight(config, model=lm is None)
+    with RunStore.open(config) as store:
+        check_data(store, task, data)
+        records = store.records()
+        print(f"[icrl] run folder: {store.path} ({len(records)} steps logged)", flush=True)
+        lm = lm or load_model(config.model_name, config.device, config.trust_remote_code, source=source)
+        budget = 0 if config.zero_shot else episode_budget(config, lm, task, len(data.exemplars))
+        steps = 1 if config.zero_shot else len(data.stream)
+        to_test = evaluation_steps(steps, config.test_every)
+        if not config.icrl and not config.zero_shot:  # ICL: the context is full once `budget` gold pairs exist
+            steps = min([s for s in to_test if s >= budget], default=steps - 1) + 1
+            to_test = [s for s in to_test if s < steps]
+        loop = _Loop(config, task, lm, store, data, budget, steps, set(to_test))
+        pool = loop.predictor.pool
+        store.write_json("meta.json", {
+            "max_context_examples": budget, "steps": steps, "test_steps": to_test, "train_size": len(data.stream),
+            "test_size": len(data.test), "exemplars": len(data.exemplars), "kv_cache": {
+                "budget_tokens": pool.budget_tokens, "max_entries": pool.max_entries,
+                "bytes_per_token": lm.kv_bytes_per_token}, "model": {
+                "name": lm.name, "context_window": lm.context_window, "eot_id": lm.eot_id, "device": lm.device,
+                "system_role": lm.system_role}})
+        loop.replay(records)
+        loop.run(progress)
+        return RunResult(store.path, loop.records, budget)
+
+
+def _show_verbose_logs(config: ExperimentConfig) -> None:
     if config.verbose and not logging.getLogger().handlers and not log.handlers:
         # In a notebook nothing configures logging, and INFO records would vanish: show them on stderr.
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    task = load_task(config.task_name, config.data_dir)
-    store = RunStore.open(config)
-    records = store.records()
-    if config.hf_token:
-        import os
-
-        os.environ["HF_TOKEN"] = config.hf_token  # for this process only; never written anywhere
-    lm = lm or load_model(config.model_name, config.device, config.trust_remote_code)
-    zero_shot = config.max_context_examples == 0
-    exemplars, stream = task.sample_train(0 if zero_shot else config.train_k, config.training_seed,
-                                          0 if zero_shot else config.exemplars_per_label)
-    test = task.sample_test(config.test_k, config.test_seed)
-    max_examples = 0 if zero_shot else resolve_max_examples(config, lm, task, len(exemplars))
-    steps = 1 if zero_shot else len(stream)
-    to_test = evaluation_steps(steps, config.test_every)
-    if not config.icrl and not zero_shot:  # ICL: the context is full once max_examples gold pairs exist
-        steps = min([s for s in to_test if s >= max_examples], default=steps - 1) + 1
-        to_test = [s for s in to_test if s < steps]
-    loop = _Loop(config, task, lm, store, exemplars, stream, test, max_examples, steps, set(to_test))
-    pool = loop.predictor.pool
-    store.write_json("meta.json", {
-        "max_context_examples": max_examples, "steps": steps, "test_steps": to_test, "train_size": len(stream),
-        "test_size": len(test), "exemplars": len(exemplars), "kv_cache": {
-            "budget_tokens": pool.budget_tokens, "max_entries": pool.max_entries,
-            "bytes_per_token": lm.kv_bytes_per_token}, "model": {
-            "name": lm.name, "context_window": lm.context_window, "eot_id": lm.eot_id, "device": lm.device,
-            "system_role": lm.system_role}})
-    loop.replay(records)
-    loop.run(progress)
-    from .results import write_tables
-
-    write_tables(store)
-    return RunResult(store.path, store.records(), max_examples)
 
 
 class _Loop:
     """State of one run: history of episodes, strategy state, predictor, progress reporting."""
 
-    def __init__(self, config, task, lm, store, exemplars, stream, test, max_examples, steps, to_test):
-        self.c, self.task, self.lm, self.store = config, task, lm, store
-        self.stream, self.test, self.steps, self.to_test = stream, test, steps, to_test
-        self.icrl = config.icrl and max_examples > 0
-        self.strategy = None if max_examples == 0 else make_strategy(
-            config.context_strategy_name, max_examples=max_examples, p_keep=config.context_p_keep,
+    def __init__(self, config: ExperimentConfig, task: Task, lm: LanguageModel, store: RunStore, data: RunData,
+                 budget: int, steps: int, to_test: set[int]):
+        self.config, self.task, self.lm, self.store = config, task, lm, store
+        self.stream, self.test, self.steps, self.to_test = data.stream, data.test, steps, to_test
+        self.zero_shot = config.zero_shot
+        self.icrl = config.icrl  # zero-shot with icrl: the ICRL prompt with no episodes (the paper's step 0)
+        self.strategy = None if budget == 0 else make_strategy(
+            config.context_strategy_name, max_examples=budget, p_keep=config.context_p_keep,
             max_contexts=config.max_contexts, sampling=config.approximate_context_sampling_method)
         self.state = self.strategy.initial_state() if self.strategy else None
         self.exemplars = [Episode(task.format_input(e), task.answer(e), task.answer(e) if self.icrl else None,
-                                  1 if self.icrl else None) for e in exemplars]
+                                  1 if self.icrl else None) for e in data.exemplars]
         self.history: list[Episode] = []
         self.system = system_prompt(self.icrl, task.description, config.system_prompt)
         # One cache entry per approximate context (they only grow, so each is extended in place) plus one spare.
         self.predictor = LabelPredictor(lm, task.labels, config.temperature, fast=config.fast,
                                         batch_size=config.batch_size,
                                         max_cached_contexts=max(9, (config.max_contexts or 0) + 1))
+        self.test_answers = [task.answer(ex) for ex in self.test]
         self.debug_left = config.debug_k
+        self.records: list[dict] = []
         self.rewards: list[int] = []
+        self.recent: deque[str] = deque(maxlen=COLLAPSE_WINDOW)  # latest training predictions
         self.last_test: float | None = None
-        self.done = 0  # steps already in the log
 
     def _select(self, step: int):
         if self.strategy is None:
             return None
         feedbacks = [e.feedback for e in self.history]
-        selection, self.state = self.strategy.select(self.state, feedbacks, self.c.seed + step)
+        selection, self.state = self.strategy.select(self.state, feedbacks, self.config.seed + step)
         return selection
 
     def replay(self, records: list[dict]) -> None:
-        """Rebuild history and strategy state from logged steps, checking every logged context is reproduced."""
+        """Rebuild history and strategy state from logged steps, checking every record: its step, the data it
+        logged (input, answer, test answers), the values it holds (labels, rewards, feedback) and its context."""
+        if len(records) > self.steps:
+            raise UserError(f"{self.store.log_path}: holds {len(records)} steps but this run has {self.steps}")
         for step, rec in enumerate(records):
-            if rec["step"] != step:
-                raise ValueError(f"{self.store.path}/steps.jsonl: expected step {step}, found {rec['step']}")
-            selection = self._select(step)
-            logged = rec["context"]["indices"] if rec.get("context") else []
-            if selection is not None and list(selection.indices) != list(logged):
-                raise ValueError(f"{self.store.path}: step {step} context differs from the log; the run was made by "
-                                 "different code or data — use a new output_dir")
+            where = f"{self.store.log_path}: line {step + 1}"
+            try:
+                problem = self._check_record(step, rec)
+            except (KeyError, TypeError, IndexError, AttributeError) as err:
+                problem = f"malformed record ({type(err).__name__}: {err})"
+            if problem:
+                raise UserError(f"{where}: {problem}; restore the file, or remove the run folder to start over")
             self._remember(rec)
-        self.done = len(records)
+        self._trim_debug_prompts(records)
+
+    def _check_record(self, step: int, rec: dict) -> str | None:
+        """What is wrong with a logged record, or None. Also advances the strategy (its draws must be replayed)."""
+        if rec["step"] != step:
+            return f"expected step {step}, found {rec['step']!r}"
+        selection = self._select(step)
+        logged = rec["context"]["indices"] if rec.get("context") else []
+        if list(selection.indices if selection else []) != list(logged):
+            return "the context differs from what the strategy draws: the run was made by different code or settings"
+        train = rec["train"]
+        if self.zero_shot:
+            if train is not None:
+                return "a zero-shot step has no training episode"
+        else:
+            ex = self.stream[step]
+            if train["input"] != self.task.format_input(ex) or train["answer"] != self.task.answer(ex):
+                return "the logged training input differs from the data stream (was the data changed?)"
+            if self.icrl:
+                prediction, reward = train["prediction"], train["reward"]
+                if prediction not in self.task.labels:
+                    return f"prediction {prediction!r} is not a label of {self.task.name}"
+                if reward != int(prediction == train["answer"]):
+                    return f"reward {reward!r} does not match prediction and answer"
+                flipped = bool(self.config.icrl_flip_feedback
+                               and flip_coin(self.config.seed, step) < self.config.icrl_flip_feedback_prob)
+                if train["flipped"] != flipped or train["feedback"] != (1 - reward if flipped else reward):
+                    return "feedback does not follow from the reward and the flip coin"
+            elif train["prediction"] is not None or train["reward"] is not None:
+                return "an ICL step has no prediction or reward"
+        test = rec["test"]
+        if test is None:
+            return "no test results at a test step" if step in self.to_test else None
+        if list(test["answers"]) != self.test_answers:
+            return "the logged test answers differ from the test set (was the data changed?)"
+        wrong = [p for p in test["predictions"] if p not in self.task.labels]
+        if wrong or len(test["predictions"]) != len(self.test_answers):
+            return f"test predictions hold non-labels {wrong[:3]!r} or a wrong count"
+        return None
 
     def _remember(self, rec: dict) -> None:
+        self.records.append(rec)
         if rec.get("test"):
             self.last_test = rec["test"]["accuracy"]
         train = rec.get("train")
@@ -185,19 +310,32 @@ class _Loop:
         self.history.append(Episode(train["input"], train["answer"], train["prediction"], train["feedback"]))
         if train["reward"] is not None:
             self.rewards.append(train["reward"])
+            self.recent.append(train["prediction"])
 
     def _prompt(self, episodes: list[Episode], query: str | None) -> str:
         messages = build_messages(self.system, episodes, query, icrl=self.icrl, prediction_prefix=self.task.prediction_prefix,
-                                  omit_feedback=self.c.icrl_omit_feedback, system_role=self.lm.system_role)
+                                  omit_feedback=self.config.icrl_omit_feedback, system_role=self.lm.system_role)
         if query is None:
             return self.lm.tokenizer.apply_chat_template(messages, tokenize=False)
         return render_prompt(self.lm.tokenizer, messages, self.task.prediction_prefix)
+
+    def _trim_debug_prompts(self, records: list[dict]) -> None:
+        """Keep exactly the debug prompts of the replayed steps' model calls, so a resume never repeats them."""
+        calls = sum(int(bool(r["train"] and r["train"]["prediction"] is not None)) + int(bool(r["test"]))
+                    for r in records)
+        written = min(calls, self.config.debug_k)
+        self.debug_left = self.config.debug_k - written
+        path = self.store.path / "debug_prompts.txt"
+        if path.is_file():
+            entries = path.read_text(encoding="utf-8").split(DEBUG_SEPARATOR)
+            if len(entries) - 1 > written:
+                path.write_text("".join(e + DEBUG_SEPARATOR for e in entries[:written]), encoding="utf-8")
 
     def _debug(self, prompts: list[str]) -> None:
         for prompt in prompts[: max(self.debug_left, 0)]:
             log.info("model call prompt:\n%s", prompt)
             with open(self.store.path / "debug_prompts.txt", "a", encoding="utf-8") as fh:
-                fh.write(prompt + "\n" + "=" * 80 + "\n")
+                fh.write(prompt + "\n" + DEBUG_SEPARATOR)
             self.debug_left -= 1
 
     def step(self, step: int) -> dict[str, Any]:
@@ -206,7 +344,7 @@ class _Loop:
         episodes = self.exemplars + ([self.history[i] for i in selection.indices] if selection else [])
         context = self._prompt(episodes, None)
         train = None
-        if self.strategy is not None:
+        if not self.zero_shot:
             ex = self.stream[step]
             query, answer = self.task.format_input(ex), self.task.answer(ex)
             train = {"example": step, "input": query, "answer": answer, "prediction": None, "reward": None,
@@ -214,20 +352,20 @@ class _Loop:
             if self.icrl:
                 prompt = self._prompt(episodes, query)
                 self._debug([prompt])
-                pred = self.predictor.predict([prompt], self.c.seed + step, stream=0, context=context)[0]
+                pred = self.predictor.predict([prompt], self.config.seed + step, stream=0, context=context)[0]
                 reward = int(pred.label == answer)
-                flipped = bool(self.c.icrl_flip_feedback and flip_coin(self.c.seed, step) < self.c.icrl_flip_feedback_prob)
+                flipped = bool(self.config.icrl_flip_feedback
+                               and flip_coin(self.config.seed, step) < self.config.icrl_flip_feedback_prob)
                 train.update(prediction=pred.label, reward=reward, feedback=1 - reward if flipped else reward,
                              flipped=flipped, logprob=pred.logprob)
         test = None
         if step in self.to_test:
             prompts = [self._prompt(episodes, self.task.format_input(ex)) for ex in self.test]
             self._debug(prompts[:1])
-            preds = self.predictor.predict(prompts, self.c.seed + step, stream=1, context=context)
-            answers = [self.task.answer(ex) for ex in self.test]
+            preds = self.predictor.predict(prompts, self.config.seed + step, stream=1, context=context)
             labels = [p.label for p in preds]
-            test = {"predictions": labels, "answers": answers,
-                    "accuracy": float(np.mean([p == a for p, a in zip(labels, answers)])) if answers else None}
+            test = {"predictions": labels, "answers": self.test_answers,
+                    "accuracy": float(np.mean([p == a for p, a in zip(labels, self.test_answers)]))}
         ctx = {"indices": list(selection.indices) if selection else [],
                "context_index": getattr(selection, "context_index", None),
                "context_lengths": list(selection.context_lengths) if selection and selection.context_lengths else None,
@@ -236,32 +374,61 @@ class _Loop:
                 "cache": self.predictor.cache_report(), "seconds": round(time.perf_counter() - started, 4)}
 
     def run(self, progress: bool | None) -> None:
-        start = self.done
+        """Compute the steps not yet logged; tables are rewritten at every test step and at the end, so a long or
+        killed run can be analysed while it runs. Ctrl-C ends with :class:`RunInterrupted` (resumable)."""
+        from .results import write_tables
+
+        start = len(self.records)
         if start >= self.steps:
+            write_tables(self.store.path, self.records)
             return
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.steps, initial=start, desc=f"{self.task.name} {self.c.context_strategy_name}", unit="step")
-        for step in range(start, self.steps):
-            rec = self.step(step)
-            self.store.append(rec)
-            self._remember(rec)
-            self._report(step, rec, bar)
-        if bar is not None:
-            bar.close()
+            bar = tqdm(total=self.steps, initial=start, desc=f"{self.task.name} {self.config.context_strategy_name}",
+                       unit="step")
+        began = time.perf_counter()
+        step = start
+        try:
+            for step in range(start, self.steps):
+                rec = self.step(step)
+                self.store.append(rec)
+                self._remember(rec)
+                if rec["test"]:
+                    write_tables(self.store.path, self.records)
+                self._report(step, rec, bar, (step + 1 - start) / max(time.perf_counter() - began, 1e-9))
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"interrupted at step {step} of {self.steps}: {len(self.records)} steps are logged "
+                                 f"in {self.store.log_path}; rerun the same command to resume") from None
+        finally:
+            if bar is not None:
+                bar.close()
 
-    def _report(self, step: int, rec: dict, bar) -> None:
+    def _report(self, step: int, rec: dict, bar, rate: float) -> None:
         running = float(np.mean(self.rewards)) if self.rewards else float("nan")
         test = "-" if self.last_test is None else f"{self.last_test:.3f}"
+        labels = len(set(self.recent))
         if bar is not None:
-            bar.set_postfix(running_acc=f"{running:.3f}", test_acc=test, refresh=False)
+            bar.set_postfix(running_acc=f"{running:.3f}", test_acc=test, labels=labels, refresh=False)
             bar.update(1)
-        elif (step + 1) % self.c.log_every == 0 or rec["test"] or step == self.steps - 1:
+        elif (step + 1) % self.config.log_every == 0 or rec["test"] or step == self.steps - 1:
             # Headless (papermill, batch logs): one coarse line instead of a bar that never refreshes.
-            print(f"[icrl] step {step + 1}/{self.steps} running_acc={running:.3f} test_acc={test} "
-                  f"context={rec['context']['size']} tokens={rec['tokens']['computed']}/{rec['tokens']['prompt']}",
-                  flush=True)
-        if self.c.verbose:
+            left = (self.steps - step - 1) / rate
+            speed = f"{rate:.2f} steps/s" if rate >= 1 else f"{1 / rate:.1f} s/step"
+            print(f"[icrl] step {step + 1}/{self.steps} ({(step + 1) / self.steps:.0%}) {speed}, ETA "
+                  f"{_duration(left)} | running_acc={running:.3f} test_acc={test} labels(last "
+                  f"{len(self.recent)})={labels} context={rec['context']['size']} "
+                  f"tokens={rec['tokens']['computed']}/{rec['tokens']['prompt']}", flush=True)
+        if self.config.verbose:
             log.info("step %d: %s", step, {k: rec[k] for k in ("context", "train", "tokens")})
+
+
+def _duration(seconds: float) -> str:
+    """``3h02m``, ``14m25s`` or ``42s``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"

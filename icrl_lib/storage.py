@@ -1,137 +1,320 @@
-"""Run folders: resolved config, an append-only crash-safe step log, small JSON side files. No pickle.
+"""Run folders: one process at a time, a crash-safe step log, side files written atomically. No pickle.
 
-``<output_dir>/<run_name>/`` holds ``config.yaml`` (no secrets), ``steps.jsonl`` (one JSON object per completed
-step, each written with a single write + flush + fsync, so a kill at any moment leaves at most a torn last line,
-which is dropped on reopen), ``meta.json`` and ``tables/*.parquet``. The run name is readable and stable: the main
-parameters plus a hash of every result-affecting field, so the same config always finds its own folder.
+``<output_dir>/<run_name>/`` holds ``config.yaml`` (no secrets), ``data.json`` (fingerprint of the data used),
+``steps.jsonl`` (one JSON object per completed step, each written with a single write + flush + fsync),
+``meta.json`` and ``tables/*.parquet``. The run name is readable and stable: the main parameters plus a hash of
+the config's :meth:`~icrl_lib.config.ExperimentConfig.identity`, so the same experiment always finds its folder.
+
+Guarantees: a process holds an exclusive lock on the folder (``.lock``, ``flock``) for the whole run, so a second
+process is refused with the holder's PID; the kernel drops the lock when the holder dies, even by ``kill -9``.
+Side files are written under a unique temporary name, fsynced, then renamed over the target, so a reader sees the
+old or the new file, never half of one. :func:`read_log` is the one reader of the step log.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-from dataclasses import dataclass
+import socket
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
-from .config import ExperimentConfig, load_config
+from .config import ExperimentConfig, load_config, read_yaml_mapping
+from .errors import RunLockedError, UserError, os_error
+
+log = logging.getLogger("icrl")
+LOCK_FILE = ".lock"
 
 
 def run_name(config: ExperimentConfig) -> str:
     """Readable, stable folder name, e.g. ``trec_coarse__smollm2-135m-instruct__random_unbiased_only_positive_p0.1
-    __icrl__t1.0__seed100-100-100__1a2b3c4d``."""
+    __icrl__t1__seed100-100-100__1a2b3c4d`` (zero-shot: ``...__zeroshot__t1__seed100-100__<hash>``)."""
     c = config
-    strategy = f"{c.context_strategy_name}_p{c.context_p_keep:g}"
-    if c.context_strategy_name.startswith("approximate"):
-        strategy += f"_{c.approximate_context_sampling_method}{c.max_contexts}"
-    mode = "icrl" if c.icrl else "icl"
-    if c.max_context_examples == 0:
-        mode = "zeroshot"
-    digest = hashlib.sha256(json.dumps(c.result_fields(), sort_keys=True).encode()).hexdigest()[:8]
-    parts = [c.task_name, c.model_name.strip("/").replace("/", "--"), strategy, mode, f"t{c.temperature:g}",
-             f"seed{c.seed}-{c.training_seed}-{c.test_seed}", digest]
+    model = c.model_name.strip("/").replace("/", "--")
+    digest = hashlib.sha256(json.dumps(c.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    if c.zero_shot:
+        parts = [c.task_name, model, "zeroshot" if c.icrl else "zeroshot-icl", f"t{c.temperature:g}",
+                 f"seed{c.seed}-{c.test_seed}", digest]
+    else:
+        parts = [c.task_name, model, _strategy_label(c), "icrl" if c.icrl else "icl", f"t{c.temperature:g}",
+                 f"seed{c.seed}-{c.training_seed}-{c.test_seed}", digest]
     return "__".join(parts)
 
 
-def _fsync_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _strategy_label(c: ExperimentConfig) -> str:
+    label = f"{c.context_strategy_name}_p{c.context_p_keep:g}"
+    if c.context_strategy_name.startswith("approximate"):
+        label += f"_{c.approximate_context_sampling_method}{c.max_contexts}"
+    return label
+
+
+def _legacy_pattern(c: ExperimentConfig) -> str:
+    """Glob of the names icrl 0.1 gave this experiment (before identity(): hash over every result field)."""
+    mode = "zeroshot" if c.zero_shot else ("icrl" if c.icrl else "icl")
+    strategy = "*" if c.zero_shot else _strategy_label(c)
+    return "__".join([c.task_name, c.model_name.strip("/").replace("/", "--"), strategy, mode, f"t{c.temperature:g}",
+                      f"seed{c.seed}-*-{c.test_seed}" if c.zero_shot else f"seed{c.seed}-{c.training_seed}-{c.test_seed}",
+                      "*"])
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a unique temporary file in the same folder, fsync, then rename.
+
+    Two writers never share a temporary file, and a reader sees the old or the new content, never a mix.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise os_error("writing", path, err) from None
+    return path
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, *, blocking: bool = True) -> Iterator[Any]:
+    """Exclusive ``flock`` on ``path`` (created if missing) while the block runs; the open file is yielded.
+
+    With ``blocking=False`` a lock held elsewhere raises ``BlockingIOError`` at once.
+    """
+    import fcntl
+
+    path = Path(path)
+    try:
+        fh = open(path, "a+", encoding="utf-8")
+    except OSError as err:
+        raise os_error("creating the lock file", path, err) from None
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise
+        except OSError as err:  # e.g. a file system without lock support
+            raise os_error("locking", path, err, "put output_dir on a local or NFSv4 file system") from None
+        yield fh
+    finally:
+        fh.close()  # closing the descriptor releases the lock
+
+
+def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every complete record of a step log, in order: the one reader of ``steps.jsonl``.
+
+    Policy: a last line without its newline was torn by a kill (or a full disk) in the middle of a write: it is
+    dropped, and the step it belonged to is recomputed. Any other line that is not a JSON object is corruption:
+    UserError naming the file and line. Record ``i`` is on line ``i + 1``.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        raise os_error("reading", path, err) from None
+    lines = data.split(b"\n")
+    lines.pop()  # the text after the last newline: empty, or a torn line that is dropped
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            record, reason = None, str(err)
+        else:
+            reason = f"a JSON {type(record).__name__}, not an object"
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: line {number} is corrupt ({reason}); it is not the last line, so the run cannot "
+                            "be resumed or read safely: restore the file, or remove the run folder to start over")
+        records.append(record)
+    return records
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> Path:
+    """Create ``output_dir`` if needed and prove it writable (before any model is loaded); UserError otherwise."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output_dir: {path} is a file, not a folder; choose a folder for the run folders")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"icrl")
+            probe.flush()
+    except OSError as err:
+        raise os_error("output_dir: writing in", path, err, "choose a writable folder") from None
+    return path
 
 
 @dataclass
 class RunStore:
-    """One run folder; ``open`` creates it or reopens it for resuming."""
+    """One run folder, held exclusively by this process from :meth:`open` to :meth:`close`."""
 
     path: Path
     config: ExperimentConfig
+    _lock: Any = field(default=None, repr=False)
+    _lock_cm: Any = field(default=None, repr=False)
 
     @classmethod
     def open(cls, config: ExperimentConfig) -> "RunStore":
-        """Create the folder for ``config`` or reopen it; refuse a folder that holds a different experiment."""
-        path = Path(config.output_dir) / run_name(config)
-        saved = path / "config.yaml"
-        if saved.is_file():
-            old = load_config(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).result_fields()
-            new = config.result_fields()
-            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if differ:
-                raise ValueError(f"{path} holds a different experiment (differs in: {', '.join(differ)}); "
-                                 "use another output_dir or remove that folder")
-        else:
+        """Create the folder for ``config`` or reopen it to resume; refuse a folder held by another process or
+        holding a different experiment. Use as a context manager (or call :meth:`close`) to release the lock."""
+        root = Path(config.output_dir)
+        path = root / run_name(config)
+        if not path.exists():
+            _adopt_legacy_folder(config, path)
+        try:
             path.mkdir(parents=True, exist_ok=True)
-            _fsync_write(saved, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        except OSError as err:
+            raise os_error("output_dir: creating", path, err) from None
         store = cls(path, config)
-        store._drop_torn_tail()
+        store._acquire()
+        try:
+            store._check_config()
+            store._drop_torn_tail()
+        except BaseException:
+            store.close()
+            raise
         return store
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the folder's lock (idempotent)."""
+        if self._lock_cm is not None:
+            self._lock_cm.__exit__(None, None, None)
+            self._lock_cm = self._lock = None
+
+    def _acquire(self) -> None:
+        lock_path = self.path / LOCK_FILE
+        cm = file_lock(lock_path, blocking=False)
+        try:
+            fh = cm.__enter__()
+        except BlockingIOError:
+            raise RunLockedError(f"run folder {self.path} is in use by {_holder(lock_path)}; a second process would "
+                                 "corrupt its log: wait for that one to finish (it resumes nothing twice), or stop it "
+                                 "and rerun") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        self._lock_cm, self._lock = cm, fh
+
+    def _check_config(self) -> None:
+        saved = self.path / "config.yaml"
+        if not saved.is_file():
+            atomic_write_text(saved, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            return
+        try:
+            old = load_config(read_yaml_mapping(saved))
+        except ValueError as err:
+            raise UserError(f"{saved}: not a valid run configuration ({err}); restore it, or remove the run folder "
+                            "to start over") from None
+        new_id, old_id = self.config.identity(), old.identity()
+        differ = sorted(k for k in set(old_id) | set(new_id) if old_id.get(k) != new_id.get(k))
+        if differ:
+            raise UserError(f"{self.path} holds a different experiment (differs in: {', '.join(differ)}); "
+                            "use another output_dir or remove that folder")
+        if self.config.train_k < old.train_k:
+            raise UserError(f"train_k: {self.path} holds a run of train_k={old.train_k}; train_k={self.config.train_k} "
+                            f"would stop inside it: ask for train_k >= {old.train_k} (its tables hold every step), or "
+                            "use another output_dir")
+        if self.config.train_k > old.train_k:
+            log.info("extending %s from train_k=%d to %d", self.path.name, old.train_k, self.config.train_k)
+        if self.config.to_dict() != old.to_dict():
+            atomic_write_text(saved, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
 
     @property
     def log_path(self) -> Path:
         return self.path / "steps.jsonl"
 
     def _drop_torn_tail(self) -> None:
-        """Truncate a last line that a kill left unfinished or unparsable, so appends start on a clean line."""
-        if not self.log_path.is_file():
-            return
-        data = self.log_path.read_bytes()
-        end = len(data)
-        if data and not data.endswith(b"\n"):
-            end = data.rfind(b"\n") + 1
-        else:
-            last_start = data.rfind(b"\n", 0, max(0, end - 1)) + 1
-            if end and not _parses(data[last_start:end]):
-                end = last_start
-        if end != len(data):
+        """Truncate a last line that a kill left without its newline, so appends start on a clean line."""
+        try:
             with open(self.log_path, "r+b") as fh:
-                fh.truncate(end)
-                fh.flush()
-                os.fsync(fh.fileno())
+                data = fh.read()
+                end = data.rfind(b"\n") + 1
+                if end != len(data):
+                    fh.truncate(end)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise os_error("repairing", self.log_path, err) from None
 
     def records(self) -> list[dict[str, Any]]:
-        """Every complete step record in order; a torn last line is ignored, a corrupt earlier line raises."""
-        if not self.log_path.is_file():
-            return []
-        lines = self.log_path.read_bytes().split(b"\n")
-        out = []
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                if i >= len(lines) - 2 and not any(x.strip() for x in lines[i + 1:]):
-                    break  # torn last line: the step it belonged to will be recomputed
-                raise ValueError(f"{self.log_path}: line {i + 1} is corrupt ({err}); it is not the last line, so "
-                                 "the log cannot be resumed safely") from err
-        return out
+        """Every complete step record in order (see :func:`read_log`)."""
+        return read_log(self.log_path)
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one step record durably (one write, flush, fsync)."""
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
-        with open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
+        try:
+            with open(self.log_path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            raise os_error("appending to", self.log_path, err, "the steps logged before are kept: fix the cause and "
+                           "rerun the same command to resume") from None
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write a small JSON side file atomically."""
-        target = self.path / name
-        _fsync_write(target, json.dumps(obj, indent=1, sort_keys=True))
-        return target
+        return atomic_write_text(self.path / name, json.dumps(obj, indent=1, sort_keys=True))
 
     def read_json(self, name: str) -> Any:
-        return json.loads((self.path / name).read_text(encoding="utf-8"))
+        """A JSON side file, or None when it does not exist; UserError naming the file when it is damaged."""
+        path = self.path / name
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            raise UserError(f"{path}: unreadable ({err}); restore it, or remove the run folder to start over") from None
 
 
-def _parses(line: bytes) -> bool:
+def _holder(lock_path: Path) -> str:
     try:
-        json.loads(line)
-        return True
-    except json.JSONDecodeError:
-        return False
+        text = lock_path.read_text(encoding="utf-8").strip()
+    except OSError:
+        text = ""
+    return text.replace("pid", "process", 1) if text.startswith("pid ") else "another process"
+
+
+def _adopt_legacy_folder(config: ExperimentConfig, path: Path) -> None:
+    """Rename a folder that an earlier icrl named differently but that holds this very experiment."""
+    matches = []
+    for folder in sorted(path.parent.glob(_legacy_pattern(config))):
+        try:
+            if load_config(read_yaml_mapping(folder / "config.yaml")).identity() == config.identity():
+                matches.append(folder)
+        except (ValueError, OSError):
+            continue  # not a readable run folder of this experiment: leave it alone
+    if not matches:
+        return
+    # Several (the old names hashed train_k): keep the one with the longest log.
+    best = max(matches, key=lambda f: len(read_log(f / "steps.jsonl")))
+    try:
+        os.rename(best, path)
+    except OSError:
+        return  # another process adopted it first, or the name was taken meanwhile
+    log.warning("run folder %s was named by an earlier icrl version; renamed it to %s", best.name, path.name)
+    for other in matches:
+        if other != best:
+            log.warning("%s holds the same experiment (a shorter train_k); left as it is", other)

@@ -12,11 +12,13 @@ import os
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
+
+from .errors import UserError, os_error
 
 TASK_NAMES: tuple[str, ...] = ("banking77", "clinic150", "trec_coarse", "trec_fine", "nlu")
 
@@ -122,6 +124,7 @@ class Task:
     labels: tuple[str, ...]
     train: tuple[Example, ...]
     test: tuple[Example, ...]
+    source: str = field(default="", compare=False)  # where the rows came from (see data_source); not the content
 
     @property
     def prediction_prefix(self) -> str:
@@ -195,54 +198,97 @@ def _missing(what: str, path: Path) -> FileNotFoundError:
         "pass data_dir or set ICRL_DATA_DIR to such a folder, or set it to 'hub' to load from the Hugging Face hub")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _check_row(row: object, spec: TaskSpec, where: str) -> dict:
+    """A raw row as a dict with a text and a valid label id; UserError naming ``where`` (file and line) otherwise."""
+    names = raw_label_names()[spec.local_folder][spec.label_field]
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected a JSON object with 'text' and {spec.label_field!r}, got {type(row).__name__}")
+    for key, kind in (("text", str), (spec.label_field, int)):
+        if key not in row:
+            raise UserError(f"{where}: row has no {key!r} field (task {spec.name} needs 'text' and "
+                            f"{spec.label_field!r}; the row has {sorted(row)})")
+        if not isinstance(row[key], kind) or isinstance(row[key], bool):
+            raise UserError(f"{where}: {key!r} must be a {kind.__name__}, got {row[key]!r}")
+    if not 0 <= row[spec.label_field] < len(names):
+        raise UserError(f"{where}: {spec.label_field!r} {row[spec.label_field]} is out of range 0..{len(names) - 1}")
+    return row
+
+
+def _read_jsonl(path: Path, spec: TaskSpec) -> list[dict]:
     if not path.is_file():
         raise _missing("the JSON Lines file", path)
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise UserError(f"{path} line {number}: not valid JSON ({err.msg} at column {err.colno})") from None
+                rows.append(_check_row(row, spec, f"{path} line {number}"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise os_error("reading", path, err) from None
+    if not rows:
+        raise UserError(f"{path}: the split is empty (no rows); a task needs training and test rows")
+    return rows
 
 
-def _read_hub(hub_id: str, hub_config: str, split: str) -> list[dict]:
+def _read_hub(spec: TaskSpec, split: str) -> list[dict]:
     """One split from the hub's parquet-converted branch (datasets >= 4 no longer runs loading scripts).
 
     ``huggingface_hub`` reads ``HF_TOKEN`` from the environment; nothing here handles credentials.
     """
     import datasets  # lazy: heavy, and not needed for local folders of non-nlu tasks
 
-    url = f"hf://datasets/{hub_id}@refs%2Fconvert%2Fparquet/{hub_config}/{split}/*.parquet"
-    return datasets.load_dataset("parquet", data_files={split: url}, split=split).to_list()
+    url = f"hf://datasets/{spec.hub_id}@refs%2Fconvert%2Fparquet/{spec.hub_config}/{split}/*.parquet"
+    rows = datasets.load_dataset("parquet", data_files={split: url}, split=split).to_list()
+    where = f"hub dataset {spec.hub_id} ({spec.hub_config}) split {split}"
+    if not rows:
+        raise UserError(f"{where}: the split is empty (no rows)")
+    return [_check_row(row, spec, f"{where} row {i}") for i, row in enumerate(rows)]
+
+
+def data_source(spec: TaskSpec, data_dir: str | os.PathLike | None = None) -> str:
+    """Where :func:`load_task` reads ``spec`` from: ``local:<folder>`` or ``hub:<id>/<config>`` (recorded per run)."""
+    folder = resolve_data_dir(data_dir)
+    if folder is None:
+        return f"hub:{spec.hub_id}/{spec.hub_config}@refs/convert/parquet"
+    return f"local:{(folder / spec.local_folder).resolve()}"
 
 
 @lru_cache(maxsize=8)
-def _raw_splits(data_dir: str | None, hub_id: str, hub_config: str, local_folder: str, test_split: str | None
-                ) -> tuple[tuple[_Row, ...], tuple[_Row, ...]]:
-    """(train, test) raw rows of one dataset, local or hub; everything after reading is shared by both paths."""
+def _raw_splits(data_dir: str | None, spec: TaskSpec) -> tuple[tuple[_Row, ...], tuple[_Row, ...]]:
+    """(train, test) raw rows of one dataset, local or hub, each checked; everything after reading is shared."""
     if data_dir is not None:
         root = Path(data_dir)
         if not root.is_dir():
             raise _missing("the data folder", root)
-        if not (root / local_folder).is_dir():
-            raise _missing(f"the dataset folder {local_folder!r} at", root / local_folder)
+        if not (root / spec.local_folder).is_dir():
+            raise _missing(f"the dataset folder {spec.local_folder!r} at", root / spec.local_folder)
 
         def read(split: str) -> list[dict]:
-            return _read_jsonl(root / local_folder / f"{split}.jsonl")
+            return _read_jsonl(root / spec.local_folder / f"{split}.jsonl", spec)
     else:
         def read(split: str) -> list[dict]:
-            return _read_hub(hub_id, hub_config, split)
+            return _read_hub(spec, split)
 
     train = read("train")
-    if test_split is None:  # the paper: Dataset.train_test_split(test_size=0.2, seed=0) of the single hub split
+    if spec.test_split is None:  # the paper: Dataset.train_test_split(test_size=0.2, seed=0) of the single hub split
         import datasets
 
         parts = datasets.Dataset.from_list(train).train_test_split(test_size=0.2, seed=0)
         train, test = parts["train"].to_list(), parts["test"].to_list()
     else:
-        test = read(test_split)
+        test = read(spec.test_split)
     return tuple(tuple(r.items()) for r in train), tuple(tuple(r.items()) for r in test)
 
 
 def _examples(rows: tuple[_Row, ...], spec: TaskSpec) -> tuple[Example, ...]:
-    """Rows -> Examples with ids renumbered after ``drop_labels`` (clinic150 drops ``oos``)."""
+    """Rows (checked by :func:`_check_row`) -> Examples with ids renumbered after ``drop_labels`` (clinic150: ``oos``)."""
     names = raw_label_names()[spec.local_folder][spec.label_field]
     new_id, kept = {}, 0
     for old, raw in enumerate(names):
@@ -252,8 +298,6 @@ def _examples(rows: tuple[_Row, ...], spec: TaskSpec) -> tuple[Example, ...]:
     for row in rows:
         fields = dict(row)
         label = fields[spec.label_field]
-        if not isinstance(label, int) or not 0 <= label < len(names):
-            raise ValueError(f"{spec.local_folder}: label {label!r} out of range 0..{len(names) - 1} in row {fields}")
         if label in new_id:
             out.append(Example(fields["text"], new_id[label]))
     return tuple(out)
@@ -267,13 +311,16 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
     base, top, unsemantic = parse_task_name(name)
     spec = TASKS[base]
     folder = resolve_data_dir(data_dir)
-    train, test = _raw_splits(str(folder) if folder else None, spec.hub_id, spec.hub_config, spec.local_folder,
-                              spec.test_split)
-    task = Task(name, spec, base_labels(spec), _examples(train, spec), _examples(test, spec))
+    train, test = _raw_splits(str(folder) if folder else None, spec)
+    task = Task(name, spec, base_labels(spec), _examples(train, spec), _examples(test, spec),
+                data_source(spec, data_dir))
     if top is not None:
         task = _top_k(task, top)
     if unsemantic:
         task = replace(task, labels=tuple(f"label_{1000 + i}" for i in range(len(task.labels))))
+    for split in ("train", "test"):
+        if not getattr(task, split):
+            raise UserError(f"task_name: {name!r} has no {split} rows left in {task.source}")
     return task
 
 

@@ -10,12 +10,15 @@ query and the answer, and its binary search returned one more than fits; here ``
 from __future__ import annotations
 
 import json
-import os
+import logging
 from pathlib import Path
 
 from .models import LanguageModel
 from .prompts import Episode, build_messages, feedback_text, render_prompt, system_prompt
+from .storage import atomic_write_text, file_lock
 from .tasks import Task
+
+log = logging.getLogger("icrl")
 
 WINDOW_FRACTION = 0.95  # leave 5% of the model's window as headroom, as the paper did
 
@@ -80,12 +83,33 @@ def usable_window(lm: LanguageModel, max_window_tokens: int | None = None) -> in
 
 
 def cached_max_examples(cache_file: Path, key: str, compute) -> int:
-    """Read ``key`` from a small JSON cache file, computing and storing it (atomically) when missing."""
-    table = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    if key not in table:
-        table[key] = int(compute())
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-        os.replace(tmp, cache_file)
-    return table[key]
+    """Read ``key`` from a small JSON cache file shared by the runs of an output_dir, computing it when missing.
+
+    Many processes may use one cache: the value is computed outside any lock, then merged into the file's current
+    content under an exclusive lock and written atomically, so no writer drops another's key. A damaged cache is
+    ignored with a warning and rebuilt (it only holds values that can be recomputed).
+    """
+    table = _read_cache(cache_file)
+    if key in table:
+        return table[key]
+    value = int(compute())
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(cache_file.with_name(cache_file.name + ".lock")):
+        table = _read_cache(cache_file)
+        table[key] = value
+        atomic_write_text(cache_file, json.dumps(table, indent=1, sort_keys=True))
+    return value
+
+
+def _read_cache(cache_file: Path) -> dict[str, int]:
+    try:
+        table = json.loads(cache_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        log.warning("%s is damaged (%s); ignoring it, it will be rebuilt", cache_file, err)
+        return {}
+    if not isinstance(table, dict) or not all(isinstance(v, int) for v in table.values()):
+        log.warning("%s is not a cache of max context examples; ignoring it, it will be rebuilt", cache_file)
+        return {}
+    return table

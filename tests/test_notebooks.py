@@ -170,7 +170,7 @@ def test_papermill_runs_the_experiment_notebook_end_to_end(tmp_path, data_dir, m
     assert [json.loads(line)["step"] for line in steps] == list(range(ci["train_k"]))
     assert list((run / "tables").glob("*.parquet"))
     figures = sorted(p.name for p in (run / "figures").glob("*.html"))
-    assert figures == ["context.html", "regret.html", "running_accuracy.html", "test_accuracy.html"]
+    assert figures == ["collapse.html", "context.html", "regret.html", "running_accuracy.html", "test_accuracy.html"]
     executed = (tmp_path / "executed.ipynb").read_text()
     assert f"run folder: {run}" in executed and "figure test_accuracy: " in executed
     for path in [tmp_path / "executed.ipynb", *run.rglob("*")]:

@@ -155,3 +155,14 @@ def test_save_html_is_self_contained(tmp_path):
 def test_empty_figure_carries_message():
     fig = plots.empty_figure("no runs yet")
     assert fig.layout.annotations[0].text == "no runs yet" and len(fig.data) == 0
+
+
+def test_collapse_figure_draws_distinct_labels_and_entropy():
+    from icrl_lib.results import window_collapse
+
+    steps = pd.DataFrame({"step": [0, 1, 2, 3], "prediction": ["a", "b", "b", "b"]})
+    steps = pd.concat([steps, window_collapse(steps["prediction"], window=2)], axis=1)
+    fig = plots.collapse_figure(steps)
+    distinct, entropy = fig.data
+    assert list(distinct.y) == [1, 2, 1, 1] and list(entropy.y) == [0, 1, 0, 0]  # windows: a, ab, bb, bb
+    assert entropy.yaxis == "y2" and fig.layout.yaxis2.title.text == "entropy (bits)"

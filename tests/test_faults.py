@@ -1,0 +1,446 @@
+"""Concurrency, faults and bad input: each becomes a clear one-line refusal or a correct result.
+
+Real parts only: subprocesses for locks, kills, Ctrl-C and a file-size limit (a full disk as the kernel reports it),
+real files for damaged data and run folders, the real embedded model where a run is needed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from icrl_lib import results
+from icrl_lib.config import ExperimentConfig, build_parser, load_config
+from icrl_lib.errors import RunLockedError, UserError
+from icrl_lib.prompts import ICL_SYSTEM_PROMPT, ICRL_SYSTEM_PROMPT
+from icrl_lib.runner import run_experiment
+from icrl_lib.storage import RunStore, atomic_write_text, run_name
+from icrl_lib.tasks import load_task
+from icrl_lib.window import cached_max_examples
+from test_runner import assert_same_run, small
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "icrl_lib", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def argv_of(config: ExperimentConfig) -> list[str]:
+    """``icrl run`` flags that rebuild ``config``."""
+    out = ["run"]
+    for key, value in config.to_dict().items():
+        if isinstance(value, bool):
+            out.append(f"--{key}" if value else f"--no-{key}")
+        elif value is not None:
+            out.append(f"--{key}={value}")
+        elif key == "test_k":
+            out.append("--test_k=None")
+    return out
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, code: int = 2) -> str:
+    """Exit ``code``, no traceback, and one ``error:`` line on stderr holding every needle."""
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def trec_copy(data_dir: Path, tmp_path: Path, name: str = "data") -> Path:
+    """A private copy of the TREC data folder, to damage."""
+    root = tmp_path / name
+    shutil.copytree(data_dir / "trec", root / "trec")
+    return root
+
+
+# --- 1. one process per run folder ------------------------------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from icrl_lib.config import ExperimentConfig
+    from icrl_lib.storage import RunStore
+    store = RunStore.open(ExperimentConfig(task_name="trec_coarse", output_dir=sys.argv[1]))
+    print(store.path, flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_held_run_folder_is_refused_with_the_holders_pid_until_it_dies(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        folder = holder.stdout.readline().strip()
+        config = ExperimentConfig(task_name="trec_coarse", output_dir=str(tmp_path))
+        with pytest.raises(RunLockedError, match=f"{folder} is in use by process {holder.pid} on "):
+            RunStore.open(config)
+    finally:
+        holder.kill()  # SIGKILL: the kernel releases the lock with the process
+        holder.wait()
+    with RunStore.open(config) as store:
+        assert str(store.path) == folder
+        with pytest.raises(RunLockedError):  # also within one process: a second open of a held folder
+            RunStore.open(config)
+    RunStore.open(config).close()  # released by close()
+
+
+@pytest.mark.model
+def test_two_processes_started_together_one_runs_the_other_is_refused(tmp_path, data_dir, lm):
+    kw = dict(train_k=24, test_every=12)
+    reference = run_experiment(small(tmp_path / "ref", data_dir, **kw), progress=False, lm=lm)
+    config = small(tmp_path / "both", data_dir, **kw)
+    argv = [sys.executable, "-m", "icrl_lib", *argv_of(config)]
+    procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], outs
+    refused = subprocess.CompletedProcess([], 2, *outs[codes.index(2)])
+    folder = Path(config.output_dir) / reference.run_dir.name
+    assert_one_line_error(refused, f"run folder {folder} is in use by process {procs[codes.index(0)].pid}")
+    records = [json.loads(line) for line in (folder / "steps.jsonl").read_text().splitlines()]
+    assert_same_run(records, reference.records)
+
+
+def test_side_files_are_merged_under_a_lock_and_written_atomically(tmp_path):
+    """Two processes fill one max-context cache at once: both keys survive, no temporary file is left."""
+    script = textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from icrl_lib.window import cached_max_examples
+        def compute():
+            time.sleep(1.5)  # both processes read the empty cache before either writes
+            return int(sys.argv[2])
+        print(cached_max_examples(Path(sys.argv[1]), "key" + sys.argv[2], compute))
+    """)
+    cache = tmp_path / "_cache" / "max_context_examples.json"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(cache), str(n)], cwd=ROOT) for n in (7, 9)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert json.loads(cache.read_text()) == {"key7": 7, "key9": 9}
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["max_context_examples.json",
+                                                              "max_context_examples.json.lock"]
+    atomic_write_text(tmp_path / "x.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_cache", "x.json"]
+
+
+def test_a_damaged_max_context_cache_is_ignored_with_a_warning_and_rebuilt(tmp_path, caplog):
+    cache = tmp_path / "max_context_examples.json"
+    cache.write_text('{"v2|m|t": 3')  # truncated by a crash or a full disk
+    assert cached_max_examples(cache, "v2|m|t", lambda: 11) == 11
+    assert "damaged" in caplog.text and json.loads(cache.read_text()) == {"v2|m|t": 11}
+    assert cached_max_examples(cache, "v2|m|t", lambda: 1 / 0) == 11  # now read from the cache
+
+
+# --- 2. data source and log records checked on resume ------------------------------------------------------------
+
+@pytest.mark.model
+def test_resume_on_other_data_or_a_doctored_log_is_refused(tmp_path, data_dir, lm):
+    a = trec_copy(data_dir, tmp_path, "a")
+    config = small(tmp_path, a, train_k=6, test_every=3)
+    first = run_experiment(config, progress=False, lm=lm)
+    assert json.loads((first.run_dir / "data.json").read_text())["source"] == f"local:{(a / 'trec').resolve()}"
+    # Another copy whose training rows are in another order: the shuffled stream differs.
+    b = trec_copy(data_dir, tmp_path, "b")
+    lines = (b / "trec" / "train.jsonl").read_text().splitlines(keepends=True)
+    (b / "trec" / "train.jsonl").write_text("".join(lines[1:] + lines[:1]))
+    moved = ExperimentConfig.from_dict({**config.to_dict(), "data_dir": str(b), "train_k": 8})
+    with pytest.raises(UserError, match=r"was run on other data \(training stream differ\).*" + str(b / "trec")):
+        run_experiment(moved, progress=False, lm=lm)
+    # The log itself: a record that parses but holds an impossible value, then one from other data.
+    log = first.run_dir / "steps.jsonl"
+    original = log.read_text().splitlines()
+    extended = ExperimentConfig.from_dict({**config.to_dict(), "train_k": 8})
+    for line, edit, message in [(2, ("prediction", "not a label"), "line 2: prediction 'not a label' is not a label"),
+                                (4, ("input", "Question: edited?"), "line 4: the logged training input differs")]:
+        records = [json.loads(x) for x in original]
+        records[line - 1]["train"][edit[0]] = edit[1]
+        log.write_text("".join(json.dumps(r) + "\n" for r in records))
+        with pytest.raises(UserError, match=message):
+            run_experiment(extended, progress=False, lm=lm)
+    assert log.read_text().count("\n") == 6  # refusals write nothing
+
+
+# --- 3. finite floats ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["temperature", "context_p_keep", "icrl_flip_feedback_prob"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_inf_are_refused_for_every_float_field(key, value):
+    with pytest.raises(ValueError, match=f"{key}: must be a finite number"):
+        ExperimentConfig.from_dict({"icrl_flip_feedback": True, "icrl_flip_feedback_prob": 0.1, key: value})
+
+
+def test_cli_refuses_nan_temperature_in_one_line():
+    assert_one_line_error(cli("run", "--task_name", "trec_coarse", "--temperature", "nan"),
+                          "temperature: must be a finite number")
+
+
+# --- 4. a model that does not exist --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["nosuchorg/nosuchmodel-icrl", "./no/such/model/folder"])
+def test_a_missing_model_fails_fast_in_one_line_and_leaves_no_run_folder(tmp_path, name):
+    started = time.perf_counter()
+    proc = cli("run", "--model_name", name, "--task_name", "trec_coarse", "--output_dir", str(tmp_path / "out"))
+    assert time.perf_counter() - started < 60
+    assert_one_line_error(proc, f"model_name: {name!r}", "not an embedded alias (smollm2-135m-instruct)")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_local_folder_without_a_model_is_named(tmp_path):
+    assert_one_line_error(cli("run", "--model_name", str(tmp_path), "--task_name", "trec_coarse",
+                              "--output_dir", str(tmp_path / "out")), f"model_name: the local folder {tmp_path}",
+                          "config.json")
+
+
+# --- 5. OS errors --------------------------------------------------------------------------------------------------
+
+def test_output_dir_that_is_a_file_or_unwritable_is_one_line(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert_one_line_error(cli("run", "--task_name", "trec_coarse", "--output_dir", str(afile)),
+                          f"output_dir: {afile} is a file")
+    unwritable = Path("/sys/icrl-outputs")  # sysfs refuses new folders, even to root
+    assert_one_line_error(cli("run", "--task_name", "trec_coarse", "--output_dir", str(unwritable)),
+                          f"output_dir: writing in {unwritable} failed")
+
+
+@pytest.mark.model
+def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path, data_dir, lm):
+    """RLIMIT_FSIZE makes the kernel refuse writes past a size (EFBIG), as a full disk refuses them (ENOSPC)."""
+    kw = dict(train_k=30, test_every=10)
+    reference = run_experiment(small(tmp_path / "ref", data_dir, **kw), progress=False, lm=lm)
+    config = small(tmp_path / "full", data_dir, **kw)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of killing the process
+
+    proc = subprocess.run([sys.executable, "-m", "icrl_lib", *argv_of(config)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, preexec_fn=limit)
+    folder = Path(config.output_dir) / reference.run_dir.name
+    assert_one_line_error(proc, f"{folder}/", "failed: ", "File too large", "rerun the same command to resume")
+    done = (folder / "steps.jsonl").read_text().count("\n")
+    assert 0 < done < 30
+    resumed = run_experiment(config, progress=False, lm=lm)
+    assert_same_run(resumed.records, reference.records)
+
+
+# --- 6. damaged files ---------------------------------------------------------------------------------------------
+
+def test_damaged_data_files_are_named_with_their_line(tmp_path, data_dir):
+    root = trec_copy(data_dir, tmp_path)
+    train = root / "trec" / "train.jsonl"
+    lines = train.read_text().splitlines(keepends=True)
+    train.write_text("".join(lines[:99] + ['{"text": "cut in the mid\n'] + lines[100:]))
+    with pytest.raises(UserError, match=f"{train} line 100: not valid JSON"):
+        load_task("trec_coarse", root)
+    row = json.loads(lines[6])
+    del row["coarse_label"]
+    train.write_text("".join(lines[:6] + [json.dumps(row) + "\n"] + lines[7:]))
+    with pytest.raises(UserError, match=f"{train} line 7: row has no 'coarse_label' field"):
+        load_task("trec_coarse", root)
+    train.write_text("".join(lines))
+    (root / "trec" / "test.jsonl").write_text("")
+    proc = cli("run", "--task_name", "trec_coarse", "--data_dir", str(root), "--output_dir", str(tmp_path / "o"))
+    assert_one_line_error(proc, f"{root / 'trec' / 'test.jsonl'}: the split is empty")
+
+
+def test_a_damaged_run_folder_config_is_named(tmp_path):
+    config = ExperimentConfig(task_name="trec_coarse", output_dir=str(tmp_path))
+    with RunStore.open(config) as store:
+        saved = store.path / "config.yaml"
+    saved.write_text("model_name: [unclosed\n")
+    with pytest.raises(UserError, match=f"{saved}: not a valid run configuration .*line 2"):
+        RunStore.open(config)
+
+
+# --- 7. sizes beyond the data ---------------------------------------------------------------------------------------
+
+def test_sizes_larger_than_the_data_are_refused_naming_the_split_size(tmp_path):
+    out = str(tmp_path / "out")
+    assert_one_line_error(cli("run", "--task_name", "trec_coarse", "--test_k", "600", "--output_dir", out),
+                          "test_k: 600 is more than the 500 rows of the test split of trec_coarse; allowed: 1..500")
+    assert_one_line_error(cli("run", "--task_name", "trec_coarse", "--train_k", "6000", "--output_dir", out),
+                          "train_k: 6000 is more than the 5452 training rows of trec_coarse; allowed: 1..5452")
+    assert list(Path(out).iterdir()) == []
+
+
+# --- 8. one reader of the step log ----------------------------------------------------------------------------------
+
+def fake_run(folder: Path, n: int) -> Path:
+    """A run folder with ``n`` well-formed records (no model)."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(ExperimentConfig(task_name="trec_coarse").to_dict()))
+    records = [{"step": i, "context": {"size": i, "positive": i}, "train": {"prediction": "human", "answer": "human",
+                "reward": 1, "feedback": 1, "flipped": False}, "tokens": {"prompt": 10, "computed": 2},
+                "test": {"predictions": ["human"], "answers": ["human"], "accuracy": 1.0} if i % 10 == 0 else None}
+               for i in range(n)]
+    (folder / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder / "steps.jsonl"
+
+
+def test_the_analysis_loader_drops_a_torn_last_line_and_refuses_a_corrupt_middle_line(tmp_path):
+    log = fake_run(tmp_path / "runs" / "a", 30)
+    with open(log, "a") as fh:
+        fh.write('{"step": 30, "tor')
+    assert len(results.load_run_steps(tmp_path / "runs")) == 30
+    lines = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:4] + ["{not json\n"] + lines[5:]))
+    with pytest.raises(UserError, match=f"{log}: line 5 is corrupt"):
+        results.load_runs(tmp_path / "runs")
+
+
+# --- 9 + 10. kills, Ctrl-C, debug prompts, secrets in params files -------------------------------------------------
+
+@pytest.mark.model
+def test_ctrl_c_is_one_line_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, data_dir, lm):
+    kw = dict(train_k=20, test_every=10, debug_k=4)
+    reference = run_experiment(small(tmp_path / "ref", data_dir, **kw), progress=False, lm=lm)
+    config = small(tmp_path / "int", data_dir, **kw)
+    folder = Path(config.output_dir) / reference.run_dir.name
+    proc = subprocess.Popen([sys.executable, "-m", "icrl_lib", *argv_of(config)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not (folder / "steps.jsonl").exists()
+                                      or (folder / "steps.jsonl").read_text().count("\n") < 3):
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert_one_line_error(subprocess.CompletedProcess([], proc.returncode, "", err), "interrupted at step",
+                          "rerun the same command to resume", code=130)
+    resumed = run_experiment(config, progress=False, lm=lm)
+    assert_same_run(resumed.records, reference.records)
+    # debug_prompts.txt holds the first debug_k model calls once, as in the uninterrupted run
+    assert (folder / "debug_prompts.txt").read_text() == (reference.run_dir / "debug_prompts.txt").read_text()
+
+
+def test_an_hf_token_in_a_params_file_is_refused_before_papermill_runs(tmp_path):
+    params = tmp_path / "leaky.yaml"
+    params.write_text("task_name: trec_coarse\nhf_token: hf_leak\n")
+    assert_one_line_error(cli("check", str(params)), "unknown parameter(s) ['hf_token']", "HF_TOKEN")
+    proc = subprocess.run(["make", "--no-print-directory", "experiment", f"PARAMS={params}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "hf_token" in proc.stderr
+    assert "papermill" not in proc.stdout + proc.stderr.split("error:")[0]
+    assert not (ROOT / "outputs" / "leaky.ipynb").exists()
+
+
+# --- found while reproducing the paper -----------------------------------------------------------------------------
+
+@pytest.mark.model
+def test_exemplars_count_against_an_explicit_max_context_examples(tmp_path, data_dir, lm):
+    """The paper: max(0, max_context_examples - len(exemplars)) episodes besides the exemplars."""
+    common = dict(max_context_examples=8, exemplars_per_label=1, context_p_keep=1.0, train_k=12, test_every=3)
+    icrl = run_experiment(small(tmp_path / "icrl", data_dir, context_strategy_name="random_biased_end", **common),
+                          progress=False, lm=lm)
+    assert icrl.max_context_examples == 2  # 8 - 6 exemplars (one per trec_coarse label)
+    assert max(r["context"]["size"] for r in icrl.records) == 8 and icrl.records[-1]["context"]["size"] == 8
+    icl = run_experiment(small(tmp_path / "icl", data_dir, icrl=False, context_strategy_name="random_unbiased",
+                               **common), progress=False, lm=lm)
+    assert len(icl.records) == 3  # tests at 0, 2, ...: 2 is the first test step with 2 episodes
+
+
+@pytest.mark.model
+def test_zero_shot_is_step_0_of_icrl_and_ignores_training_fields(tmp_path, data_dir, lm):
+    result = run_experiment(small(tmp_path, data_dir, max_context_examples=0, test_k=3, debug_k=1), progress=False,
+                            lm=lm)
+    prompt = (result.run_dir / "debug_prompts.txt").read_text()
+    assert ICRL_SYSTEM_PROMPT in prompt
+    assert "__zeroshot__" in result.run_dir.name and "random_unbiased" not in result.run_dir.name
+    same = small(tmp_path, data_dir, max_context_examples=0, test_k=3, context_strategy_name="random_biased_end",
+                 context_p_keep=1.0, train_k=99, training_seed=1)
+    assert run_name(same) == result.run_dir.name
+    icl_prompt = small(tmp_path, data_dir, max_context_examples=0, test_k=3, icrl=False)
+    assert "__zeroshot-icl__" in run_name(icl_prompt) and ICL_SYSTEM_PROMPT != ICRL_SYSTEM_PROMPT
+
+
+def test_cli_help_states_the_cli_default_of_test_k():
+    help_text = " ".join(build_parser().format_help().split())
+    assert "test examples; None = the whole test split (default: None)" in help_text
+
+
+def test_one_experiment_has_one_run_folder_whatever_the_number_types(tmp_path):
+    from icrl_lib import notebook
+
+    yaml_file = tmp_path / "x.yaml"
+    yaml_file.write_text("temperature: 1\ncontext_p_keep: 1\nicrl_flip_feedback: true\nicrl_flip_feedback_prob: 0\n")
+    from_yaml = load_config(yaml_file)
+    from_cli = load_config({"temperature": 1.0, "context_p_keep": 1.0, "icrl_flip_feedback": True,
+                            "icrl_flip_feedback_prob": 0.0})
+    from_notebook = notebook.experiment_config({**notebook.experiment_parameter_defaults(), "temperature": 1.0,
+                                                "context_p_keep": 1.0, "icrl_flip_feedback": True,
+                                                "icrl_flip_feedback_prob": 0.0, "output_dir": "outputs"})
+    assert from_yaml.context_p_keep == 1.0 and isinstance(from_yaml.context_p_keep, float)
+    assert run_name(from_yaml) == run_name(from_cli) == run_name(from_notebook)
+
+
+def test_a_run_folder_named_by_icrl_0_1_is_found_and_renamed(tmp_path):
+    config = ExperimentConfig(task_name="trec_coarse", context_p_keep=1, output_dir=str(tmp_path))
+    # icrl 0.1 hashed every result field (train_k included) and kept context_p_keep as given (an int from YAML)
+    fields = {**config.result_fields(), "context_p_keep": 1}
+    old = tmp_path / ("trec_coarse__smollm2-135m-instruct__random_unbiased_only_positive_p1__icrl__t1__seed100-100-100__"
+                      + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8])
+    old.mkdir()
+    (old / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "context_p_keep": 1}))
+    (old / "steps.jsonl").write_text('{"step": 0}\n')
+    assert old.name != run_name(config)
+    with RunStore.open(config) as store:
+        assert store.path.name == run_name(config) and not old.exists()
+        assert (store.path / "steps.jsonl").read_text() == '{"step": 0}\n'
+
+
+@pytest.mark.model
+def test_a_larger_train_k_extends_the_run_and_progress_shows_an_eta(tmp_path, data_dir, lm, capsys):
+    kw = dict(test_every=5, debug_k=3)
+    fresh = run_experiment(small(tmp_path / "fresh", data_dir, train_k=20, **kw), progress=False, lm=lm)
+    short = run_experiment(small(tmp_path / "ext", data_dir, train_k=10, **kw), progress=False, lm=lm)
+    out = capsys.readouterr().out
+    assert out.index(f"[icrl] run folder: {short.run_dir}") < out.index("[icrl] step 1/10")
+    assert "ETA" in out and ("steps/s" in out or "s/step" in out)
+    longer = run_experiment(small(tmp_path / "ext", data_dir, train_k=20, **kw), progress=False, lm=lm)
+    assert longer.run_dir == short.run_dir and len(longer.records) == 20
+    assert_same_run(longer.records, fresh.records)
+    assert (longer.run_dir / "debug_prompts.txt").read_text() == (fresh.run_dir / "debug_prompts.txt").read_text()
+    assert yaml.safe_load((longer.run_dir / "config.yaml").read_text())["train_k"] == 20
+    with pytest.raises(UserError, match="train_k: .* holds a run of train_k=20; train_k=10 would stop inside it"):
+        run_experiment(small(tmp_path / "ext", data_dir, train_k=10, **kw), progress=False, lm=lm)
+
+
+# --- collapse metrics -----------------------------------------------------------------------------------------------
+
+def test_collapse_metrics_by_hand():
+    predictions = pd.Series([None, "a", "b", None, "a", "a", "c"])
+    table = results.window_collapse(predictions, window=3)
+    # windows over the non-null predictions: - | a | ab | ab | aba | baa | aac
+    assert table["window_distinct_labels"].tolist()[1:] == [1, 2, 2, 2, 2, 2]
+    third = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))  # 0.918 bits
+    assert table["window_label_entropy"].tolist()[1:] == pytest.approx([0, 1, 1, third, third, third])
+    assert math.isnan(table["window_distinct_labels"][0]) and math.isnan(table["window_label_entropy"][0])
+
+
+def test_test_prediction_distribution_by_hand():
+    records = [{"step": 4, "context": {"size": 1}, "test": {"predictions": ["x", "x", "y", "z"],
+                                                            "answers": ["x", "y", "y", "y"], "accuracy": 0.5}}]
+    dist = results.test_distribution_table(records)
+    assert dist.to_dict("records") == [
+        {"step": 4, "label": "x", "count": 2, "share": 0.5, "gold_share": 0.25},
+        {"step": 4, "label": "y", "count": 1, "share": 0.25, "gold_share": 0.75},
+        {"step": 4, "label": "z", "count": 1, "share": 0.25, "gold_share": 0.0}]
+    tests = results.evaluation_table(records)
+    assert tests[["distinct_predictions", "prediction_entropy"]].values.tolist() == [[3, 1.5]]
