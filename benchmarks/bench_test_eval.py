@@ -15,7 +15,7 @@ import torch
 
 from common import forward_timer, load_bench_model, machine, parser
 from icrl_lib.generation import LabelPredictor
-from icrl_lib.prompts import Episode, build_messages, render_prompt, system_prompt
+from icrl_lib.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
 from icrl_lib.tasks import load_task
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     def render(query):
         msgs = build_messages(system, episodes, query, icrl=True, prediction_prefix=task.prediction_prefix,
                               system_role=lm.system_role)
-        return render_prompt(lm.tokenizer, msgs, task.prediction_prefix) if query else lm.tokenizer.apply_chat_template(msgs, tokenize=False)
+        return render_prompt(lm.tokenizer, msgs, task.prediction_prefix) if query else render_context(lm.tokenizer, msgs)
 
     for i, ex in enumerate(stream):  # grow a real ICRL context (gold predictions, alternating feedback) to the size asked
         if len(lm.encode(render(None))) >= args.context_tokens:

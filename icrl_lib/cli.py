@@ -29,7 +29,7 @@ def _max_examples(argv: list[str]) -> int:
     parser.add_argument("--no-icrl", dest="icrl", action="store_false", help="ICL episodes (no feedback turns)")
     args = parser.parse_args(argv)
     from .models import resolve_model
-    from .runner import find_max_context_examples
+    from .window import find_max_context_examples
     from .tasks import parse_task_name
 
     parse_task_name(args.task_name)  # fail on a bad name before loading the model

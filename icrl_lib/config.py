@@ -94,27 +94,16 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         """Names and ranges, checked before any data or model is loaded."""
-        from .strategies import SAMPLING_METHODS, STRATEGY_NAMES
+        from .strategies import check_parameters
         from .tasks import parse_task_name
 
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
         parse_task_name(self.task_name)
-        if self.context_strategy_name not in STRATEGY_NAMES:
-            raise ValueError(f"context_strategy_name: unknown strategy {self.context_strategy_name!r}; "
-                             f"allowed: {', '.join(STRATEGY_NAMES)}")
-        _range("context_p_keep", self.context_p_keep, 0.0, 1.0)
+        check_parameters(self.context_strategy_name, self.context_p_keep, self.max_contexts,
+                         self.approximate_context_sampling_method)
         if self.temperature < 0:
             raise ValueError(f"temperature: must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.context_strategy_name.startswith("approximate"):
-            if self.max_contexts is None or self.max_contexts < 1:
-                raise ValueError(f"max_contexts: {self.context_strategy_name} needs max_contexts > 0, "
-                                 f"got {self.max_contexts}")
-            if self.approximate_context_sampling_method not in SAMPLING_METHODS:
-                raise ValueError(f"approximate_context_sampling_method: got "
-                                 f"{self.approximate_context_sampling_method!r}; allowed: {', '.join(SAMPLING_METHODS)}")
-        elif self.approximate_context_sampling_method not in (None, *SAMPLING_METHODS):
-            raise ValueError(f"approximate_context_sampling_method: allowed: {', '.join(SAMPLING_METHODS)}")
         if self.icrl_flip_feedback:
             if self.icrl_flip_feedback_prob is None:
                 raise ValueError("icrl_flip_feedback_prob: required in [0, 1] when icrl_flip_feedback is on")

@@ -24,7 +24,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .kvcache import PackedRow, PrefixCachePool, common_prefix_length, extend_cache, new_cache
+from .kvcache import (PackedRow, PrefixCachePool, common_prefix_length, default_cache_budget, extend_cache,
+                      new_cache, packed_token_budget)
 from .models import LanguageModel
 
 
@@ -51,10 +52,6 @@ class LabelTrie:
                 children.setdefault(seq[:depth], set()).add(seq[depth])
         frozen = {node: tuple(sorted(nxt)) for node, nxt in children.items()}
         return cls(tuple(labels), sequences, MappingProxyType(frozen), MappingProxyType(leaves))
-
-    @property
-    def max_depth(self) -> int:
-        return max(len(s) for s in self.sequences)
 
 
 def choose_token(logits: torch.Tensor | None, allowed: tuple[int, ...], temperature: float, u: float
@@ -117,14 +114,6 @@ class LabelPredictor:
         self.batch_size = batch_size
         self.tokens = TokenCounter()
         self.pool = PrefixCachePool(lm, cache_budget_tokens or default_cache_budget(lm), max_cached_contexts)
-        self._evictions_reported = 0
-
-    def cache_report(self) -> dict[str, int]:
-        """KV cache held now (entries, tokens) and evictions since the last report (each means recomputation)."""
-        stats = self.pool.stats
-        evictions, self._evictions_reported = stats.evictions - self._evictions_reported, stats.evictions
-        return {"entries": len(self.pool.entries), "tokens": sum(len(e.ids) for e in self.pool.entries),
-                "evictions": evictions}
 
     def predict(self, prompts: Sequence[str], seed: int, stream: int = 0, context: str | None = None) -> list[Prediction]:
         """Sample one label per prompt. ``context`` (the prompt text without the query) marks the reusable prefix."""
@@ -229,80 +218,42 @@ class LabelPredictor:
             self.tokens.computed += len(node) - before
             self.tokens.generated += len(node) - before
 
-    def label_logprobs(self, prompt: str, cached: bool = True) -> dict[str, float]:
-        """Exact log-probability of every label under constrained decoding at this temperature (> 0).
 
-        ``cached=True`` encodes the prompt once and scores every label sequence packed on top of it;
-        ``cached=False`` recomputes prompt + label for each label. Both must agree (tested).
-        """
-        if self.temperature == 0:
-            raise ValueError("temperature: label probabilities need temperature > 0 (0 is greedy decoding)")
-        ids = self.lm.encode(prompt)
-        seqs = self.trie.sequences
-        if cached:
-            cache = new_cache(self.lm)
-            first = extend_cache(self.lm, cache, ids)
-            row = PackedRow(len(ids))
-            tokens = [t for s in seqs for t in s[:-1]]
-            owners = [i for i, s in enumerate(seqs) for _ in s[:-1]]
-            logits = row.forward(self.lm, cache, tokens, owners, range(len(tokens))) if tokens else None
-            per_label, start = [], 0
-            for s in seqs:
-                rows = [first] + [logits[start + d] for d in range(len(s) - 1)]
-                start += len(s) - 1
-                per_label.append(rows)
-        else:
-            per_label = []
-            for s in seqs:
-                with torch.inference_mode():
-                    out = self.lm.model(input_ids=torch.tensor([ids + list(s[:-1])], device=self.lm.model.device))
-                full = out.logits[0].float()
-                per_label.append([full[len(ids) - 1 + d] for d in range(len(s))])
-        result = {}
-        for label, s, rows in zip(self.trie.labels, seqs, per_label):
-            total = 0.0
-            for d, logits in enumerate(rows):
-                allowed = self.trie.children[s[:d]]
-                lp = torch.log_softmax(logits[list(allowed)].double() / self.temperature, dim=0)
-                total += float(lp[allowed.index(s[d])])
-            result[label] = total
-        return result
+def label_logprobs(predictor: LabelPredictor, prompt: str, cached: bool = True) -> dict[str, float]:
+    """Exact log-probability of every label under ``predictor``'s constrained decoding at its temperature (> 0).
 
-
-def free_memory_bytes(lm: LanguageModel) -> int:
-    """Memory the next forwards may use: free GPU memory on CUDA, else available RAM (Linux), else 4 GiB."""
-    if lm.device.startswith("cuda"):
-        return int(torch.cuda.mem_get_info(torch.device(lm.device))[0])
-    try:
-        with open("/proc/meminfo") as fh:
-            info = dict(line.split(":", 1) for line in fh)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return 4 * 2**30
-
-
-def packed_token_budget(lm: LanguageModel, prefix_len: int) -> int:
-    """Query tokens per packed forward on a cached prefix of ``prefix_len`` tokens (``batch_size`` overrides it).
-
-    A packed row of Q tokens computes attention scores for all Q x (prefix + Q) pairs, although each query only needs
-    its own block: the waste is Q / (prefix + Q) of the attention work, so Q is half the prefix (a third of the
-    scores wasted), within [512, 2048] tokens on CPU (measured: throughput flat from 500 to 1,000 query tokens on a
-    2k prefix, -20% at 2k) and [2048, 16384] on GPU, where larger matmuls keep the device busy. It is then capped so
-    the fp32 scores of one layer (heads x Q x (prefix + Q) x 4 bytes) take at most a quarter of free memory.
+    ``cached=True`` encodes the prompt once and scores every label sequence packed on top of it;
+    ``cached=False`` recomputes prompt + label for each label. Both must agree (tested).
     """
-    low, high = (2048, 16384) if lm.device.startswith("cuda") else (512, 2048)
-    q = max(low, min(high, prefix_len // 2))
-    cfg = getattr(lm.model.config, "text_config", lm.model.config)
-    budget = free_memory_bytes(lm) // 4
-    while q > 64 and cfg.num_attention_heads * q * (prefix_len + q) * 4 > budget:
-        q //= 2
-    return q
-
-
-def default_cache_budget(lm: LanguageModel) -> int:
-    """Tokens of KV cache the pool may keep: 25% of free GPU memory, or 3 GiB of RAM on CPU."""
-    per_token = lm.kv_bytes_per_token
-    if lm.device.startswith("cuda"):
-        free, _ = torch.cuda.mem_get_info()
-        return int(0.25 * free // per_token)
-    return int(3 * 2**30 // per_token)
+    if predictor.temperature == 0:
+        raise ValueError("temperature: label probabilities need temperature > 0 (0 is greedy decoding)")
+    ids = predictor.lm.encode(prompt)
+    seqs = predictor.trie.sequences
+    if cached:
+        cache = new_cache(predictor.lm)
+        first = extend_cache(predictor.lm, cache, ids)
+        row = PackedRow(len(ids))
+        tokens = [t for s in seqs for t in s[:-1]]
+        owners = [i for i, s in enumerate(seqs) for _ in s[:-1]]
+        logits = row.forward(predictor.lm, cache, tokens, owners, range(len(tokens))) if tokens else None
+        per_label, start = [], 0
+        for s in seqs:
+            rows = [first] + [logits[start + d] for d in range(len(s) - 1)]
+            start += len(s) - 1
+            per_label.append(rows)
+    else:
+        per_label = []
+        for s in seqs:
+            with torch.inference_mode():
+                out = predictor.lm.model(input_ids=torch.tensor([ids + list(s[:-1])], device=predictor.lm.model.device))
+            full = out.logits[0].float()
+            per_label.append([full[len(ids) - 1 + d] for d in range(len(s))])
+    result = {}
+    for label, s, rows in zip(predictor.trie.labels, seqs, per_label):
+        total = 0.0
+        for d, logits in enumerate(rows):
+            allowed = predictor.trie.children[s[:d]]
+            lp = torch.log_softmax(logits[list(allowed)].double() / predictor.temperature, dim=0)
+            total += float(lp[allowed.index(s[d])])
+        result[label] = total
+    return result

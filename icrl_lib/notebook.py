@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from . import plots, results
+from . import methods, plots, results
 from .tasks import HUB
 
 PARAMS_FILE_ENV = "ICRL_PARAMS_FILE"
@@ -123,9 +123,13 @@ def experiment_config(params: Mapping[str, Any]):
 
     values = {k: v for k, v in params.items() if k not in NOTEBOOK_ONLY}
     values["output_dir"] = str(resolve_path(values.get("output_dir") or "outputs"))
-    if values.get("data_dir") and values["data_dir"] != HUB:
-        values["data_dir"] = str(resolve_path(values["data_dir"]))
+    values["data_dir"] = data_dir_param(values.get("data_dir"))
     return ExperimentConfig.from_dict(values)
+
+
+def data_dir_param(data_dir: str | None) -> str | None:
+    """A notebook's ``data_dir`` parameter: a folder resolved against the checkout, or ``"hub"`` / None as given."""
+    return str(resolve_path(data_dir)) if data_dir and data_dir != HUB else data_dir
 
 
 def run_figures(steps: pd.DataFrame, tests: pd.DataFrame, running_window: int | None = 50,
@@ -149,16 +153,20 @@ def save_figures(figures: Mapping[str, Any], folder: str | os.PathLike) -> dict[
     return {name: plots.save_html(fig, folder / f"{name}.html") for name, fig in figures.items()}
 
 
-def print_summary(executed_notebook: str | os.PathLike) -> None:
-    """Print the executed notebook's path and the "run folder:" / "figure" lines its cells printed."""
-    cells = json.loads(Path(executed_notebook).read_text(encoding="utf-8"))["cells"]
-    print(f"executed notebook: {executed_notebook}")
-    for cell in cells:
-        for output in cell.get("outputs", []):
-            text = output.get("text", "")
-            for line in (text if isinstance(text, list) else text.splitlines(keepends=True)):
-                if line.startswith(("run folder:", "figure ")):
-                    print(line.rstrip("\n"))
+def print_summary(params: str | os.PathLike, executed_notebook: str | os.PathLike | None = None) -> Path:
+    """Print where a params file's run lives (from the library: its config's run folder) and its figure files."""
+    from .storage import run_name
+
+    values = checked_parameters(params)
+    config = experiment_config(values)
+    run_dir = Path(config.output_dir) / run_name(config)
+    if executed_notebook is not None:
+        print(f"executed notebook: {executed_notebook}")
+    print(f"run folder: {run_dir}")
+    figures = resolve_path(values["figures_dir"]) if values.get("figures_dir") else run_dir / "figures"
+    for path in sorted(figures.glob("*.html")):
+        print(f"figure {path.stem}: {path}")
+    return run_dir
 
 
 def runs_dir(outputs_dir: str | os.PathLike | None = None) -> Path:
@@ -197,60 +205,16 @@ def export_comparison_figures(runs: pd.DataFrame, steps: pd.DataFrame, folder: s
     return save_figures(figures, folder)
 
 
-def max_context_table(model_name: str, task_names, max_window_tokens, data_dir: str | None = None) -> pd.DataFrame:
-    """Max context examples per task and window (None = the model's own window), loading the model once."""
-    from .models import load_model
-    from .runner import find_max_context_examples
-
-    lm = load_model(model_name)
-    data_dir = str(resolve_path(data_dir)) if data_dir and data_dir != HUB else data_dir
-    rows = []
-    for task in task_names:
-        for window in max_window_tokens:
-            n = find_max_context_examples(model_name, task, window, data_dir=data_dir, lm=lm)
-            rows.append({"model_name": model_name, "task_name": task, "max_window_tokens": window,
-                         "max_context_examples": n})
-    return pd.DataFrame(rows)
+KERNEL_METADATA = ("language_info",)  # notebook metadata a kernel writes on opening; never saved, never committed
 
 
-def strip_outputs(path: str | os.PathLike) -> bool:
-    """Clear outputs, execution counts and run metadata (papermill, widget state) of a notebook; True if changed."""
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    before = nbformat.writes(nb)
-    for cell in nb.cells:
-        for key in ("execution", "papermill"):
-            cell.metadata.pop(key, None)
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    for key in ("widgets", "papermill"):
-        nb.metadata.pop(key, None)
-    changed = nbformat.writes(nb) != before
-    if changed:
-        nbformat.write(nb, path)
-    return changed
-
-
-def token_usage_table(steps: pd.DataFrame) -> pd.DataFrame:
-    """Per run: prompt vs computed tokens (``results.load_run_steps`` rows), with the share actually computed."""
-    keys = [c for c in ("task_name", "model_name", "method") if c in steps.columns]
-    totals = plots.token_totals(steps, keys)
-    share = totals["computed_tokens"] / totals["prompt_tokens"].where(totals["prompt_tokens"] > 0)
-    return totals.assign(computed_share=share)
-
-
-def method_token_comparison(usage: pd.DataFrame, methods: tuple[str, str] = ("explorative ICRL", "approximate ICRL")
-                            ) -> pd.DataFrame:
-    """Per task (and model): computed tokens of ``methods[0]`` vs ``methods[1]`` and their ratio."""
-    keys = [c for c in ("task_name", "model_name") if c in usage.columns]
-    rows = usage[usage["method"].isin(methods)]
-    if rows.empty:
-        return pd.DataFrame(columns=[*keys, *methods, "ratio"])
-    table = rows.pivot_table(index=keys, columns="method", values="computed_tokens", aggfunc="sum")
-    table = table.reindex(columns=list(methods))
-    table.columns.name = None
-    return table.assign(ratio=table[methods[0]] / table[methods[1]]).reset_index()
+def jupyter_pre_save_hook(model: dict, **_: Any) -> None:
+    """Jupyter server pre-save hook (``make lab`` installs it): drop what a kernel adds to a notebook's metadata on
+    opening, so looking at a tracked notebook leaves its file, and ``git status``, unchanged. Outputs are kept in
+    the working file (git's nbstripout filter keeps them out of commits)."""
+    if model.get("type") == "notebook" and isinstance(model.get("content"), dict):
+        for key in KERNEL_METADATA:
+            model["content"].get("metadata", {}).pop(key, None)
 
 
 def comparison_browser(runs: pd.DataFrame):
@@ -261,7 +225,7 @@ def comparison_browser(runs: pd.DataFrame):
     model = widgets.Dropdown(options=sorted(runs["model_name"].unique()), description="model")
     task = widgets.Dropdown(options=sorted(runs["task_name"].unique()), description="task")
     boxes = [widgets.Checkbox(value=True, description=m, indent=False)
-             for m in plots.method_order(runs["method"].unique().tolist())]
+             for m in methods.method_order(runs["method"].unique().tolist())]
     out = widgets.Output()
 
     def redraw(*_):

@@ -1,6 +1,6 @@
 """Plotly figures of ICRL runs, drawn from the tables of :mod:`icrl_lib.results`.
 
-Every function takes a tidy DataFrame (``steps_table`` / ``evaluation_table`` of one run, or ``load_runs`` /
+Every function takes a tidy DataFrame (``steps_table`` / ``tests_table`` of one run, or ``load_runs`` /
 ``load_run_steps`` over many) and returns a ``plotly.graph_objects.Figure``; nothing here reads files or runs
 a model. ``by`` names the column whose values become separate lines (e.g. ``"method"`` or ``"run"``); ``None``
 draws one line. :func:`save_html` writes a figure as one self-contained HTML file that opens offline.
@@ -14,27 +14,11 @@ from typing import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-# The paper's methods in the order its plots list them; other strategy names follow alphabetically.
-METHOD_ORDER = ("zero-shot", "ICL", "naive ICRL", "explorative ICRL", "approximate ICRL")
-RUN_COLUMNS = ("run", "run_name", "run_dir")  # whichever a table has identifies one run
+from .methods import color_of, dash_of, method_order
+from .results import final_steps, require_columns, run_column, token_totals
+
 _LAYOUT = dict(template="plotly_white", hovermode="x unified", legend_title_text="")
-
-
-def run_column(df: pd.DataFrame) -> str | None:
-    """The column that identifies a run in ``df`` (first of ``RUN_COLUMNS`` present), or None for one run."""
-    return next((c for c in RUN_COLUMNS if c in df.columns), None)
-
-
-def method_order(methods: Sequence[str]) -> list[str]:
-    """``methods`` (unique) in the paper's order, unknown names after, alphabetically."""
-    known = [m for m in METHOD_ORDER if m in set(methods)]
-    return known + sorted(set(methods) - set(METHOD_ORDER))
-
-
-def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what}: table lacks column(s) {missing}; it has {list(df.columns)}")
+_require = require_columns
 
 
 def _groups(df: pd.DataFrame, by: str | None) -> list[tuple[str, pd.DataFrame]]:
@@ -47,12 +31,20 @@ def _groups(df: pd.DataFrame, by: str | None) -> list[tuple[str, pd.DataFrame]]:
     return [(str(name), df[df[by] == name].sort_values("step")) for name in names]
 
 
+def _line(name: str, names: list[str]) -> dict:
+    """A run name's fixed colour and dash (methods.py), so a method looks the same in every figure."""
+    return dict(color=color_of(name), dash=dash_of(name, names))
+
+
 def _line_figure(df: pd.DataFrame, y: str, by: str | None, title: str, y_title: str,
                  percent: bool = False) -> go.Figure:
     fig = go.Figure()
-    for name, rows in _groups(df, by):
+    groups = _groups(df, by)
+    names = [name for name, _ in groups]
+    for name, rows in groups:
         fig.add_trace(go.Scatter(x=rows["step"], y=rows[y], mode="lines+markers" if len(rows) < 30 else "lines",
-                                 name=name or y_title, showlegend=by is not None))
+                                 name=name or y_title, showlegend=by is not None,
+                                 line=_line(name, names) if by == "method" else None))
     fig.update_layout(title=title, xaxis_title="step", yaxis_title=y_title, **_LAYOUT)
     if percent:
         fig.update_yaxes(range=[0, 1], tickformat=".0%")
@@ -158,26 +150,20 @@ def main_comparison_figure(runs: pd.DataFrame, *, task: str, model: str | None =
     mean = rows.groupby(["method", "step"], as_index=False)["accuracy"].mean()
     last = int(mean["step"].max()) if len(mean) else 0
     fig = go.Figure()
-    for method in method_order(mean["method"].unique().tolist()):
+    names = method_order(mean["method"].unique().tolist())
+    for method in names:
         line = mean[mean["method"] == method].sort_values("step")
         if len(line) == 1 and last > 0:
             fig.add_trace(go.Scatter(x=[0, last], y=[line["accuracy"].iloc[0]] * 2, name=method, mode="lines",
-                                     line=dict(dash="dash")))
+                                     line=dict(color=color_of(method), dash="dash")))
         else:
-            fig.add_trace(go.Scatter(x=line["step"], y=line["accuracy"], name=method, mode="lines+markers"))
+            fig.add_trace(go.Scatter(x=line["step"], y=line["accuracy"], name=method, mode="lines+markers",
+                                     line=_line(method, names)))
     model_text = f" — {model}" if model else ""
     fig.update_layout(title=title or f"{task}{model_text}: test accuracy", xaxis_title="step",
                       yaxis_title="test accuracy", **_LAYOUT)
     fig.update_yaxes(range=[0, 1], tickformat=".0%")
     return fig
-
-
-def final_steps(steps: pd.DataFrame) -> pd.DataFrame:
-    """The last logged step of every run (the whole table's last row when there is no run column)."""
-    _require(steps, ["step"], "final_steps")
-    key = run_column(steps)
-    ordered = steps.sort_values("step")
-    return ordered.groupby(key, sort=False).tail(1) if key else ordered.tail(1)
 
 
 def regret_bar_figure(steps: pd.DataFrame, *, x: str = "task_name", color: str = "method",
@@ -190,23 +176,11 @@ def regret_bar_figure(steps: pd.DataFrame, *, x: str = "task_name", color: str =
     fig = go.Figure()
     for name in method_order(names) if color == "method" else sorted(names, key=str):
         bars = table[table[color] == name]
-        fig.add_trace(go.Bar(x=bars[x], y=bars["regret"], name=str(name)))
+        fig.add_trace(go.Bar(x=bars[x], y=bars["regret"], name=str(name),
+                             marker_color=color_of(str(name)) if color == "method" else None))
     fig.update_layout(title=title, barmode="group", xaxis_title=x, yaxis_title="cumulative regret",
                       **{**_LAYOUT, "hovermode": "closest"})
     return fig
-
-
-def token_totals(steps: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
-    """Sum of ``prompt_tokens`` and ``computed_tokens`` per run (plus ``by`` columns), with steps counted."""
-    _require(steps, ["prompt_tokens", "computed_tokens", *by], "token_totals")
-    key = run_column(steps)
-    keys = list(dict.fromkeys([*([key] if key else []), *by]))
-    if not keys:
-        totals = steps[["prompt_tokens", "computed_tokens"]].sum().to_frame().T
-        return totals.assign(steps=len(steps))
-    grouped = steps.groupby(keys, sort=True, dropna=False)
-    totals = grouped[["prompt_tokens", "computed_tokens"]].sum()
-    return totals.assign(steps=grouped.size()).reset_index()
 
 
 def tokens_figure(steps: pd.DataFrame, *, label: str | Sequence[str] = ("task_name", "method"),

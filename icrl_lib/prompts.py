@@ -94,6 +94,12 @@ def build_messages(
     return messages
 
 
+def render_context(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
+    """The text of ``messages`` without a query or generation prompt: the reusable prefix of every prompt built on
+    the same context (the KV-cache reuse depends on exactly this rule)."""
+    return tokenizer.apply_chat_template(list(messages), tokenize=False)
+
+
 def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]], prediction_prefix: str) -> str:
     """Prompt text for the model: the chat template with the generation prompt, then ``prediction_prefix``.
 

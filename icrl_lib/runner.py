@@ -25,11 +25,11 @@ from .config import ExperimentConfig
 from .errors import RunInterrupted, UserError
 from .generation import LabelPredictor
 from .models import LanguageModel, ModelSource, load_model, resolve_model
-from .prompts import Episode, build_messages, render_prompt, system_prompt
+from .prompts import Episode, build_messages, render_context, render_prompt, system_prompt
 from .storage import RunStore, check_output_dir
 from .strategies import make_strategy
 from .tasks import Example, Task, load_task
-from .window import cached_max_examples, max_examples_for_window, usable_window
+from .window import episode_budget
 
 log = logging.getLogger("icrl")
 DEBUG_SEPARATOR = "=" * 80 + "\n"
@@ -52,9 +52,9 @@ class RunResult:
 
     @property
     def tests(self):
-        from .results import evaluation_table
+        from .results import tests_table
 
-        return evaluation_table(self.records)
+        return tests_table(self.records)
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,12 @@ class RunData:
     test: tuple[Example, ...]
 
 
-def evaluation_steps(steps: int, test_every: int) -> list[int]:
-    """Step 0, every step with (step + 1) % test_every == 0, and the last step (sorted, unique)."""
+def test_schedule(steps: int, test_every: int) -> list[int]:
+    """The test steps: step 0, every step with (step + 1) % test_every == 0, and the last step (sorted, unique)."""
     return sorted({0, steps - 1} | {s for s in range(steps) if (s + 1) % test_every == 0})
+
+
+test_schedule.__test__ = False  # a library function, not a test, when a test module imports it
 
 
 def flip_coin(seed: int, step: int) -> float:
@@ -89,39 +92,6 @@ def sample_data(config: ExperimentConfig, task: Task) -> RunData:
         raise UserError(f"train_k: {train_k} is more than the {len(stream)} training rows of {task.name}{left}; "
                         f"allowed: 1..{len(stream)}")
     return RunData(exemplars, stream, task.sample_test(config.test_k, config.test_seed))
-
-
-def episode_budget(config: ExperimentConfig, lm: LanguageModel, task: Task, exemplars: int) -> int:
-    """Episodes a context may hold besides the exemplars.
-
-    Given ``max_context_examples``, the exemplars count against it (the paper: ``max(0, M - len(exemplars))``);
-    None: as many worst-case episodes as fit next to the exemplars (cached per model/task/window).
-    """
-    if config.max_context_examples is not None:
-        return max(0, config.max_context_examples - exemplars)
-    window = usable_window(lm, config.max_window_tokens)
-    mode = "icrl" + ("_nofeedback" if config.icrl_omit_feedback else "") if config.icrl else "icl"
-    # "v2": the worst case became the n longest distinct inputs (v1 repeated the single longest one).
-    key = f"v2|{config.model_name}|{task.name}|{window}|{mode}|exemplars{exemplars}|{hash_text(config.system_prompt)}"
-    return cached_max_examples(
-        Path(config.output_dir) / "_cache" / "max_context_examples.json", key,
-        lambda: max_examples_for_window(lm, task, window, icrl=config.icrl, omit_feedback=config.icrl_omit_feedback,
-                                        template=config.system_prompt, extra_episodes=exemplars),
-    )
-
-
-def hash_text(text: str | None) -> str:
-    import hashlib
-
-    return "default" if text is None else hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def find_max_context_examples(model_name: str, task_name: str, max_window_tokens: int | None = None,
-                              data_dir: str | None = None, icrl: bool = True, lm: LanguageModel | None = None) -> int:
-    """The paper's tool: most episodes whose worst-case prompt fits 95% of ``max_window_tokens``."""
-    task = load_task(task_name, data_dir)
-    lm = lm or load_model(model_name)
-    return max_examples_for_window(lm, task, usable_window(lm, max_window_tokens), icrl=icrl)
 
 
 def data_fingerprint(task: Task, data: RunData) -> dict[str, Any]:
@@ -184,7 +154,7 @@ def run_experiment(config: ExperimentConfig, progress: bool | None = True, lm: L
         lm = lm or load_model(config.model_name, config.device, config.trust_remote_code, source=source)
         budget = 0 if config.zero_shot else episode_budget(config, lm, task, len(data.exemplars))
         steps = 1 if config.zero_shot else len(data.stream)
-        to_test = evaluation_steps(steps, config.test_every)
+        to_test = test_schedule(steps, config.test_every)
         if not config.icrl and not config.zero_shot:  # ICL: the context is full once `budget` gold pairs exist
             steps = min([s for s in to_test if s >= budget], default=steps - 1) + 1
             to_test = [s for s in to_test if s < steps]
@@ -316,7 +286,7 @@ class _Loop:
         messages = build_messages(self.system, episodes, query, icrl=self.icrl, prediction_prefix=self.task.prediction_prefix,
                                   omit_feedback=self.config.icrl_omit_feedback, system_role=self.lm.system_role)
         if query is None:
-            return self.lm.tokenizer.apply_chat_template(messages, tokenize=False)
+            return render_context(self.lm.tokenizer, messages)
         return render_prompt(self.lm.tokenizer, messages, self.task.prediction_prefix)
 
     def _trim_debug_prompts(self, records: list[dict]) -> None:
@@ -371,7 +341,7 @@ class _Loop:
                "context_lengths": list(selection.context_lengths) if selection and selection.context_lengths else None,
                "size": len(episodes), "positive": sum(1 for e in episodes if e.feedback == 1)}
         return {"step": step, "context": ctx, "train": train, "test": test, "tokens": self.predictor.tokens.take(),
-                "cache": self.predictor.cache_report(), "seconds": round(time.perf_counter() - started, 4)}
+                "cache": self.predictor.pool.report(), "seconds": round(time.perf_counter() - started, 4)}
 
     def run(self, progress: bool | None) -> None:
         """Compute the steps not yet logged; tables are rewritten at every test step and at the end, so a long or

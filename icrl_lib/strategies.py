@@ -184,6 +184,26 @@ class ApproximateStrategy:
         return int(rng.choice(range(self.max_contexts), p=probs))
 
 
+def check_parameters(name: str, p_keep: float, max_contexts: int | None = None, sampling: str | None = None) -> StrategySpec:
+    """The one rule for a strategy's parameters (used by ``ExperimentConfig.validate`` and :func:`make_strategy`);
+    returns the registry entry. ValueError names the config field and what is allowed."""
+    spec = STRATEGIES.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise ValueError(f"context_strategy_name: unknown strategy {name!r}; allowed: {', '.join(STRATEGY_NAMES)}")
+    if (isinstance(p_keep, bool) or not isinstance(p_keep, (int, float, np.floating, np.integer))
+            or math.isnan(p_keep) or not 0 <= p_keep <= 1):
+        raise ValueError(f"context_p_keep: must be a number in [0, 1], got {p_keep!r}")
+    if spec.kind == "approximate":
+        if isinstance(max_contexts, bool) or not isinstance(max_contexts, (int, np.integer)) or max_contexts < 1:
+            raise ValueError(f"max_contexts: strategy {name!r} needs an integer max_contexts > 0, got {max_contexts!r}")
+        if sampling not in SAMPLING_METHODS:
+            raise ValueError(f"approximate_context_sampling_method: strategy {name!r} needs one of "
+                             f"{', '.join(SAMPLING_METHODS)}, got {sampling!r}")
+    elif sampling not in (None, *SAMPLING_METHODS):
+        raise ValueError(f"approximate_context_sampling_method: allowed: {', '.join(SAMPLING_METHODS)}, got {sampling!r}")
+    return spec
+
+
 def make_strategy(
     name: str,
     *,
@@ -192,29 +212,13 @@ def make_strategy(
     max_contexts: int | None = None,
     sampling: str | None = None,
 ) -> RandomStrategy | ApproximateStrategy:
-    """Build the strategy ``name`` after validating every parameter (ValueError names the config field)."""
-    spec = STRATEGIES.get(name) if isinstance(name, str) else None
-    if spec is None:
-        raise ValueError(f"context_strategy_name: unknown strategy {name!r}; allowed: {', '.join(STRATEGY_NAMES)}")
+    """Build the strategy ``name`` (parameters checked by :func:`check_parameters`) for ``max_examples`` episodes."""
+    spec = check_parameters(name, p_keep, max_contexts, sampling)
     if isinstance(max_examples, bool) or not isinstance(max_examples, (int, np.integer)) or max_examples < 1:
         raise ValueError(
             f"max_context_examples: a context strategy needs an integer >= 1 (0 = zero-shot uses no strategy), "
             f"got {max_examples!r}"
         )
-    if (
-        isinstance(p_keep, bool)
-        or not isinstance(p_keep, (int, float, np.floating, np.integer))
-        or math.isnan(p_keep)
-        or not 0 <= p_keep <= 1
-    ):
-        raise ValueError(f"context_p_keep: must be a number in [0, 1], got {p_keep!r}")
     if spec.kind == "random":
         return RandomStrategy(spec, int(max_examples), float(p_keep))
-    if isinstance(max_contexts, bool) or not isinstance(max_contexts, (int, np.integer)) or max_contexts < 1:
-        raise ValueError(f"max_contexts: strategy {name!r} needs an integer max_contexts > 0, got {max_contexts!r}")
-    if sampling not in SAMPLING_METHODS:
-        raise ValueError(
-            f"approximate_context_sampling_method: strategy {name!r} needs one of {', '.join(SAMPLING_METHODS)}, "
-            f"got {sampling!r}"
-        )
     return ApproximateStrategy(spec, int(max_examples), float(p_keep), int(max_contexts), sampling)

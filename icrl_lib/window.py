@@ -9,14 +9,18 @@ query and the answer, and its binary search returned one more than fits; here ``
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
 
-from .models import LanguageModel
+import pandas as pd
+
+from .config import ExperimentConfig
+from .models import LanguageModel, load_model
 from .prompts import Episode, build_messages, feedback_text, render_prompt, system_prompt
 from .storage import atomic_write_text, file_lock
-from .tasks import Task
+from .tasks import Task, load_task
 
 log = logging.getLogger("icrl")
 
@@ -113,3 +117,47 @@ def _read_cache(cache_file: Path) -> dict[str, int]:
         log.warning("%s is not a cache of max context examples; ignoring it, it will be rebuilt", cache_file)
         return {}
     return table
+
+
+def episode_budget(config: ExperimentConfig, lm: LanguageModel, task: Task, exemplars: int) -> int:
+    """Episodes a context may hold besides the exemplars.
+
+    Given ``max_context_examples``, the exemplars count against it (the paper: ``max(0, M - len(exemplars))``);
+    None: as many worst-case episodes as fit next to the exemplars (cached per model/task/window).
+    """
+    if config.max_context_examples is not None:
+        return max(0, config.max_context_examples - exemplars)
+    window = usable_window(lm, config.max_window_tokens)
+    mode = "icrl" + ("_nofeedback" if config.icrl_omit_feedback else "") if config.icrl else "icl"
+    # "v2": the worst case became the n longest distinct inputs (v1 repeated the single longest one).
+    key = f"v2|{config.model_name}|{task.name}|{window}|{mode}|exemplars{exemplars}|{hash_text(config.system_prompt)}"
+    return cached_max_examples(
+        Path(config.output_dir) / "_cache" / "max_context_examples.json", key,
+        lambda: max_examples_for_window(lm, task, window, icrl=config.icrl, omit_feedback=config.icrl_omit_feedback,
+                                        template=config.system_prompt, extra_episodes=exemplars),
+    )
+
+
+def hash_text(text: str | None) -> str:
+    """Short stable hash of a custom system prompt (``default`` for the paper's), for cache keys."""
+    return "default" if text is None else hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def find_max_context_examples(model_name: str, task_name: str, max_window_tokens: int | None = None,
+                              data_dir: str | None = None, icrl: bool = True, lm: LanguageModel | None = None) -> int:
+    """The paper's tool: most episodes whose worst-case prompt fits 95% of ``max_window_tokens``."""
+    task = load_task(task_name, data_dir)
+    lm = lm or load_model(model_name)
+    return max_examples_for_window(lm, task, usable_window(lm, max_window_tokens), icrl=icrl)
+
+
+def max_context_table(model_name: str, task_names, max_window_tokens, data_dir: str | None = None) -> pd.DataFrame:
+    """Max context examples per task and window (None = the model's own window), loading the model once."""
+    lm = load_model(model_name)
+    rows = []
+    for task in task_names:
+        for window in max_window_tokens:
+            n = find_max_context_examples(model_name, task, window, data_dir=data_dir, lm=lm)
+            rows.append({"model_name": model_name, "task_name": task, "max_window_tokens": window,
+                         "max_context_examples": n})
+    return pd.DataFrame(rows)

@@ -13,19 +13,15 @@ from pathlib import Path
 
 import yaml
 
+from icrl_lib.methods import config_fields
+
 MODELS = {  # folder name -> hub id
     "llama-3.1-8b-instruct": "meta-llama/Meta-Llama-3.1-8B-Instruct",
     "phi-3.5-mini-instruct": "microsoft/Phi-3.5-mini-instruct",
 }
 TRAIN_K = {"banking77": 10000, "clinic150": 10000, "nlu": 10000, "trec_coarse": 5000, "trec_fine": 5000}
-# Per method, the flags of the README commands that differ between methods (the rest is COMMON).
-METHODS = {
-    "icl": {"context_strategy_name": "random_unbiased", "context_p_keep": 1.0, "icrl": False},
-    "naive": {"context_strategy_name": "random_biased_end", "context_p_keep": 1.0, "icrl": True},
-    "explorative": {"context_strategy_name": "random_unbiased_only_positive", "context_p_keep": 0.1, "icrl": True},
-    "approximate": {"context_strategy_name": "approximate_only_positive", "max_contexts": 8,
-                    "approximate_context_sampling_method": "uniform", "context_p_keep": 0.1, "icrl": True},
-}
+# The README's commands cover these methods; their flags come from the library's method table (icrl_lib.methods).
+METHODS = {key: config_fields(key) for key in ("icl", "naive", "explorative", "approximate")}
 COMMON = {"temperature": 1.0, "icrl_omit_feedback": False, "icrl_flip_feedback": False, "test_every": 500,
           "test_k": 500, "debug_k": 10, "seed": 100, "training_seed": 100, "test_seed": 100, "verbose": False}
 # The README's naive CLINIC150 command has no --test_k: the paper's default (None) tests on the whole split.

@@ -25,3 +25,20 @@ def lm():
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     return load_model()
+
+
+@pytest.fixture(autouse=True)
+def _model_marker_is_honest(request, monkeypatch):
+    """`make test-fast` deselects `model` tests: a test that loads the model without the marker fails here."""
+    if request.node.get_closest_marker("model") is not None:
+        return
+    message = f"{request.node.nodeid} loads the embedded model: mark it @pytest.mark.model"
+    assert "lm" not in request.fixturenames, message
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(message)
+
+    from icrl_lib import models, runner, window
+
+    for module in (models, runner, window):
+        monkeypatch.setattr(module, "load_model", refuse)

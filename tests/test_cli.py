@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from icrl_lib.config import config_from_argv, load_config
-from icrl_lib.results import method_of
+from icrl_lib.methods import name_run
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ROOT / "tests" / "data" / "paper_readme_commands.txt"
@@ -38,7 +38,7 @@ def readme_commands(model_name: str) -> list[list[str]]:
 
 def test_the_fixture_holds_the_readme_grid():
     configs = [config_from_argv(argv) for argv in readme_commands("m")]
-    cells = sorted((method_of(c.to_dict()), c.task_name) for c in configs)
+    cells = sorted((name_run(c.to_dict()), c.task_name) for c in configs)
     tasks = ["banking77", "clinic150", "nlu", "trec_coarse", "trec_fine"]
     assert cells == sorted((m, t) for m in GRID_METHOD for t in tasks)
 
@@ -48,7 +48,7 @@ def test_every_readme_command_parses_to_its_grid_file(model_name):
     for argv in readme_commands(model_name):
         config = config_from_argv(argv)
         assert config.hf_token == "YOUR_HUGGINGFACE_TOKEN_HERE"  # accepted, never stored (see to_dict)
-        name = f"{GRID_METHOD[method_of(config.to_dict())]}_{config.task_name}.yaml"
+        name = f"{GRID_METHOD[name_run(config.to_dict())]}_{config.task_name}.yaml"
         grid = load_config(ROOT / "params" / "grid" / GRID_FOLDER[model_name] / name)
         assert config.to_dict() == grid.to_dict(), name
         assert "hf_token" not in config.to_dict()

@@ -337,7 +337,7 @@ def test_an_hf_token_in_a_params_file_is_refused_before_papermill_runs(tmp_path)
     proc = subprocess.run(["make", "--no-print-directory", "experiment", f"PARAMS={params}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "hf_token" in proc.stderr
-    assert "papermill" not in proc.stdout + proc.stderr.split("error:")[0]
+    assert "-m papermill notebooks/icrl_experiment.ipynb" not in proc.stdout + proc.stderr
     assert not (ROOT / "outputs" / "leaky.ipynb").exists()
 
 
@@ -442,5 +442,5 @@ def test_test_prediction_distribution_by_hand():
         {"step": 4, "label": "x", "count": 2, "share": 0.5, "gold_share": 0.25},
         {"step": 4, "label": "y", "count": 1, "share": 0.25, "gold_share": 0.75},
         {"step": 4, "label": "z", "count": 1, "share": 0.25, "gold_share": 0.0}]
-    tests = results.evaluation_table(records)
+    tests = results.tests_table(records)
     assert tests[["distinct_predictions", "prediction_entropy"]].values.tolist() == [[3, 1.5]]

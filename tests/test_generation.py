@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from icrl_lib.generation import LabelPredictor, LabelTrie, choose_token
+from icrl_lib.generation import LabelPredictor, LabelTrie, choose_token, label_logprobs
 from icrl_lib.kvcache import PrefixCachePool, extend_cache, new_cache
-from icrl_lib.prompts import Episode, build_messages, render_prompt, system_prompt
+from icrl_lib.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
 from icrl_lib.tasks import load_task
 
 pytestmark = pytest.mark.model
@@ -31,8 +31,7 @@ def make_prompts(lm, task, n_context: int, n_queries: int, icrl: bool = True):
     def render(query):
         msgs = build_messages(system, episodes, query, icrl=icrl, prediction_prefix=task.prediction_prefix,
                               system_role=lm.system_role)
-        return render_prompt(lm.tokenizer, msgs, task.prediction_prefix) if query else lm.tokenizer.apply_chat_template(
-            msgs, tokenize=False)
+        return render_prompt(lm.tokenizer, msgs, task.prediction_prefix) if query else render_context(lm.tokenizer, msgs)
 
     return [render(task.format_input(ex)) for ex in train[n_context:]], render(None)
 
@@ -68,8 +67,8 @@ def test_cached_label_probabilities_equal_uncached(lm, data_dir, task_name, n_co
     prompts, _ = make_prompts(lm, task, n_context, 2)
     predictor = LabelPredictor(lm, task.labels, temperature=1.0)
     for prompt in prompts:
-        cached = predictor.label_logprobs(prompt, cached=True)
-        uncached = predictor.label_logprobs(prompt, cached=False)
+        cached = label_logprobs(predictor, prompt, cached=True)
+        uncached = label_logprobs(predictor, prompt, cached=False)
         assert sum(math.exp(v) for v in cached.values()) == pytest.approx(1.0, abs=1e-5)  # fp32 logits
         a = np.array([cached[k] for k in task.labels])
         b = np.array([uncached[k] for k in task.labels])
@@ -94,7 +93,7 @@ def test_fast_path_predictions_equal_full_recompute(lm, trec, temperature):
 def test_sampling_frequencies_match_trie_probabilities(lm, trec):
     prompts, _ = make_prompts(lm, trec, 3, 1)
     predictor = LabelPredictor(lm, trec.labels, temperature=1.0)
-    probs = {k: math.exp(v) for k, v in predictor.label_logprobs(prompts[0]).items()}
+    probs = {k: math.exp(v) for k, v in label_logprobs(predictor, prompts[0]).items()}
     n = 600
     draws = predictor.predict(prompts * n, seed=2024, stream=1)  # independent draw per query index
     freq = {k: sum(p.label == k for p in draws) / n for k in trec.labels}

@@ -5,6 +5,11 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import shutil
+import subprocess
+import sys
+import time
+import typing
 from pathlib import Path
 
 import nbformat
@@ -43,11 +48,40 @@ def test_notebook_outputs_are_not_committed(path):
     parameters_cell(path)  # every notebook is papermill-ready
 
 
+def cell_parameters(path: Path) -> dict[str, tuple[str, object]]:
+    """name -> (annotation, literal default) of every assignment in a parameters cell; each must be annotated."""
+    out = {}
+    for node in ast.parse(parameters_cell(path)).body:
+        assert isinstance(node, ast.AnnAssign) and node.value is not None, ast.dump(node)
+        annotation = node.annotation.value if isinstance(node.annotation, ast.Constant) else ast.unparse(node.annotation)
+        out[node.target.id] = (annotation, ast.literal_eval(node.value))
+    return out
+
+
+def type_name(annotation) -> str:
+    """A dataclass field's type as the parameters cell writes it (``Optional[X]`` quoted: papermill reads no ``|``)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return f"Optional[{args[0].__name__}]" if args else annotation.__name__
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_help_lists_every_parameter_with_its_type(path):
+    """``papermill --help-notebook`` must see every parameter: a second '=' on a line (e.g. in a comment) hides it."""
+    import papermill
+
+    inferred = papermill.inspect_notebook(str(path))
+    declared = cell_parameters(path)
+    assert list(inferred) == list(declared)
+    assert {k: v["inferred_type_name"] for k, v in inferred.items()} == {k: a for k, (a, _) in declared.items()}
+    assert all(v["help"] for v in inferred.values()), "every parameter has a help comment"
+
+
 def test_parameters_cell_mirrors_the_dataclass():
-    assigned = {}
-    for node in ast.parse(parameters_cell(EXPERIMENT)).body:
-        assert isinstance(node, ast.Assign) and len(node.targets) == 1, ast.dump(node)
-        assigned[node.targets[0].id] = ast.literal_eval(node.value)
+    declared = cell_parameters(EXPERIMENT)
+    assigned = {name: default for name, (_, default) in declared.items()}
+    hints = typing.get_type_hints(ExperimentConfig)
+    assert all(declared[f.name][0] == type_name(hints[f.name]) for f in dataclasses.fields(ExperimentConfig)
+               if f.name in declared)
     fields = {f.name: f.default for f in dataclasses.fields(ExperimentConfig)}
     assert "hf_token" in fields and "hf_token" not in assigned  # tokens only via HF_TOKEN
     expected = {k: v for k, v in fields.items() if k != "hf_token"} | {"headless": False, "figures_dir": None,
@@ -134,17 +168,76 @@ def test_new_parameters_and_mismatch_message():
     assert "unknown ['hf_token']" in message and "missing ['b']" in message and "HF_TOKEN" in message
 
 
-def test_strip_outputs(tmp_path):
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
-    nb.cells[0].outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
-    nb.cells[0].execution_count = 1
-    nb.metadata["papermill"] = {"parameters": {}}
-    path = tmp_path / "n.ipynb"
-    nbformat.write(nb, path)
-    assert notebook.strip_outputs(path) is True
-    cleaned = nbformat.read(path, as_version=4)
-    assert cleaned.cells[0].outputs == [] and cleaned.cells[0].execution_count is None
-    assert "papermill" not in cleaned.metadata and notebook.strip_outputs(path) is False
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_opening_a_notebook_in_jupyter_leaves_git_clean_and_outputs_never_reach_git(tmp_path):
+    """A real Jupyter server with `make lab`'s pre-save hook saves what JupyterLab sends after opening a notebook
+    (the kernel's language_info added): the file stays byte-identical. Saving outputs changes the file, but the
+    nbstripout filter `make setup` installs (the options of `make strip`) keeps them out of diffs and commits."""
+    import urllib.request
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "notebooks", repo / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    for name in (".gitattributes", ".gitignore"):
+        shutil.copy(ROOT / name, repo)
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "git-filter", f"VENV={ROOT / '.venv'}"], cwd=repo,
+                   check=True)
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "notebooks")
+    hook = next(line.split(":=", 1)[1].strip() for line in (ROOT / "Makefile").read_text().splitlines()
+                if line.startswith("JUPYTER_HOOK :="))
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "jupyter", "server", "--no-browser", f"--port={port}",
+                               "--IdentityProvider.token=t", f"--ServerApp.root_dir={repo}", hook, "--allow-root"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api/contents/notebooks/results.ipynb"
+
+    def call(method: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(url + ("?content=1" if method == "GET" else ""), method=method,
+                                         data=json.dumps(body).encode() if body else None,
+                                         headers={"Authorization": "token t", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                model = call("GET")
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "jupyter server did not start"
+                time.sleep(0.3)
+        before = (repo / "notebooks" / "results.ipynb").read_bytes()
+        content = model["content"]
+        content["metadata"]["language_info"] = {
+            "codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py", "mimetype": "text/x-python",
+            "name": "python", "nbconvert_exporter": "python", "pygments_lexer": "ipython3", "version": "3.11.7"}
+        call("PUT", {"type": "notebook", "format": "json", "content": content})
+        assert (repo / "notebooks" / "results.ipynb").read_bytes() == before
+        assert git("status", "--porcelain") == ""
+        code = next(c for c in content["cells"] if c["cell_type"] == "code")
+        code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "ran\n"}]
+        code["execution_count"] = 7
+        call("PUT", {"type": "notebook", "format": "json", "content": content})
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert b"ran" in (repo / "notebooks" / "results.ipynb").read_bytes()  # the user keeps the outputs
+    assert git("diff") == ""
+    git("add", "-A")
+    assert git("diff", "--cached") == ""  # nothing of it would be committed
 
 
 def _execute(output: Path, parameters: dict, source: Path = EXPERIMENT) -> None:
@@ -199,7 +292,6 @@ def test_analysis_notebooks_with_no_runs(tmp_path):
         assert "run notebooks/icrl_experiment.ipynb" in (tmp_path / name).read_text()
 
 
-@pytest.mark.model
 def test_papermill_rejects_hf_token_as_a_parameter(tmp_path, monkeypatch):
     import papermill
 

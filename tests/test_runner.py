@@ -14,12 +14,11 @@ import pandas as pd
 import pytest
 
 from icrl_lib.config import ExperimentConfig
-from icrl_lib.prompts import Episode, build_messages, feedback_text, render_prompt, system_prompt
-from icrl_lib.runner import evaluation_steps, run_experiment
+from icrl_lib.prompts import Episode, build_messages, feedback_text, render_context, render_prompt, system_prompt
+from icrl_lib.runner import test_schedule, run_experiment
 from icrl_lib.tasks import load_task
 from icrl_lib.window import max_examples_for_window
 
-pytestmark = pytest.mark.model
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,11 +57,12 @@ def assert_same_run(a: list[dict], b: list[dict]) -> None:
             assert x["train"]["logprob"] == pytest.approx(y["train"]["logprob"], rel=1e-4, abs=1e-6)
 
 
-def test_evaluation_schedule_matches_the_paper_plus_last_step():
-    assert evaluation_steps(30, 15) == [0, 14, 29]
-    assert evaluation_steps(10, 4) == [0, 3, 7, 9]
+def test_the_test_schedule_is_the_papers_plus_the_last_step():
+    assert test_schedule(30, 15) == [0, 14, 29]
+    assert test_schedule(10, 4) == [0, 3, 7, 9]
 
 
+@pytest.mark.model
 def test_short_explorative_run_learns_in_context_and_writes_tidy_tables(tmp_path, data_dir, lm):
     config = small(tmp_path, data_dir)
     result = run_experiment(config, progress=False, lm=lm)
@@ -84,18 +84,21 @@ def test_short_explorative_run_learns_in_context_and_writes_tidy_tables(tmp_path
     assert (steps["computed_tokens"] < steps["prompt_tokens"]).all()  # the context cache was reused at every step
 
 
+@pytest.mark.model
 def test_same_config_twice_gives_identical_predictions(tmp_path, data_dir, lm):
     a = run_experiment(small(tmp_path / "a", data_dir, train_k=12, test_every=6), progress=False, lm=lm)
     b = run_experiment(small(tmp_path / "b", data_dir, train_k=12, test_every=6), progress=False, lm=lm)
     assert strip_measurements(a.records) == strip_measurements(b.records)
 
 
+@pytest.mark.model
 def test_fast_path_on_and_off_give_identical_predictions(tmp_path, data_dir, lm):
     a = run_experiment(small(tmp_path / "a", data_dir, train_k=10, test_every=5, fast=True), progress=False, lm=lm)
     b = run_experiment(small(tmp_path / "b", data_dir, train_k=10, test_every=5, fast=False), progress=False, lm=lm)
     assert_same_run(a.records, b.records)
 
 
+@pytest.mark.model
 def test_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir, lm):
     """The README's resume guarantee: every decision (contexts, predictions, rewards, feedback, test predictions) is
     identical; log-probabilities are recomputed on caches rebuilt in other chunks, so they agree to 1e-4 (relative)."""
@@ -124,6 +127,7 @@ def test_kill_9_and_resume_equals_an_uninterrupted_run(tmp_path, data_dir, lm):
     assert_same_run(run_experiment(config, progress=False, lm=lm).records, reference.records)
 
 
+@pytest.mark.model
 def test_icl_stops_at_the_first_test_step_after_the_context_is_full(tmp_path, data_dir, lm):
     config = small(tmp_path, data_dir, icrl=False, context_strategy_name="random_unbiased", context_p_keep=1.0,
                    max_context_examples=5, train_k=20, test_every=4, test_k=4)
@@ -134,12 +138,14 @@ def test_icl_stops_at_the_first_test_step_after_the_context_is_full(tmp_path, da
     assert result.records[-1]["context"]["size"] == 5
 
 
+@pytest.mark.model
 def test_zero_shot_is_one_test_step(tmp_path, data_dir, lm):
     result = run_experiment(small(tmp_path, data_dir, max_context_examples=0, test_k=6), progress=False, lm=lm)
     assert len(result.records) == 1 and result.records[0]["train"] is None
     assert len(result.records[0]["test"]["predictions"]) == 6
 
 
+@pytest.mark.model
 def test_computed_tokens_equal_an_independent_count(tmp_path, data_dir, lm):
     """Zero-shot with the fast path: the prefix shared by all prompts (the system turn and the query's opening) is
     computed once, then each query's own tokens, then the label tokens up to the label's last branching point in the trie
@@ -155,8 +161,8 @@ def test_computed_tokens_equal_an_independent_count(tmp_path, data_dir, lm):
     prompts = [lm.encode(render_prompt(lm.tokenizer, build_messages(system, [], task.format_input(ex), icrl=True,
                prediction_prefix=task.prediction_prefix), task.prediction_prefix)) for ex in task.sample_test(8, 5)]
     shared = min([len(p) - 1 for p in prompts] + [common(prompts[0], p) for p in prompts])
-    context = lm.encode(lm.tokenizer.apply_chat_template(
-        build_messages(system, [], None, icrl=True, prediction_prefix=task.prediction_prefix), tokenize=False))
+    context = lm.encode(render_context(lm.tokenizer, build_messages(system, [], None, icrl=True,
+                                                                     prediction_prefix=task.prediction_prefix)))
     assert shared > common(prompts[0], context)  # "<|im_start|>user\nQuestion:" is shared too, and cached once
     seqs = [tuple(lm.encode(" " + label)) + (lm.eot_id,) for label in task.labels]
 
@@ -171,6 +177,7 @@ def test_computed_tokens_equal_an_independent_count(tmp_path, data_dir, lm):
                                            "generated": fed_back}
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("icrl", [True, False])
 def test_max_examples_fits_and_one_more_does_not(lm, data_dir, icrl):
     task = load_task("banking77", data_dir)
@@ -191,6 +198,7 @@ def test_max_examples_fits_and_one_more_does_not(lm, data_dir, icrl):
     assert n > 0 and tokens(n) <= window < tokens(n + 1)
 
 
+@pytest.mark.model
 def test_cli_runs_a_paper_command_and_never_stores_the_token(tmp_path, data_dir):
     """The README's approximate TREC coarse command, verbatim, then tiny sizes (later flags override earlier)."""
     from test_cli import readme_commands

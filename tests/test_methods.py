@@ -1,0 +1,72 @@
+"""The method table: one definition for configs, run names, plot order and colours, the README and the grid."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from icrl_lib import methods
+from icrl_lib.config import ExperimentConfig, load_config
+from icrl_lib.methods import config_fields, name_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def named(**fields) -> str:
+    return name_run(ExperimentConfig.from_dict(fields).to_dict())
+
+
+def test_the_readme_table_is_the_method_table():
+    assert methods.markdown_table() in (ROOT / "README.md").read_text()
+
+
+def test_every_grid_file_is_its_method_exactly():
+    files = sorted((ROOT / "params" / "grid").rglob("*.yaml"))
+    assert len(files) == 40
+    for path in files:
+        key = path.stem.split("_")[0]  # <method>_<task>.yaml; the grid's method keys hold no underscore
+        config = load_config(path).to_dict()
+        assert name_run(config) == methods.BY_KEY[key].display, path
+        assert {k: config[k] for k in methods.BY_KEY[key].fields} == dict(methods.BY_KEY[key].fields), path
+
+
+@pytest.mark.parametrize("key", [m.key for m in methods.METHODS])
+def test_each_method_built_from_the_table_is_named_plainly(key):
+    assert named(**config_fields(key)) == methods.BY_KEY[key].display
+
+
+@pytest.mark.parametrize("fields, name", [
+    (config_fields("explorative", context_p_keep=0.5), "explorative ICRL (p_keep=0.5)"),
+    (config_fields("naive", temperature=2.0), "naive ICRL (T=2)"),
+    (config_fields("naive_plus", temperature=1), "naive+ ICRL (T=1)"),
+    (config_fields("approximate", max_contexts=4), "approximate ICRL (K=4)"),
+    (config_fields("approximate", approximate_context_sampling_method="exact"), "approximate ICRL (sampling=exact)"),
+    (config_fields("naive", icrl_flip_feedback=True, icrl_flip_feedback_prob=0.1), "naive ICRL (flip_p=0.1)"),
+    (config_fields("explorative", icrl_omit_feedback=True), "explorative ICRL (feedback=omitted)"),
+    (config_fields("explorative", exemplars_per_label=1, max_context_examples=64),
+     "explorative ICRL (exemplars=1, max_examples=64)"),
+    (config_fields("explorative", max_window_tokens=4096), "explorative ICRL (window=4096)"),
+    (config_fields("icl", temperature=0.0), "ICL (T=0)"),
+    (config_fields("zero_shot"), "zero-shot"),
+    (config_fields("zero_shot", icrl=False, temperature=0.0), "zero-shot (ICL prompt) (T=0)"),
+    (dict(context_strategy_name="random_biased_start", context_p_keep=0.1), "random_biased_start (p_keep=0.1, T=1)"),
+])
+def test_a_run_is_named_by_what_differs_from_its_method(fields, name):
+    assert named(**fields) == name
+
+
+def test_order_and_colours_are_fixed():
+    names = ["approximate ICRL", "explorative ICRL (p_keep=0.5)", "zero-shot", "explorative ICRL", "ICL", "other"]
+    assert methods.method_order(names) == ["zero-shot", "ICL", "explorative ICRL", "explorative ICRL (p_keep=0.5)",
+                                           "approximate ICRL", "other"]
+    assert methods.color_of("explorative ICRL (p_keep=0.5)") == methods.color_of("explorative ICRL") == "#1f77b4"
+    assert methods.dash_of("explorative ICRL", names) == "solid"
+    assert methods.dash_of("explorative ICRL (p_keep=0.5)", names) == "dash"
+    assert methods.color_of("other") == methods.color_of("other") in methods.OTHER_COLORS
+    assert len({m.color for m in methods.METHODS}) == len(methods.METHODS)
+
+
+def test_unknown_method_key_is_named():
+    with pytest.raises(ValueError, match="method: unknown 'explorativ'; allowed: zero_shot, icl"):
+        config_fields("explorativ")
