@@ -26,6 +26,7 @@ from .errors import RunInterrupted, UserError
 from .generation import LabelPredictor
 from .models import LanguageModel, ModelSource, load_model, resolve_model
 from .prompts import Episode, build_messages, render_context, render_prompt, system_prompt
+from .results import COLLAPSE_WINDOW, steps_table, tests_table, write_tables
 from .storage import RunStore, check_output_dir
 from .strategies import make_strategy
 from .stream import RunData, check_data, sample_data
@@ -34,7 +35,6 @@ from .window import episode_budget
 
 log = logging.getLogger("icrl")
 DEBUG_SEPARATOR = "=" * 80 + "\n"
-COLLAPSE_WINDOW = 50  # training steps over which the progress line counts distinct predicted labels
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,12 @@ class RunResult:
 
     @property
     def steps(self):
-        from .results import steps_table
-
+        """The steps table (``results.steps_table``)."""
         return steps_table(self.records)
 
     @property
     def tests(self):
-        from .results import tests_table
-
+        """The tests table (``results.tests_table``)."""
         return tests_table(self.records)
 
 
@@ -151,6 +149,11 @@ class _Loop:
         self.recent: deque[str] = deque(maxlen=COLLAPSE_WINDOW)  # latest training predictions
         self.last_test: float | None = None
 
+    def _flipped(self, step: int) -> bool:
+        """Whether the feedback shown at ``step`` is inverted (the paper's coin, with icrl_flip_feedback)."""
+        return bool(self.config.icrl_flip_feedback
+                    and flip_coin(self.config.seed, step) < self.config.icrl_flip_feedback_prob)
+
     def _select(self, step: int):
         if self.strategy is None:
             return None
@@ -196,8 +199,7 @@ class _Loop:
                     return f"prediction {prediction!r} is not a label of {self.task.name}"
                 if reward != int(prediction == train["answer"]):
                     return f"reward {reward!r} does not match prediction and answer"
-                flipped = bool(self.config.icrl_flip_feedback
-                               and flip_coin(self.config.seed, step) < self.config.icrl_flip_feedback_prob)
+                flipped = self._flipped(step)
                 if train["flipped"] != flipped or train["feedback"] != (1 - reward if flipped else reward):
                     return "feedback does not follow from the reward and the flip coin"
             elif train["prediction"] is not None or train["reward"] is not None:
@@ -266,8 +268,7 @@ class _Loop:
                 self._debug([prompt])
                 pred = self.predictor.predict([prompt], self.config.seed + step, stream=0, context=context)[0]
                 reward = int(pred.label == answer)
-                flipped = bool(self.config.icrl_flip_feedback
-                               and flip_coin(self.config.seed, step) < self.config.icrl_flip_feedback_prob)
+                flipped = self._flipped(step)
                 train.update(prediction=pred.label, reward=reward, feedback=1 - reward if flipped else reward,
                              flipped=flipped, logprob=pred.logprob)
         test = None
@@ -288,8 +289,6 @@ class _Loop:
     def run(self, progress: bool | None) -> None:
         """Compute the steps not yet logged; tables are rewritten at every test step and at the end, so a long or
         killed run can be analysed while it runs. Ctrl-C ends with :class:`RunInterrupted` (resumable)."""
-        from .results import write_tables
-
         start = len(self.records)
         if start >= self.steps:
             write_tables(self.store.path, self.records)
