@@ -8,7 +8,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.icrl-setup-done
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
-GRID ?= params/grid
 
 # Data: $ICRL_DATA_DIR, else ../shared/data beside the checkout when it exists, else the Hugging Face hub
 # (icrl_lib.tasks.resolve_data_dir decides, so make, papermill, the CLI and JupyterLab all agree).
@@ -21,14 +20,15 @@ out_nb = outputs/$(if $(filter params/%,$(1)),$(subst /,__,$(patsubst params/%,%
 # (which writes language_info) or executing it leaves `git status` clean.
 NBSTRIP := $(abspath $(VENV))/bin/nbstripout --keep-id --extra-keys "metadata.language_info metadata.papermill cell.metadata.papermill"
 
-.PHONY: help setup run test test-fast experiment lab grid grid-params strip git-filter
+.PHONY: help setup run test test-fast experiment lab sweep grid grid-params strip git-filter
 
 help:
 	@echo "make run                         quickstart experiment (params/quickstart.yaml) -> outputs/"
 	@echo "make test                        unit tests + notebooks (nbval, tiny params/ci.yaml): what CI runs"
 	@echo "make test-fast                   the tests that load no model (~1.5 min, for the edit-test loop)"
 	@echo "make experiment PARAMS=params/x.yaml   one run headless -> outputs/x.ipynb + outputs/<run>/"
-	@echo "make grid [GRID=params/grid/<model>]   every YAML of the paper's grid (GPU + hub models)"
+	@echo "make sweep SWEEP=params/sweeps/x.yaml [LAUNCHER=local|slurm|ray] [WORKERS=N]   many runs at once"
+	@echo "make grid [LAUNCHER=..] [WORKERS=N]  the paper's 40-run grid as one sweep (GPU + hub models)"
 	@echo "make grid-params                 regenerate params/grid/ (python params/make_grid.py)"
 	@echo "make lab                         JupyterLab on notebooks/"
 	@echo "make strip                       clear outputs of notebooks/*.ipynb"
@@ -75,9 +75,13 @@ lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(JUPYTER_HOOK) \
 	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# A sweep: every run not done yet, locally (WORKERS processes; one per GPU), on Slurm or on Ray (LAUNCHER=...).
+sweep: setup
+	@test -n "$(SWEEP)" || { echo "usage: make sweep SWEEP=params/sweeps/<name>.yaml [LAUNCHER=local|slurm|ray] [WORKERS=N]"; exit 2; }
+	$(PY) -m icrl_lib sweep $(SWEEP) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(WORKERS),--workers $(WORKERS))
+
 grid: setup
-	@files=$$(find $(GRID) -name '*.yaml' | sort); test -n "$$files" || { echo "no YAML under $(GRID)"; exit 2; }; \
-	for f in $$files; do $(MAKE) --no-print-directory experiment PARAMS=$$f || exit 1; done
+	@$(MAKE) --no-print-directory sweep SWEEP=params/sweeps/paper_grid.yaml
 
 grid-params: setup
 	$(PY) params/make_grid.py

@@ -14,6 +14,7 @@ import sys
 from .config import config_from_argv
 
 COMMANDS = {"run": "run one experiment (paper flags)",
+            "sweep": "run a sweep of experiments (params/sweeps/*.yaml) locally, on Slurm or on Ray; --status",
             "check": "check an experiment notebook's params YAML without running it (what make experiment does first)",
             "max-examples": "max context examples for a window"}
 
@@ -55,6 +56,39 @@ def _check(argv: list[str]) -> int:
     return 0
 
 
+def _sweep(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="icrl sweep", description="Run every run of a sweep not done yet (resumes "
+                                     "half-done runs, retries failed ones, leaves runs held by another process).")
+    parser.add_argument("sweep", help="sweep YAML, e.g. params/sweeps/paper_grid.yaml")
+    parser.add_argument("--launcher", choices=("local", "slurm", "ray"), help="overrides the file's launcher")
+    parser.add_argument("--workers", type=int, help="runs at once (overrides the file's workers)")
+    parser.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                        help="only the runs whose config field has this value (repeatable)")
+    parser.add_argument("--status", action="store_true", help="print the status table and exit (works while the "
+                        "sweep runs elsewhere)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their folders; run nothing")
+    args = parser.parse_args(argv)
+    import pandas as pd
+
+    from .launchers import run_sweep
+    from .sweep import filtered, load_sweep, status, summary
+
+    sweep = filtered(load_sweep(args.sweep, launcher=args.launcher, workers=args.workers), args.where)
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):
+        if args.status or args.dry_run:
+            table = status(sweep)
+            columns = ["run_dir"] if args.dry_run else ["method", "task_name", "seed", "state", "steps_done", "steps",
+                                                         "error"]
+            print(table[columns].to_string())
+            print(summary(table))
+            return 0
+        table = run_sweep(sweep)
+        bad = table[table["state"] != "done"]
+        if not bad.empty:
+            print(bad[["run", "state", "error"]].to_string(index=False), file=sys.stderr)
+    return 0 if bad.empty else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m icrl_lib`` and the ``icrl`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -68,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             return _max_examples(argv[1:])
         if argv[0] == "check":
             return _check(argv[1:])
+        if argv[0] == "sweep":
+            return _sweep(argv[1:])
         config = config_from_argv(argv[1:])
         from .runner import run_experiment
 

@@ -137,31 +137,50 @@ def _select(runs: pd.DataFrame, task: str | None, model: str | None, methods: Se
     return runs[keep]
 
 
+REFERENCES = ("zero-shot", "ICL")  # drawn as the paper draws them: flat lines across the whole x range
+
+
+def _band(x, low, high, color: str, group: str) -> go.Scatter:
+    """A translucent 95% interval band (one closed polygon) that shares its line's legend entry."""
+    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return go.Scatter(x=list(x) + list(x)[::-1], y=list(high) + list(low)[::-1], fill="toself", mode="lines",
+                      line=dict(width=0), fillcolor=f"rgba({r},{g},{b},0.15)", hoverinfo="skip", showlegend=False,
+                      legendgroup=group, name=f"{group} 95% interval")
+
+
 def main_comparison_figure(runs: pd.DataFrame, *, task: str, model: str | None = None,
                            methods: Sequence[str] | None = None, title: str | None = None) -> go.Figure:
-    """The paper's main plot for one task: test accuracy over steps, one line per method.
+    """The paper's main plot for one task: test accuracy over steps, one line per run name (method and settings),
+    the mean over seeds with its 95% interval as a band and n in the legend (``aggregate.accuracy_curves``).
 
-    ``runs`` is ``results.load_runs`` (one row per test step; columns task_name, model_name, method, step,
-    accuracy). Several runs of one method are averaged per step. A method tested only once (zero-shot) is drawn
-    as a dashed horizontal line across the steps of the others.
+    ``runs`` is ``results.load_runs`` (one row per test step). Zero-shot and ICL are references, drawn the paper's
+    way: a dashed horizontal line at their last value (ICL: the upper bound) across the steps of the others.
     """
+    from .aggregate import accuracy_curves
+
     _require(runs, ["task_name", "model_name", "method", "step", "accuracy"], "main_comparison_figure")
-    rows = _select(runs, task, model, methods)
-    mean = rows.groupby(["method", "step"], as_index=False)["accuracy"].mean()
-    last = int(mean["step"].max()) if len(mean) else 0
+    curves = accuracy_curves(_select(runs, task, model, methods))
+    last = int(curves["step"].max()) if len(curves) else 0
     fig = go.Figure()
-    names = method_order(mean["method"].unique().tolist())
+    names = method_order(curves["method"].unique().tolist())
     for method in names:
-        line = mean[mean["method"] == method].sort_values("step")
-        if len(line) == 1 and last > 0:
-            fig.add_trace(go.Scatter(x=[0, last], y=[line["accuracy"].iloc[0]] * 2, name=method, mode="lines",
-                                     line=dict(color=color_of(method), dash="dash")))
-        else:
-            fig.add_trace(go.Scatter(x=line["step"], y=line["accuracy"], name=method, mode="lines+markers",
-                                     line=_line(method, names)))
+        line = curves[curves["method"] == method].sort_values("step")
+        n = int(line["n"].max())
+        label, color = f"{method} (n={n})", color_of(method)
+        if (method.split(" (")[0] in REFERENCES or len(line) == 1) and last > 0:
+            end = line.iloc[-1]
+            fig.add_trace(go.Scatter(x=[0, last], y=[end["mean"]] * 2, name=label, mode="lines", legendgroup=method,
+                                     line=dict(color=color, dash="dash"),
+                                     hovertemplate=f"{method}: %{{y:.1%}} (step {int(end['step'])}, n={n})"))
+            continue
+        if line["low"].notna().any():
+            fig.add_trace(_band(line["step"], line["low"], line["high"], color, method))
+        fig.add_trace(go.Scatter(x=line["step"], y=line["mean"], name=label, mode="lines+markers", legendgroup=method,
+                                 line=_line(method, names), customdata=line[["low", "high"]].values,
+                                 hovertemplate="%{y:.1%} [%{customdata[0]:.1%}, %{customdata[1]:.1%}]"))
     model_text = f" — {model}" if model else ""
-    fig.update_layout(title=title or f"{task}{model_text}: test accuracy", xaxis_title="step",
-                      yaxis_title="test accuracy", **_LAYOUT)
+    fig.update_layout(title=title or f"{task}{model_text}: test accuracy (mean over seeds, 95% interval)",
+                      xaxis_title="step", yaxis_title="test accuracy", showlegend=True, **_LAYOUT)
     fig.update_yaxes(range=[0, 1], tickformat=".0%")
     return fig
 

@@ -5,6 +5,8 @@ predictions), exploration collapse (distinct labels predicted and their entropy 
 steps), context size/composition, tokens (in the prompts vs actually computed) and the KV cache held.
 Per test step: accuracy, how many distinct labels were predicted (and their entropy), per-class accuracy and the
 distribution of predictions. ICL steps have no reward, so their running accuracy and regret are NaN.
+Over runs: :func:`load_runs` / :func:`load_run_steps`, and from :mod:`icrl_lib.aggregate` the paper's metrics per run,
+their aggregates over seeds with intervals, paired differences and the paper's published numbers.
 """
 from __future__ import annotations
 
@@ -19,11 +21,16 @@ import pandas as pd
 
 from .config import read_yaml_mapping
 from .errors import os_error
-from .methods import name_run
+from .aggregate import (accuracy_curves, aggregate, join_paper, metrics_table,  # noqa: F401 - the results
+                        paired_differences, paper_results, run_metrics)  # API: tables of runs and their aggregates
+from .methods import key_of, name_run, setting_of
 from .storage import read_log
 
 TABLES = ("steps", "tests", "per_class", "test_predictions", "test_distribution")
 RUN_COLUMNS = ("run", "run_name", "run_dir")  # whichever a table has identifies one run
+CONFIG_COLUMNS = ("model_name", "task_name", "context_strategy_name", "context_p_keep", "temperature", "icrl",
+                  "max_context_examples", "max_contexts", "approximate_context_sampling_method", "seed",
+                  "training_seed", "test_seed", "train_k", "test_k", "test_every")  # copied into load_runs tables
 COLLAPSE_WINDOW = 50  # training steps over which distinct predicted labels and their entropy are measured
 
 
@@ -37,6 +44,16 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None
 def run_column(df: pd.DataFrame) -> str | None:
     """The column that identifies a run in ``df`` (first of ``RUN_COLUMNS`` present), or None for one run."""
     return next((c for c in RUN_COLUMNS if c in df.columns), None)
+
+
+def format_duration(seconds: float) -> str:
+    """``3h02m``, ``14m25s`` or ``42s`` (progress lines and ETAs)."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 def label_entropy(labels: Iterable[str]) -> float:
@@ -159,8 +176,9 @@ def _with_config(df: pd.DataFrame, run_dir: Path, config: dict) -> pd.DataFrame:
     df = df.copy()
     df.insert(0, "run", run_dir.name)
     df["method"] = name_run(config)
-    for key in ("model_name", "task_name", "context_strategy_name", "context_p_keep", "temperature", "icrl",
-                "max_context_examples", "max_contexts", "approximate_context_sampling_method", "seed"):
+    df["method_key"] = key_of(config)
+    df["setting"] = setting_of(config)
+    for key in CONFIG_COLUMNS:
         df[key] = config.get(key)
     return df
 

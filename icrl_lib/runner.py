@@ -26,7 +26,7 @@ from .errors import RunInterrupted, UserError
 from .generation import LabelPredictor
 from .models import LanguageModel, ModelSource, load_model, resolve_model
 from .prompts import Episode, build_messages, render_context, render_prompt, system_prompt
-from .results import COLLAPSE_WINDOW, steps_table, tests_table, write_tables
+from .results import COLLAPSE_WINDOW, format_duration, steps_table, tests_table, write_tables
 from .storage import RunStore, check_output_dir
 from .strategies import make_strategy
 from .stream import RunData, check_data, sample_data
@@ -328,18 +328,8 @@ class _Loop:
             left = (self.steps - step - 1) / rate
             speed = f"{rate:.2f} steps/s" if rate >= 1 else f"{1 / rate:.1f} s/step"
             print(f"[icrl] step {step + 1}/{self.steps} ({(step + 1) / self.steps:.0%}) {speed}, ETA "
-                  f"{_duration(left)} | running_acc={running:.3f} test_acc={test} labels(last "
+                  f"{format_duration(left)} | running_acc={running:.3f} test_acc={test} labels(last "
                   f"{len(self.recent)})={labels} context={rec['context']['size']} "
                   f"tokens={rec['tokens']['computed']}/{rec['tokens']['prompt']}", flush=True)
         if self.config.verbose:
             log.info("step %d: %s", step, {k: rec[k] for k in ("context", "train", "tokens")})
-
-
-def _duration(seconds: float) -> str:
-    """``3h02m``, ``14m25s`` or ``42s``."""
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"

@@ -195,8 +195,13 @@ class RunStore:
         self.close()
 
     def close(self) -> None:
-        """Release the folder's lock (idempotent)."""
+        """Release the folder's lock (idempotent); an empty lock file means nobody runs the folder."""
         if self._lock_cm is not None:
+            try:
+                self._lock.seek(0)
+                self._lock.truncate()
+            except OSError:
+                pass  # the lock itself is released below all the same
             self._lock_cm.__exit__(None, None, None)
             self._lock_cm = self._lock = None
 
@@ -287,6 +292,32 @@ class RunStore:
             return None
         except (OSError, ValueError) as err:
             raise UserError(f"{path}: unreadable ({err}); restore it, or remove the run folder to start over") from None
+
+
+def holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """Who runs ``run_dir`` now, read without touching the lock: ``{"pid", "host", "since"}``, or None.
+
+    A holder on this host is checked to be alive (a ``kill -9`` leaves its line behind); on another host (a
+    cluster node) the line is believed while the step log changed in the last 15 minutes."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        parts = path.read_text(encoding="utf-8").split()
+    except OSError:
+        return None
+    if len(parts) < 6 or parts[0] != "pid" or not parts[1].isdigit():
+        return None
+    who = {"pid": int(parts[1]), "host": parts[3], "since": " ".join(parts[5:])}
+    if who["host"] == socket.gethostname():
+        try:
+            os.kill(who["pid"], 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, owned by someone else
+        return who
+    log_file = Path(run_dir) / "steps.jsonl"
+    recent = log_file.is_file() and time.time() - log_file.stat().st_mtime < 900
+    return who if recent else None
 
 
 def _holder(lock_path: Path) -> str:

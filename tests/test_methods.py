@@ -70,3 +70,24 @@ def test_order_and_colours_are_fixed():
 def test_unknown_method_key_is_named():
     with pytest.raises(ValueError, match="method: unknown 'explorativ'; allowed: zero_shot, icl"):
         config_fields("explorativ")
+
+
+@pytest.mark.parametrize("fields, key, setting", [
+    (config_fields("explorative"), "explorative", ""),
+    (config_fields("explorative", context_p_keep=0.05), "explorative", "p_keep=0.05"),
+    (config_fields("naive_plus", temperature=0.5), "naive_plus", "temperature=0.5"),
+    (config_fields("approximate", approximate_context_sampling_method="exact"), "approximate", "sampling=exact"),
+    (config_fields("zero_shot"), "zero_shot", "temperature=1.0"),
+    (config_fields("zero_shot", temperature=0), "zero_shot", "temperature=0.0"),
+    (dict(context_strategy_name="random_biased_start", context_p_keep=0.1), None, "p_keep=0.1;temperature=1.0"),
+])
+def test_key_and_setting_are_written_as_the_papers_results_table(fields, key, setting):
+    config = ExperimentConfig.from_dict(fields).to_dict()
+    assert methods.key_of(config) == key and methods.setting_of(config) == setting
+
+
+def test_every_setting_key_we_write_exists_in_the_papers_table():
+    from icrl_lib.results import paper_results
+
+    keys = {part.split("=")[0] for s in paper_results()["setting"] if s for part in s.split(";")}
+    assert {"p_keep", "temperature", "K", "sampling", "window", "exemplars_per_label"} <= keys

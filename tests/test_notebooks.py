@@ -22,7 +22,7 @@ from icrl_lib.config import ExperimentConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-PARAM_FILES = sorted((ROOT / "params").rglob("*.yaml"))
+PARAM_FILES = sorted(p for p in (ROOT / "params").rglob("*.yaml") if "sweeps" not in p.parts)  # configs, not sweeps
 EXPERIMENT = ROOT / "notebooks" / "icrl_experiment.ipynb"
 
 

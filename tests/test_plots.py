@@ -96,7 +96,7 @@ def test_context_figure_adds_context_index_only_for_approximate():
     assert list(fig.data[2].y) == [3, 1, 1, 0, 7, 2] and fig.data[2].yaxis == "y2"
 
 
-def test_main_comparison_averages_runs_and_draws_zero_shot_flat():
+def test_main_comparison_averages_seeds_with_an_interval_and_draws_references_flat():
     runs = pd.DataFrame({
         "run": ["z", "i", "i", "e1", "e1", "e2", "e2", "other"],
         "task_name": ["trec_coarse"] * 7 + ["banking77"],
@@ -105,14 +105,20 @@ def test_main_comparison_averages_runs_and_draws_zero_shot_flat():
                    "explorative ICRL", "ICL"],
         "step": [0, 0, 4, 0, 4, 0, 4, 4],
         "accuracy": [0.2, 0.3, 0.6, 0.1, 0.5, 0.3, 0.7, 0.9],
+        "n": [10] * 8,
     })
     fig = plots.main_comparison_figure(runs, task="trec_coarse", model="m")
-    assert [t.name for t in fig.data] == ["zero-shot", "ICL", "explorative ICRL"]
-    zero = fig.data[0]
+    lines = [t for t in fig.data if t.showlegend is not False]
+    assert [t.name for t in lines] == ["zero-shot (n=1)", "ICL (n=1)", "explorative ICRL (n=2)"]
+    zero, icl, explorative = lines
     assert list(zero.x) == [0, 4] and list(zero.y) == [0.2, 0.2] and zero.line.dash == "dash"
-    assert list(fig.data[2].y) == pytest.approx([0.2, 0.6])  # mean of (0.1, 0.3) and (0.5, 0.7)
+    assert list(icl.x) == [0, 4] and list(icl.y) == [0.6, 0.6]  # the upper bound: ICL's last value, flat
+    assert list(explorative.y) == pytest.approx([0.2, 0.6])  # mean of (0.1, 0.3) and (0.5, 0.7)
+    band = next(t for t in fig.data if t.fill == "toself")
+    # two seeds: t(0.975, 1) = 12.706 x sd 0.1414 / sqrt(2) = 1.27, clipped to [0, 1]
+    assert band.legendgroup == "explorative ICRL" and list(band.y) == pytest.approx([1, 1, 0, 0])
     only = plots.main_comparison_figure(runs, task="trec_coarse", methods=["ICL"])
-    assert [t.name for t in only.data] == ["ICL"]
+    assert [t.name for t in only.data] == ["ICL (n=1)"]
 
 
 def test_main_comparison_with_no_rows_is_empty():
