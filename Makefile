@@ -9,6 +9,9 @@ STAMP := $(VENV)/.icrl-setup-done
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 
+FAMILIES := main reward_ablations abstract_labels exploration context_window approximate scaling
+space := $(subst ,, )
+
 # Data: $ICRL_DATA_DIR, else ../shared/data beside the checkout when it exists, else the Hugging Face hub
 # (icrl_lib.tasks.resolve_data_dir decides, so make, papermill, the CLI and JupyterLab all agree).
 
@@ -20,7 +23,7 @@ out_nb = outputs/$(if $(filter params/%,$(1)),$(subst /,__,$(patsubst params/%,%
 # (which writes language_info) or executing it leaves `git status` clean.
 NBSTRIP := $(abspath $(VENV))/bin/nbstripout --keep-id --extra-keys "metadata.language_info metadata.papermill cell.metadata.papermill"
 
-.PHONY: help setup run test test-fast experiment lab sweep grid grid-params strip git-filter
+.PHONY: help setup run test test-fast experiment lab sweep grid family family-notebooks grid-params strip git-filter
 
 help:
 	@echo "make run                         quickstart experiment (params/quickstart.yaml) -> outputs/"
@@ -29,6 +32,8 @@ help:
 	@echo "make experiment PARAMS=params/x.yaml   one run headless -> outputs/x.ipynb + outputs/<run>/"
 	@echo "make sweep SWEEP=params/sweeps/x.yaml [LAUNCHER=local|slurm|ray] [WORKERS=N]   many runs at once"
 	@echo "make grid [LAUNCHER=..] [WORKERS=N]  the paper's 40-run grid as one sweep (GPU + hub models)"
+	@echo "make family F=main [SIZE=cpu|paper] [WORKERS=N] [LAUNCHER=..]  a family's notebook -> outputs/family_<F>.ipynb"
+	@echo "make family-notebooks            regenerate notebooks/family_*.ipynb from icrl_lib.families"
 	@echo "make grid-params                 regenerate params/grid/ (python params/make_grid.py)"
 	@echo "make lab                         JupyterLab on notebooks/"
 	@echo "make strip                       clear outputs of notebooks/*.ipynb"
@@ -63,7 +68,7 @@ experiment: setup
 	@$(PY) -c 'import sys; from icrl_lib.notebook import print_summary; print_summary(*sys.argv[1:])' $(PARAMS) $(call out_nb,$(PARAMS))
 
 test: setup
-	ICRL_PARAMS_FILE=params/ci.yaml $(PY) -m pytest tests notebooks --nbval-lax
+	ICRL_PARAMS_FILE=params/ci.yaml ICRL_FAMILY_PARAMS=ci $(PY) -m pytest tests notebooks --nbval-lax
 
 test-fast: setup
 	$(PY) -m pytest tests -m "not model" -q
@@ -82,6 +87,20 @@ sweep: setup
 
 grid: setup
 	@$(MAKE) --no-print-directory sweep SWEEP=params/sweeps/paper_grid.yaml
+
+# An experiment family of the paper: SIZE=cpu (the embedded model, default) or paper (its models and sizes, GPUs);
+# WORKERS=N and LAUNCHER=local|slurm|ray override the params file.
+family: setup
+	@test -n "$(F)" || { echo "usage: make family F=<$(subst $(space),|,$(FAMILIES))> [SIZE=cpu|paper]"; exit 2; }
+	@test -f notebooks/family_$(F).ipynb || { echo "F=$(F): no such family; allowed: $(FAMILIES)"; exit 2; }
+	mkdir -p outputs
+	$(PY) -m papermill notebooks/family_$(F).ipynb outputs/family_$(F)$(if $(filter paper,$(SIZE)),_paper).ipynb \
+	  -f params/families/$(F)/$(or $(SIZE),cpu).yaml $(if $(WORKERS),-p workers $(WORKERS)) \
+	  $(if $(LAUNCHER),-p launcher $(LAUNCHER)) --log-output
+	@echo "executed notebook: outputs/family_$(F)$(if $(filter paper,$(SIZE)),_paper).ipynb; figures and tables: outputs/_analysis/$(F)/"
+
+family-notebooks: setup
+	$(PY) -c 'from icrl_lib.family_notebook import write_all; print(*write_all(), sep="\n")'
 
 grid-params: setup
 	$(PY) params/make_grid.py

@@ -3,8 +3,9 @@
 A cell is one experiment without its seeds (:data:`CELL`: model, task, run name as :func:`methods.name_run` writes
 it, and the sizes). Per run (:func:`run_metrics`), the paper's metrics (names of ``paper_results.csv``):
 ``test_acc_step0``, ``test_acc_final`` (last test step), ``test_acc_peak`` and its step (best test step: it selects
-on the test set, so report it next to the final value, never alone), ``regret`` (wrong training predictions over the
-run) and ``spearman_rho`` (test accuracy vs step: the paper's stability measure). Over seeds (:func:`aggregate`,
+on the test set, so report it next to the final value, never alone), ``gain`` (final minus the run's own step 0, its
+zero-shot), ``regret`` (wrong training predictions over the run) and ``spearman_rho`` (test accuracy vs step: the
+paper's stability measure). Over seeds (:func:`aggregate`,
 :func:`accuracy_curves`): mean and a t-interval over seeds, or with one seed a Wilson interval over the test queries
 (accuracies only). :func:`paired_differences` compares two methods on the seeds both ran. :func:`join_paper` puts the
 paper's published value beside ours. All tables are tidy (one value per row) and parquet-ready.
@@ -20,7 +21,7 @@ import pandas as pd
 
 CELL = ("model_name", "task_name", "method", "method_key", "setting", "train_k", "test_k", "test_every")
 SEED = ("seed", "training_seed", "test_seed")
-METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak", "regret", "spearman_rho")
+METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak", "gain", "regret", "spearman_rho")
 ACCURACY_METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak")
 LEVEL = 0.95
 PAPER_RESULTS = Path(__file__).with_name("data") / "paper_results.csv"
@@ -67,6 +68,7 @@ def run_metrics(runs: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.Dat
                      "test_acc_final": float(accuracy.iloc[-1]), "test_acc_peak": float(accuracy.iloc[peak]),
                      "peak_step": int(tests["step"].iloc[peak]), "last_step": int(tests["step"].iloc[-1]),
                      "spearman_rho": rho, "queries": int(first.get("n", 0))})
+        rows[-1]["gain"] = rows[-1]["test_acc_final"] - rows[-1]["test_acc_step0"]  # over its own step 0 (zero-shot)
     table = pd.DataFrame(rows, columns=["run", *CELL, *SEED, *METRICS, "peak_step", "last_step", "queries"])
     if steps is not None and not steps.empty and not table.empty:
         final = steps.sort_values("step").groupby("run").tail(1).set_index("run")["regret"]
@@ -75,7 +77,7 @@ def run_metrics(runs: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.Dat
 
 
 BOUNDS = {"test_acc_step0": (0, 1), "test_acc_final": (0, 1), "test_acc_peak": (0, 1), "accuracy": (0, 1),
-          "spearman_rho": (-1, 1), "regret": (0, math.inf)}  # an interval is clipped to what the metric can take
+          "gain": (-1, 1), "spearman_rho": (-1, 1), "regret": (0, math.inf)}  # an interval is clipped to what the metric can take
 
 
 def _clip(metric: str, low: float, high: float) -> tuple[float, float]:
@@ -105,7 +107,7 @@ def metrics_table(aggregated: pd.DataFrame) -> pd.DataFrame:
     """``aggregate`` rows as the paper's table: one row per cell, one column per metric, each cell written
     ``mean [low, high]`` (accuracies in %, the peak with its step), and n seeds."""
     def text(row) -> str:
-        percent = row["metric"] in ACCURACY_METRICS
+        percent = row["metric"] in ACCURACY_METRICS + ("gain",)
         fmt = (lambda v: f"{100 * v:.1f}") if percent else (lambda v: f"{v:.2f}" if row["metric"] == "spearman_rho"
                                                                else f"{v:,.1f}")
         if pd.isna(row["mean"]):
@@ -121,8 +123,9 @@ def metrics_table(aggregated: pd.DataFrame) -> pd.DataFrame:
     shown = aggregated.assign(text=aggregated.apply(text, axis=1) if len(aggregated) else [])
     wide = shown.pivot_table(index=keys, columns="metric", values="text", aggfunc="first")
     wide = wide.reindex(columns=[m for m in METRICS if m in wide.columns])
-    wide.columns = [{"test_acc_step0": "step 0", "test_acc_final": "final", "test_acc_peak": "peak @step",
-                     "regret": "regret", "spearman_rho": "Spearman ρ"}[c] for c in wide.columns]
+    names = {"test_acc_step0": "step 0", "test_acc_final": "final", "test_acc_peak": "peak @step",
+             "gain": "gain over step 0", "regret": "regret", "spearman_rho": "Spearman ρ"}
+    wide.columns = [names[c] for c in wide.columns]
     wide["n"] = aggregated.groupby(keys)["n"].max()
     return wide
 

@@ -19,6 +19,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import as_completed
@@ -80,10 +81,11 @@ def _model(config: ExperimentConfig):
     return _MODELS[key]
 
 
-def run_sweep(sweep: Sweep, report: Callable[[str], None] = print) -> pd.DataFrame:
+def run_sweep(sweep: Sweep, report: Callable[[str], None] = print, poll_seconds: float = 60) -> pd.DataFrame:
     """Run every run of ``sweep`` not done yet (failed ones are retried) and return its status table.
 
-    Runs held by another process are reported and left to it. ``report`` gets one line per event."""
+    Runs held by another process are reported and left to it. ``report`` gets one line per event, and every
+    ``poll_seconds`` one line per running run with its step (from the run folders, whatever the launcher)."""
     table = status(sweep)
     todo = [c for c, state in zip(sweep.configs, table["state"]) if state in ("pending", "failed")]
     held = table[table["state"] == "running"]
@@ -101,8 +103,22 @@ def run_sweep(sweep: Sweep, report: Callable[[str], None] = print) -> pd.DataFra
         error = f": {outcome['error']}" if outcome.get("error") else ""
         report(f"[sweep] {finished}/{len(todo)}{left} | {outcome['state']} {outcome['run']}{error}")
 
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(poll_seconds):
+            running = status(sweep)
+            for row in running[running["state"] == "running"].to_dict("records"):
+                report(f"[sweep] running: {row['method']}, {row['task_name']}, seed {row['seed']}: step "
+                       f"{row['steps_done']}/{row['steps']}")
+
     if todo:
-        launch(sweep, todo, progress)
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
+        try:
+            launch(sweep, todo, progress)
+        finally:
+            stop.set()
     table = status(sweep)
     report(f"[sweep] {sweep.name}: {summary(table)}")
     return table

@@ -155,7 +155,7 @@ def method_order(names: list[str]) -> list[str]:
 
 def base_method(name: str) -> Method | None:
     """The method a run name (:func:`name_run`) belongs to, variants included."""
-    return next((m for m in METHODS if name == m.display or name.startswith(m.display + " (")), None)
+    return next((m for m in METHODS if name == m.display or name.startswith((m.display + " (", m.display + ", "))), None)
 
 
 def color_of(name: str) -> str:

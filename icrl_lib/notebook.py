@@ -242,3 +242,42 @@ def comparison_browser(runs: pd.DataFrame):
         widget.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([model, task]), widgets.HBox(boxes), out])
+
+
+def setup_figures(static: bool | None = None) -> str:
+    """Plotly output that survives export: each figure carries the plotly JSON (JupyterLab) and HTML, with
+    plotly.js embedded once per notebook (nbconvert HTML, nbviewer), so an executed notebook shows its figures.
+
+    ``static`` adds a PNG copy of each figure, which GitHub's notebook view (no JavaScript) shows: None = when
+    kaleido (``pip install -e ".[static]"``) and a Chrome/Chromium are there. Returns the renderer set."""
+    import plotly.io as pio
+
+    renderer = "plotly_mimetype+notebook"
+    if static is None:
+        static = _static_images_work()
+    if static:
+        renderer += "+png"
+    pio.renderers.default = renderer
+    return renderer
+
+
+def _static_images_work() -> bool:
+    """Whether kaleido can render a PNG here (it needs a Chrome/Chromium: $BROWSER_PATH, or found on PATH)."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("kaleido") is None:
+        return False
+    if not os.environ.get("BROWSER_PATH"):
+        found = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+        if found is None:
+            return False
+        os.environ["BROWSER_PATH"] = found
+    try:
+        import plotly.graph_objects as go
+        import plotly.io as pio
+
+        pio.to_image(go.Figure(), format="png", width=10, height=10)
+        return True
+    except Exception:  # noqa: BLE001 - any failure of the optional PNG path just leaves it out
+        return False

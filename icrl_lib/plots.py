@@ -244,3 +244,78 @@ def save_html(fig: go.Figure, path: str | os.PathLike) -> Path:
     fig.write_html(tmp, include_plotlyjs=True, full_html=True)
     os.replace(tmp, path)  # a reader never sees half a file
     return path
+
+
+def facet_figure(table: pd.DataFrame, y: str, *, title: str, y_title: str, percent: bool = False,
+                 references: Sequence[str] = ()) -> go.Figure:
+    """One panel per (model, task) (models as rows, tasks as columns), one line per ``method`` with its colour and
+    dash in every panel; ``low``/``high`` columns draw a 95% band, ``n`` goes into the legend; methods named in
+    ``references`` are flat dashed lines at their last value across the panel's steps (the paper's zero-shot/ICL)."""
+    from plotly.subplots import make_subplots
+
+    _require(table, ["model_name", "task_name", "method", "step", y], "facet_figure")
+    models, tasks = sorted(table["model_name"].unique()), sorted(table["task_name"].unique())
+    fig = make_subplots(rows=max(1, len(models)), cols=max(1, len(tasks)), shared_yaxes=True, shared_xaxes=False,
+                        subplot_titles=[f"{t}" + (f" — {m}" if len(models) > 1 else "") for m in models for t in tasks],
+                        horizontal_spacing=0.04, vertical_spacing=0.12)
+    names = method_order(table["method"].unique().tolist())
+    shown: set[str] = set()
+    for r, model in enumerate(models, start=1):
+        for c, task in enumerate(tasks, start=1):
+            panel = table[(table["model_name"] == model) & (table["task_name"] == task)]
+            last = panel["step"].max() if len(panel) else 0
+            for method in names:
+                line = panel[panel["method"] == method].sort_values("step")
+                if line.empty:
+                    continue
+                n = f" (n={int(line['n'].max())})" if "n" in line else ""
+                style = dict(legendgroup=method, name=method + n, showlegend=method not in shown)
+                shown.add(method)
+                if method in references or (len(line) == 1 and last > 0):
+                    fig.add_trace(go.Scatter(x=[0, last], y=[line[y].iloc[-1]] * 2, mode="lines",
+                                             line=dict(color=color_of(method), dash="dash"), **style), row=r, col=c)
+                    continue
+                if "low" in line and line["low"].notna().any():
+                    fig.add_trace(_band(line["step"], line["low"], line["high"], color_of(method), method), row=r, col=c)
+                fig.add_trace(go.Scatter(x=line["step"], y=line[y], mode="lines+markers" if len(line) < 30 else "lines",
+                                         line=_line(method, names), **style), row=r, col=c)
+    fig.update_layout(title=title, height=max(380, 320 * len(models)), showlegend=True,
+                      **{**_LAYOUT, "hovermode": "closest"})
+    fig.update_xaxes(title_text="step", row=len(models) or 1)
+    fig.update_yaxes(title_text=y_title, col=1)
+    if percent:
+        fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    return fig
+
+
+def knob_figure(points: pd.DataFrame, *, title: str, x_title: str) -> go.Figure:
+    """Final test accuracy (mean and 95% interval over seeds) against a family's knob, one line per ``series``
+    (columns series, x, mean, low, high, task_name)."""
+    _require(points, ["series", "x", "mean", "low", "high", "task_name"], "knob_figure")
+    fig = go.Figure()
+    for (series, task), rows in points.sort_values("x").groupby(["series", "task_name"], sort=True):
+        name = f"{series} — {task}" if points["task_name"].nunique() > 1 else series
+        fig.add_trace(go.Scatter(x=rows["x"], y=rows["mean"], mode="lines+markers", name=name,
+                                 error_y=dict(type="data", symmetric=False, array=rows["high"] - rows["mean"],
+                                              arrayminus=rows["mean"] - rows["low"])))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title="final test accuracy",
+                      **{**_LAYOUT, "hovermode": "closest"})
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    return fig
+
+
+def compute_figure(tokens: pd.DataFrame, *, title: str = "Compute against accuracy") -> go.Figure:
+    """Final test accuracy against training-prompt tokens computed per step, one marker per ``method`` (and task):
+    the trade-off of the paper's §4 (approximate ICRL: fewer tokens for about the same accuracy)."""
+    _require(tokens, ["method", "task_name", "train_tokens_per_step", "final"], "compute_figure")
+    fig = go.Figure()
+    for (method, task), rows in tokens.groupby(["method", "task_name"], sort=True):
+        fig.add_trace(go.Scatter(x=rows["train_tokens_per_step"], y=rows["final"], mode="markers+text",
+                                 name=f"{method} — {task}" if tokens["task_name"].nunique() > 1 else method,
+                                 text=[method] * len(rows), textposition="top center",
+                                 marker=dict(size=11, color=color_of(method))))
+    fig.update_layout(title=title, xaxis_title="training-prompt tokens computed per step (log)",
+                      yaxis_title="final test accuracy", **{**_LAYOUT, "hovermode": "closest"})
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(range=[0, 1], tickformat=".0%")
+    return fig

@@ -94,11 +94,14 @@ def steps_table(records: Iterable[dict], collapse_window: int = COLLAPSE_WINDOW)
             "flipped": bool(train.get("flipped", False)), "context_size": ctx.get("size", 0),
             "context_positive": ctx.get("positive", 0), "context_index": ctx.get("context_index"),
             "prompt_tokens": tokens.get("prompt", 0), "computed_tokens": tokens.get("computed", 0),
+            "train_prompt_tokens": (rec.get("train_tokens") or {}).get("prompt", np.nan),
+            "train_computed_tokens": (rec.get("train_tokens") or {}).get("computed", np.nan),
             "cached_tokens": cache.get("tokens", 0), "cache_evictions": cache.get("evictions", 0),
             "seconds": rec.get("seconds", np.nan), "tested": rec.get("test") is not None,
         })
     df = pd.DataFrame(rows, columns=["step", "prediction", "answer", "reward", "feedback", "flipped", "context_size",
                                      "context_positive", "context_index", "prompt_tokens", "computed_tokens",
+                                     "train_prompt_tokens", "train_computed_tokens",
                                      "cached_tokens", "cache_evictions", "seconds", "tested"])
     has_reward = df["reward"].notna()
     df["running_accuracy"] = df["reward"].expanding().mean().where(has_reward)
@@ -166,10 +169,13 @@ def write_tables(run_dir: str | Path, records: list[dict]) -> dict[str, Path]:
     return paths
 
 
-def _runs(outputs_dir: str | Path):
-    """(run folder, config dict, records) for every run folder under ``outputs_dir`` (see ``storage.read_log``)."""
+def _runs(outputs_dir: str | Path, runs: Iterable[str] | None = None):
+    """(run folder, config dict, records) for every run folder under ``outputs_dir`` (only ``runs``, folder names,
+    when given; see ``storage.read_log``)."""
+    wanted = None if runs is None else set(runs)
     for cfg in sorted(Path(outputs_dir).glob("*/config.yaml")):
-        yield cfg.parent, read_yaml_mapping(cfg), read_log(cfg.parent / "steps.jsonl")
+        if wanted is None or cfg.parent.name in wanted:
+            yield cfg.parent, read_yaml_mapping(cfg), read_log(cfg.parent / "steps.jsonl")
 
 
 def _with_config(df: pd.DataFrame, run_dir: Path, config: dict) -> pd.DataFrame:
@@ -183,20 +189,33 @@ def _with_config(df: pd.DataFrame, run_dir: Path, config: dict) -> pd.DataFrame:
     return df
 
 
+def load(outputs_dir: str | Path = "outputs", runs: Iterable[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(tests, steps): :func:`load_runs` and :func:`load_run_steps` together, each log read once; ``runs`` limits
+    them to those run folder names (a sweep's)."""
+    tests, steps = [], []
+    for d, c, recs in _runs(outputs_dir, runs):
+        tests.append(_with_config(tests_table(recs), d, c))
+        steps.append(_with_config(steps_table(recs), d, c))
+    return _concat(tests, TESTS_EMPTY), _concat(steps, STEPS_EMPTY)
+
+
+TESTS_EMPTY = ["run", "step", "accuracy", "n", "context_size", "method", "model_name", "task_name"]
+STEPS_EMPTY = ["run", "step", "reward", "regret", "method", "model_name", "task_name"]
+
+
+def _concat(frames: list[pd.DataFrame], empty: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=empty)
+
+
 def load_runs(outputs_dir: str | Path = "outputs") -> pd.DataFrame:
     """Test results of every run under ``outputs_dir``: one row per test step, with config columns and ``method``."""
-    frames = [_with_config(tests_table(recs), d, c) for d, c, recs in _runs(outputs_dir)]
-    frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["run", "step", "accuracy", "n", "context_size", "method", "model_name", "task_name"])
+    return _concat([_with_config(tests_table(recs), d, c) for d, c, recs in _runs(outputs_dir)], TESTS_EMPTY)
 
 
 def load_run_steps(outputs_dir: str | Path = "outputs") -> pd.DataFrame:
     """Training steps of every run under ``outputs_dir`` (regret, running accuracy, tokens) with config columns."""
-    frames = [_with_config(steps_table(recs), d, c) for d, c, recs in _runs(outputs_dir)]
-    frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["run", "step", "reward", "regret", "method", "model_name", "task_name"])
+    return _concat([_with_config(steps_table(recs), d, c) for d, c, recs in _runs(outputs_dir)], STEPS_EMPTY)
 
 
 def final_steps(steps: pd.DataFrame) -> pd.DataFrame:
@@ -221,24 +240,41 @@ def token_totals(steps: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
 
 
 def token_usage_table(steps: pd.DataFrame) -> pd.DataFrame:
-    """Per run: prompt vs computed tokens (``results.load_run_steps`` rows), with the share actually computed."""
-    keys = [c for c in ("task_name", "model_name", "method") if c in steps.columns]
+    """Per run: tokens in the prompts vs tokens computed (``load_run_steps`` rows), the share computed, and the
+    training prompts apart from the test queries (``train_*``; the paper's compute table counts training prompts only).
+    Runs logged before that split have NaN there."""
+    keys = [c for c in ("task_name", "model_name", "method", "method_key") if c in steps.columns]
     totals = token_totals(steps, keys)
     share = totals["computed_tokens"] / totals["prompt_tokens"].where(totals["prompt_tokens"] > 0)
-    return totals.assign(computed_share=share)
+    out = totals.assign(computed_share=share)
+    if "train_computed_tokens" in steps.columns:
+        key = run_column(steps)
+        train = steps.groupby(key)[["train_prompt_tokens", "train_computed_tokens"]].sum(min_count=1)
+        out = out.merge(train, left_on=key, right_index=True, how="left")
+        out["test_computed_tokens"] = out["computed_tokens"] - out["train_computed_tokens"]
+    return out
 
 
-def method_token_comparison(usage: pd.DataFrame, methods: tuple[str, str] = ("explorative ICRL", "approximate ICRL")
+def method_token_comparison(usage: pd.DataFrame, methods: tuple[str, str] = ("explorative", "approximate")
                             ) -> pd.DataFrame:
-    """Per task (and model): computed tokens of ``methods[0]`` vs ``methods[1]`` and their ratio."""
+    """Per task and model: training-prompt tokens computed per step by ``methods[0]`` vs ``methods[1]`` (method keys:
+    every run of that method, its variants included) and their ratio, with a note wherever a ratio cannot be given."""
     keys = [c for c in ("task_name", "model_name") if c in usage.columns]
-    rows = usage[usage["method"].isin(methods)]
-    if rows.empty:
-        return pd.DataFrame(columns=[*keys, *methods, "ratio"])
-    table = rows.pivot_table(index=keys, columns="method", values="computed_tokens", aggfunc="sum")
-    table = table.reindex(columns=list(methods))
-    table.columns.name = None
-    return table.assign(ratio=table[methods[0]] / table[methods[1]]).reset_index()
+    columns = [*keys, *methods, "ratio", "note"]
+    if usage.empty or "method_key" not in usage.columns:
+        return pd.DataFrame(columns=columns)
+    usage = usage.assign(per_step=usage.get("train_computed_tokens", pd.Series(dtype=float)) / usage["steps"])
+    rows = []
+    for cell, group in usage.groupby(keys, sort=True):
+        per = {m: group.loc[group["method_key"] == m, "per_step"].mean() for m in methods}
+        missing = [m for m in methods if m not in set(group["method_key"])]
+        note = (f"no {' or '.join(missing)} run here" if missing else
+                "runs logged before training and test tokens were counted apart: rerun them" if any(pd.isna(v) for v in
+                                                                                                    per.values()) else "")
+        ratio = per[methods[0]] / per[methods[1]] if not note and per[methods[1]] else None
+        rows.append({**dict(zip(keys, cell if isinstance(cell, tuple) else (cell,))), **per, "ratio": ratio,
+                     "note": note})
+    return pd.DataFrame(rows, columns=columns)
 
 
 # Library functions named for the paper's "test" steps, not tests: pytest must not collect them where imported.

@@ -271,6 +271,7 @@ class _Loop:
                 flipped = self._flipped(step)
                 train.update(prediction=pred.label, reward=reward, feedback=1 - reward if flipped else reward,
                              flipped=flipped, logprob=pred.logprob)
+        train_tokens = self.predictor.tokens.take()  # the training prompt alone: the paper's compute measure
         test = None
         if step in self.to_test:
             prompts = [self._prompt(episodes, self.task.format_input(ex)) for ex in self.test]
@@ -283,8 +284,11 @@ class _Loop:
                "context_index": getattr(selection, "context_index", None),
                "context_lengths": list(selection.context_lengths) if selection and selection.context_lengths else None,
                "size": len(episodes), "positive": sum(1 for e in episodes if e.feedback == 1)}
-        return {"step": step, "context": ctx, "train": train, "test": test, "tokens": self.predictor.tokens.take(),
-                "cache": self.predictor.pool.report(), "seconds": round(time.perf_counter() - started, 4)}
+        test_tokens = self.predictor.tokens.take()
+        tokens = {k: train_tokens[k] + test_tokens[k] for k in train_tokens}
+        return {"step": step, "context": ctx, "train": train, "test": test, "tokens": tokens,
+                "train_tokens": train_tokens, "cache": self.predictor.pool.report(),
+                "seconds": round(time.perf_counter() - started, 4)}
 
     def run(self, progress: bool | None) -> None:
         """Compute the steps not yet logged; tables are rewritten at every test step and at the end, so a long or

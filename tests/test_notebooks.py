@@ -19,6 +19,7 @@ import yaml
 
 from icrl_lib import notebook
 from icrl_lib.config import ExperimentConfig, load_config
+from icrl_lib.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -32,9 +33,10 @@ def parameters_cell(path: Path) -> str:
     return cells[0].source
 
 
-def test_the_four_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["icrl_experiment.ipynb", "max_context_examples.ipynb", "results.ipynb",
-                                           "token_usage.ipynb"]
+def test_the_notebooks_exist():
+    families = [f"family_{name}.ipynb" for name in FAMILIES]
+    assert [p.name for p in NOTEBOOKS] == sorted(families + ["icrl_experiment.ipynb", "max_context_examples.ipynb",
+                                                             "results.ipynb", "token_usage.ipynb"])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -283,6 +285,9 @@ def test_papermill_runs_the_experiment_notebook_end_to_end(tmp_path, data_dir, m
     totals = [json.loads(line)["tokens"] for line in steps]
     assert usage["prompt_tokens"].tolist() == [sum(t["prompt"] for t in totals)]
     assert usage["computed_tokens"].tolist() == [sum(t["computed"] for t in totals)]
+    train = [json.loads(line)["train_tokens"]["computed"] for line in steps]  # the paper's compute: training prompts
+    assert usage["train_computed_tokens"].tolist() == [sum(train)]
+    assert usage["test_computed_tokens"].tolist() == [sum(t["computed"] for t in totals) - sum(train)]
 
 
 def test_analysis_notebooks_with_no_runs(tmp_path):

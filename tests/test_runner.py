@@ -175,6 +175,7 @@ def test_computed_tokens_equal_an_independent_count(tmp_path, data_dir, lm):
     expected = shared + sum(len(p) - shared for p in prompts) + fed_back
     assert result.records[0]["tokens"] == {"prompt": sum(map(len, prompts)), "computed": expected,
                                            "generated": fed_back}
+    assert result.records[0]["train_tokens"] == {"prompt": 0, "computed": 0, "generated": 0}  # zero-shot: tests only
 
 
 @pytest.mark.model

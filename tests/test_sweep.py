@@ -188,6 +188,7 @@ def test_run_metrics_and_their_aggregate_by_hand():
     per_run = results.run_metrics(tests, steps).set_index("run")
     a2 = per_run.loc["A2"]
     assert (a2.test_acc_step0, a2.test_acc_final, a2.test_acc_peak, a2.peak_step, a2.regret) == (0.2, 0.8, 0.8, 19, 8)
+    assert a2.gain == pytest.approx(0.6)  # final minus the run's own step 0
     assert per_run.loc["A1", "peak_step"] == 9 and per_run.loc["A1", "spearman_rho"] == pytest.approx(0.5)
     assert per_run.loc["A2", "spearman_rho"] == pytest.approx(1.0)
     table = results.aggregate(per_run.reset_index()).set_index(["method", "metric"])
@@ -248,3 +249,13 @@ def test_where_selects_runs_and_names_a_bad_condition():
         filtered(grid, ["modl=x"])
     with pytest.raises(UserError, match="no run of paper_grid matches task_name=mnist"):
         filtered(grid, ["task_name=mnist"])
+
+
+def test_token_comparison_per_step_with_a_note_where_no_ratio_exists():
+    usage = pd.DataFrame({"task_name": ["t", "t", "u"], "model_name": ["m"] * 3,
+                          "method_key": ["explorative", "approximate", "explorative"],
+                          "train_computed_tokens": [3000.0, 300.0, 100.0], "steps": [10, 10, 10]})
+    table = results.method_token_comparison(usage).set_index("task_name")
+    assert (table.loc["t", "explorative"], table.loc["t", "approximate"], table.loc["t", "ratio"]) == (300, 30, 10)
+    assert table.loc["t", "note"] == "" and table.loc["u", "note"] == "no approximate run here"
+    assert pd.isna(table.loc["u", "ratio"])

@@ -1,0 +1,137 @@
+"""The family notebooks: ``notebooks/family_<name>.ipynb`` generated from :mod:`icrl_lib.families`, their
+parameters (with the ``ICRL_FAMILY_PARAMS`` override that CI uses) and how they show their figures."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from . import plots
+from .notebook import load_yaml_mapping, merge_parameters, project_root
+
+FAMILY_PARAMS_ENV = "ICRL_FAMILY_PARAMS"  # cpu | paper | ci: which params/families/<family>/<x>.yaml overrides
+
+
+def parameters(name: str, params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A family notebook's parameters: the cell's values, overridden by ``params/families/<name>/<x>.yaml`` when
+    ``ICRL_FAMILY_PARAMS=x`` is set (``make test`` sets ``ci``); unknown names raise UserError."""
+    from .errors import UserError
+    from .families import PARAMETERS
+
+    unknown = sorted(set(params) - set(PARAMETERS))
+    missing = sorted(set(PARAMETERS) - set(params))
+    if unknown or missing:
+        raise UserError(f"parameters cell of family {name}: unknown {unknown}, missing {missing}")
+    which = (os.environ if env is None else env).get(FAMILY_PARAMS_ENV, "").strip()
+    if not which:
+        return dict(params)
+    path = project_root() / "params" / "families" / name / f"{which}.yaml"
+    if not path.is_file():
+        raise UserError(f"{FAMILY_PARAMS_ENV}={which}: no {path}")
+    overrides = load_yaml_mapping(path)
+    print(f"{FAMILY_PARAMS_ENV}={which}: {path} overrides {sorted(overrides)}")
+    return merge_parameters(params, overrides, str(path))
+
+
+def _annotation(kind: str) -> str:
+    return kind if kind in ("list", "dict", "int", "str", "bool", "float") else f'"{kind}"'
+
+
+def build(name: str):
+    """``notebooks/family_<name>.ipynb`` as generated from the family's data (``make family-notebooks`` writes it;
+    a test keeps the committed file equal). Thin: every cell is a call into the library."""
+    import nbformat
+
+    from .families import PARAMETER_HELP, family
+
+    fam = family(name)
+    md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    params = "\n".join(f"{key}: {_annotation(kind)} = {default!r}  # {help_}"
+                       for key, (default, kind, help_) in PARAMETER_HELP.items())
+    cells = [
+        md(f"# {fam.title}\n\n**The question.** {fam.question}\n\n**The paper's finding** ({fam.paper}). {fam.finding}\n\n"
+           f"Run it: `make family F={name}` (the embedded model on a CPU, `params/families/{name}/cpu.yaml`), or "
+           f"`papermill notebooks/family_{name}.ipynb outputs/family_{name}.ipynb -f params/families/{name}/paper.yaml` "
+           "(the paper's models and sizes, for GPUs). Runs are resumable run folders: re-executing finishes what is "
+           "missing, and every table and figure below works on whatever has finished."),
+        code("from icrl_lib import families, family_notebook, launchers, notebook, report, results\n\n"
+             "notebook.setup_figures()\n"
+             "_before_parameters = set(globals()) - set(families.PARAMETERS)"),
+        code(f"# The family's arms and the values it sweeps are data in icrl_lib.families; these are sizes and places.\n{params}",
+             metadata={"tags": ["parameters"]}),
+        code(f"params = family_notebook.parameters({name!r}, notebook.new_parameters(globals(), _before_parameters))\n"
+             f"fam = families.family({name!r})\n"
+             "sweep, arms = report.family_sweep(fam, params)\n"
+             "print(f\"{len(sweep.configs)} runs: {', '.join(sorted({a.label for a in arms.values()}))}\")"),
+        md("## Runs\nEach run is resumed or skipped when already done; progress lines come while the runs go."),
+        code("status = launchers.run_sweep(sweep) if params[\"run\"] else launchers.status(sweep)\n"
+             "status[[\"method\", \"task_name\", \"model_name\", \"seed\", \"state\", \"steps_done\", \"steps\"]]"),
+        md("## Results\nThe paper's metrics per arm: mean over seeds [95% interval] and n (one seed: a Wilson interval "
+           "over the test queries). The peak selects on the test set: read it next to the final value."),
+        code("tables = report.collect(sweep, arms)\nresults.metrics_table(tables.aggregated)"),
+        md("## Figures"),
+        code("figures = report.figures(fam, tables, arms)\nfamily_notebook.show_figures(figures, tables.curves, "
+             "report.references(arms))"),
+        md("## Paper vs ours\nOur value per model next to the paper's published value for the same task, arm and "
+           "metric (`icrl_lib/data/paper_results.csv`); a model the paper did not run sits beside the paper's models."),
+        code("comparison = report.paper_vs_ours(fam, tables, arms)\ncomparison"),
+        md("## Compute\nTraining-prompt tokens computed per step (test queries excluded, as in the paper's table)."),
+        code("tokens = report.token_table(tables)\ntokens"),
+        md("## Does this run reproduce the paper's findings?\nChecked on the numbers above; small models and small "
+           "sizes may honestly not reproduce them."),
+        code("report.print_findings(fam, tables)"),
+        md("## Export"),
+        code("folder = notebook.resolve_path(params[\"export_dir\"] or f\"{params['output_dir']}/_analysis/{fam.name}\")\n"
+             "paths = report.export(fam, figures, tables, {\"paper_vs_ours\": comparison, \"tokens\": tokens,\n"
+             "                                             \"findings\": report.findings(fam, tables)}, folder)\n"
+             "for name, path in paths.items():\n    print(f\"{name}: {path}\")\n"
+             "assert paths and all(path.stat().st_size > 0 for path in paths.values())"),
+    ]
+    for i, cell in enumerate(cells):
+        cell["id"] = f"{name.replace('_', '-')}-{i}"
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    return nb
+
+
+def write_all(folder: str | os.PathLike | None = None) -> list[Path]:
+    """Write ``notebooks/family_<name>.ipynb`` for every family; returns the paths."""
+    import nbformat
+
+    from .families import FAMILIES
+
+    folder = Path(folder) if folder else project_root() / "notebooks"
+    paths = []
+    for name in FAMILIES:
+        path = folder / f"family_{name}.ipynb"
+        nbformat.write(build(name), path)
+        paths.append(path)
+    return paths
+
+
+def show_figures(figures: Mapping[str, Any], curves: pd.DataFrame, references=(), panels: int = 6) -> None:
+    """Show a family's figures; with more than ``panels`` (model, task) panels, also a model selector (ipywidgets)
+    that redraws the test-accuracy figure for one model (the full figure stays above, for exports)."""
+    for figure in figures.values():
+        figure.show()
+    models = sorted(curves["model_name"].unique()) if not curves.empty else []
+    if not models or len(models) * curves["task_name"].nunique() <= panels:
+        return
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    choice = widgets.Dropdown(options=models, description="model")
+    out = widgets.Output()
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            display(plots.facet_figure(curves[curves["model_name"] == choice.value], "mean", percent=True,
+                                       title=f"{choice.value}: test accuracy (mean over seeds, 95% interval)",
+                                       y_title="test accuracy", references=references))
+
+    choice.observe(redraw, names="value")
+    redraw()
+    display(widgets.VBox([choice, out]))
