@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from . import plots
+from . import notebook, plots
 from .notebook import load_yaml_mapping, merge_parameters, project_root
 
 FAMILY_PARAMS_ENV = "ICRL_FAMILY_PARAMS"  # cpu | paper | ci: which params/families/<family>/<x>.yaml overrides
@@ -128,9 +128,9 @@ def show_figures(figures: Mapping[str, Any], curves: pd.DataFrame, references=()
     def redraw(*_):
         with out:
             out.clear_output(wait=True)
-            display(plots.facet_figure(curves[curves["model_name"] == choice.value], "mean", percent=True,
-                                       title=f"{choice.value}: test accuracy (mean over seeds, 95% interval)",
-                                       y_title="test accuracy", references=references))
+            notebook.show_in_widget(plots.facet_figure(
+                curves[curves["model_name"] == choice.value], "mean", percent=True, references=references,
+                title=f"{choice.value}: test accuracy (mean over seeds, 95% interval)", y_title="test accuracy"))
 
     choice.observe(redraw, names="value")
     redraw()

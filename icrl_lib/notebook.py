@@ -236,12 +236,19 @@ def comparison_browser(runs: pd.DataFrame):
             if rows.empty:
                 print(f"no runs of {task.value} with {model.value}")
             else:
-                display(plots.main_comparison_figure(rows, task=task.value, model=model.value, methods=chosen))
+                show_in_widget(plots.main_comparison_figure(rows, task=task.value, model=model.value, methods=chosen))
 
     for widget in (model, task, *boxes):
         widget.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([model, task]), widgets.HBox(boxes), out])
+
+
+def show_in_widget(figure) -> None:
+    """Show a plotly figure inside an ipywidgets ``Output``: as the plotly mimetype only. The ``notebook``
+    renderer's HTML+JavaScript inside an Output widget never completes under nbclient, so papermill and nbval
+    would wait forever; widget contents are not exported anyway, the figures shown outside widgets are."""
+    figure.show(renderer="plotly_mimetype")
 
 
 def setup_figures(static: bool | None = None) -> str:

@@ -155,7 +155,8 @@ def paper_vs_ours(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.Da
     keys = wide.reset_index()[["task_name", "paper_method", "paper_setting", "metric"]].apply(tuple, axis=1)
     matched = theirs.reindex(list(keys))
     matched.index = wide.index
-    return wide.join(matched.dropna(axis=1, how="all")).reset_index().drop(columns=["paper_method", "paper_setting"])
+    table = wide.join(matched.dropna(axis=1, how="all")).reset_index().drop(columns=["paper_method", "paper_setting"])
+    return table.fillna("–")  # the paper reports no such number
 
 
 def _text(row: Mapping[str, Any]) -> str:

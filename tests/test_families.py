@@ -114,10 +114,11 @@ def test_an_executed_family_notebook_keeps_its_figures_in_html(tmp_path, monkeyp
     plotly.js (offline), and the exported files exist and are not empty."""
     import papermill
 
-    monkeypatch.setenv("ICRL_FAMILY_PARAMS", "ci")
+    monkeypatch.delenv("ICRL_FAMILY_PARAMS", raising=False)  # the CI sizes come as papermill parameters here
+    ci = read_yaml_mapping(ROOT / "params" / "families" / "scaling" / "ci.yaml")
     executed = tmp_path / "scaling.ipynb"
     papermill.execute_notebook(str(ROOT / "notebooks" / "family_scaling.ipynb"), str(executed),
-                               parameters={"output_dir": str(tmp_path / "out")}, kernel_name="python3",
+                               parameters={**ci, "output_dir": str(tmp_path / "out")}, kernel_name="python3",
                                cwd=str(ROOT / "notebooks"), progress_bar=False)
     html = tmp_path / "scaling.html"
     subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", str(executed), "--output",

@@ -40,6 +40,8 @@ def strip_measurements(records, logprob_digits: int | None = None, logprob: bool
         rec.pop("cache")
         rec["tokens"].pop("computed")
         rec["tokens"].pop("generated")
+        for key in ("computed", "generated"):  # the training prompt's share of the same measurements
+            (rec.get("train_tokens") or {}).pop(key, None)
         if rec["train"] and rec["train"]["logprob"] is not None:
             if not logprob:
                 rec["train"].pop("logprob")
