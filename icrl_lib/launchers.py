@@ -95,8 +95,7 @@ def run_sweep(sweep: Sweep, report: Callable[[str], None] = print, poll_seconds:
         report(f"[sweep] {run}: held by another process, left to it")
     started, finished = time.time(), 0
     names = {run_name(c) for c in todo}
-    planned_before = table[table["run"].isin(names)]
-    done_before = int(planned_before["steps_done"].sum())
+    done_before = int(table.loc[table["run"].isin(names), "steps_done"].sum())  # resumed runs' logged steps
 
     def progress(outcome: dict) -> None:
         # ETA from steps, not runs: a zero-shot run (one step) says little about a 10,000-step one.
@@ -104,9 +103,10 @@ def run_sweep(sweep: Sweep, report: Callable[[str], None] = print, poll_seconds:
         finished += 1
         now = status(sweep)
         mine = now[now["run"].isin(names)]
-        done, total = int(mine["steps_done"].sum()) - done_before, int(mine["steps"].sum()) - done_before
-        rate = (time.time() - started) / max(done, 1)
-        left = f", ETA {format_duration(rate * max(total - done, 0))}" if finished < len(todo) else ""
+        done = int(mine["steps_done"].sum())
+        rate = (time.time() - started) / max(done - done_before, 1)  # seconds per step made by this launch
+        steps_left = max(int(mine["steps"].sum()) - done, 0)
+        left = f", ETA {format_duration(rate * steps_left)}" if finished < len(todo) else ""
         error = f": {outcome['error']}" if outcome.get("error") else ""
         report(f"[sweep] {finished}/{len(todo)}{left} | {outcome['state']} {outcome['run']}{error}")
 

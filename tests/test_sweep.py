@@ -3,6 +3,7 @@ status; aggregation over seeds against hand-computed values; the paper's publish
 from __future__ import annotations
 
 import json
+import re
 import math
 import signal
 import subprocess
@@ -107,6 +108,8 @@ def test_local_launcher_runs_a_sweep_and_one_broken_run_fails_alone(tmp_path, lm
                           text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "4 runs: 2 done, 0 running, 2 failed, 0 pending" in proc.stdout
+    lines = [line for line in proc.stdout.splitlines() if re.match(r"\[sweep\] \d/4", line)]
+    assert len(lines) == 4 and all(", ETA " in line for line in lines[:3]) and ", ETA" not in lines[3]
     assert "failed" in proc.stderr and "model_name: './no/such/model'" in proc.stderr
     sweep = load_sweep(path)
     table = status(sweep)
