@@ -28,7 +28,7 @@ def main() -> None:
                     "hundred steps")
     ap.add_argument("--max_context_examples", type=int, default=None)
     args = ap.parse_args()
-    lm = load_bench_model(args.model_name, args.layers)
+    lm = load_bench_model(args.model_name, args.layers, args.tokenizer, args.dtype)
     print(f"machine: {machine()}")
     rows = {}
     for name, kw in METHODS.items():

@@ -47,20 +47,32 @@ def forward_timer(model):
 RANDOM_LLAMA = "random-llama-3.1-8b"
 
 
-def load_bench_model(model_name: str, layers: int | None = None):
+def load_bench_model(model_name: str, layers: int | None = None, tokenizer: str | None = None,
+                     dtype: str | None = None):
     """The model a benchmark runs: any ``load_model`` name, or ``random-llama-3.1-8b``.
 
     ``random-llama-3.1-8b`` has Meta-Llama-3.1-8B-Instruct's architecture (from its published config) with random
     weights, bf16 on GPU: throughput does not depend on the weights, and it needs no hub access. It borrows the
-    embedded SmolLM2 tokenizer (its ids are all < Llama's 128,256). ``layers`` shrinks it for a smoke test on CPU.
+    embedded SmolLM2 tokenizer (its ids are all < Llama's 128,256), or the tokenizer saved in the folder
+    ``tokenizer`` (``save_bench_tokenizer``: the 98 MB GGUF need not travel to a GPU machine). ``layers`` shrinks
+    it for a smoke test on CPU; ``dtype`` (``float32``, ``bfloat16``) overrides bf16 on GPU, fp32 on CPU.
     """
-    from icrl_lib.models import DEFAULT_MODEL, LanguageModel, cache_argument, load_model, resolve_device
+    from icrl_lib.models import (DEFAULT_MODEL, LanguageModel, avoid_cudnn_attention, cache_argument, find_eot_id,
+                                 load_model, resolve_device)
+    from icrl_lib.prompts import supports_system_role
 
     if model_name != RANDOM_LLAMA:
         return load_model(model_name)
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    small = load_model(DEFAULT_MODEL)  # tokenizer, end-of-turn and chat template
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+        eot_id, system_role = find_eot_id(tok), supports_system_role(tok)
+    else:
+        small = load_model(DEFAULT_MODEL)  # tokenizer, end-of-turn and chat template
+        tok, eot_id, system_role = small.tokenizer, small.eot_id, small.system_role
     config = LlamaConfig(  # meta-llama/Meta-Llama-3.1-8B-Instruct config.json
         vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers or 32,
         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
@@ -68,13 +80,21 @@ def load_bench_model(model_name: str, layers: int | None = None):
                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
         attn_implementation="sdpa")
     device = resolve_device("auto")
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    avoid_cudnn_attention(device)
+    dtype = getattr(torch, dtype) if dtype else torch.bfloat16 if device.startswith("cuda") else torch.float32
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(config).to(dtype).eval()
-    return LanguageModel(name=RANDOM_LLAMA, model=model, tokenizer=small.tokenizer, eot_id=small.eot_id,
-                         context_window=config.max_position_embeddings, system_role=small.system_role,
+    return LanguageModel(name=RANDOM_LLAMA, model=model, tokenizer=tok, eot_id=eot_id,
+                         context_window=config.max_position_embeddings, system_role=system_role,
                          device=str(next(model.parameters()).device), cache_arg=cache_argument(model))
+
+
+def save_bench_tokenizer(folder: str) -> None:
+    """Save the embedded SmolLM2 tokenizer (with its chat template) to ``folder`` for ``--tokenizer``."""
+    from icrl_lib.models import DEFAULT_MODEL, load_model
+
+    load_model(DEFAULT_MODEL).tokenizer.save_pretrained(folder)
 
 
 def parser(doc: str, task_name: str) -> argparse.ArgumentParser:
@@ -83,6 +103,10 @@ def parser(doc: str, task_name: str) -> argparse.ArgumentParser:
     ap.add_argument("--model_name", default="smollm2-135m-instruct",
                     help=f"embedded alias, hub id, local folder, or {RANDOM_LLAMA} (random weights, GPU)")
     ap.add_argument("--layers", type=int, default=None, help=f"{RANDOM_LLAMA} only: fewer layers (CPU smoke test)")
+    ap.add_argument("--tokenizer", default=None,
+                    help=f"{RANDOM_LLAMA} only: a saved tokenizer folder (default: the embedded SmolLM2's)")
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                    help=f"{RANDOM_LLAMA} only: weights and activations (default: bfloat16 on GPU, float32 on CPU)")
     ap.add_argument("--task_name", default=task_name)
     ap.add_argument("--data_dir", default=None, help="local data folder (default: as icrl_lib.tasks.resolve_data_dir)")
     return ap

@@ -63,7 +63,7 @@ def choose_token(logits: torch.Tensor | None, allowed: tuple[int, ...], temperat
     """
     if len(allowed) == 1:
         return allowed[0], 0.0
-    values = logits[list(allowed)].double()
+    values = logits[list(allowed)].double().cpu()  # a handful of values; the draw below is made on the CPU
     if temperature == 0:
         best = int(torch.argmax(values))  # ties -> lowest token id, as allowed is sorted
         return allowed[best], 0.0

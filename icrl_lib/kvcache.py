@@ -45,18 +45,18 @@ class PackedRow:
         earlier new tokens of its owner. Position ids continue each owner's own sequence after the prefix.
         """
         device = lm.model.device
-        new_owner = torch.tensor(owners, dtype=torch.long)
+        new_owner = torch.tensor(owners, dtype=torch.long, device=device)
         positions = []
         for o in owners:
             n = self.lengths.get(o, 0)
             positions.append(self.prefix_len + n)
             self.lengths[o] = n + 1
-        past_owner = torch.tensor(self.owners, dtype=torch.long)
+        past_owner = torch.tensor(self.owners, dtype=torch.long, device=device)
         q = len(tokens)
-        order = torch.arange(q)
+        order = torch.arange(q, device=device)  # the mask is built where the model runs
         mask = torch.cat(
             [
-                torch.ones(q, self.prefix_len, dtype=torch.bool),
+                torch.ones(q, self.prefix_len, dtype=torch.bool, device=device),
                 past_owner[None, :] == new_owner[:, None],
                 (new_owner[None, :] == new_owner[:, None]) & (order[None, :] <= order[:, None]),
             ],
@@ -65,11 +65,11 @@ class PackedRow:
         # Additive float mask (0 = attend, dtype min = masked): the same logits as a boolean mask, which SDPA would
         # convert in every layer (measured 8% slower on CPU).
         dtype = lm.model.dtype
-        additive = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
+        additive = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
         with torch.inference_mode():
             out = lm.model(
                 input_ids=torch.tensor([list(tokens)], device=device),
-                attention_mask=additive[None, None].to(device),
+                attention_mask=additive[None, None],
                 position_ids=torch.tensor([positions], device=device),
                 use_cache=True,
                 logits_to_keep=torch.tensor(list(keep), device=device),

@@ -245,6 +245,7 @@ def load_model(
     from .prompts import supports_system_role
 
     device = resolve_device(device)
+    avoid_cudnn_attention(device)
     token = hf_token or os.environ.get("HF_TOKEN") or None
     source = source or resolve_model(model_name, token)
     location = str(embedded_model_path(model_name)) if source.kind == "embedded" else source.location
@@ -273,6 +274,19 @@ def load_model(
         device=str(next(model.parameters()).device),
         cache_arg=cache_argument(model),
     )
+
+
+def avoid_cudnn_attention(device: str) -> None:
+    """On CUDA, keep SDPA off its cuDNN backend (flash / memory-efficient kernels stay on).
+
+    cuDNN attention builds an execution plan for every new (query, key) length, and ICRL's lengths change at every
+    forward: on an H200 that cost 4 ms of CPU per attention call against 0.2 ms on the GPU, and made the packed
+    test evaluation 5x slower than its forwards' GPU time (benchmarks/README.md, "On a GPU").
+    """
+    if device.startswith("cuda"):
+        import torch
+
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def cache_argument(model) -> str:

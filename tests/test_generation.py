@@ -61,6 +61,15 @@ def test_choose_token_follows_the_cdf():
     assert choose_token(logits, (0, 1), 1.0, 0.3)[1] == pytest.approx(math.log(0.75))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_choose_token_takes_logits_on_the_gpu():
+    # Regression: the draw mixed a CPU tensor with CUDA logits and every GPU run crashed at its first sampled token.
+    logits = torch.randn(50, generator=torch.Generator().manual_seed(0))
+    allowed = (3, 7, 11, 40)
+    for u in (0.0, 0.3, 0.7, 0.999):
+        assert choose_token(logits.cuda(), allowed, 1.0, u) == choose_token(logits, allowed, 1.0, u)
+
+
 @pytest.mark.parametrize("task_name,n_context", [("trec_coarse", 6), ("banking77", 4)])
 def test_cached_label_probabilities_equal_uncached(lm, data_dir, task_name, n_context):
     task = load_task(task_name, data_dir)
