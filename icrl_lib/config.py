@@ -37,7 +37,8 @@ class ExperimentConfig:
     """Parameters of one ICRL/ICL experiment (defaults: the paper's explorative ICRL on Banking77)."""
 
     model_name: str = _f("smollm2-135m-instruct", "embedded alias, Hugging Face hub id or local model folder")
-    task_name: str = _f("banking77", "banking77 | clinic150 | trec_coarse | trec_fine | nlu, + _top<k> / _unsemantic")
+    task_name: str = _f("banking77", "banking77 | clinic150 | trec_coarse | trec_fine | nlu or a task file path, "
+                        "+ _top<k> / _unsemantic")
     context_strategy_name: str = _f("random_unbiased_only_positive", "which past episodes enter the context")
     temperature: float = _f(1.0, "sampling temperature of the constrained decoding (0 = greedy)")
     context_p_keep: float = _f(0.1, "probability of keeping each eligible episode in a context")

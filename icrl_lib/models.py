@@ -226,12 +226,35 @@ def _resolve_hub(repo_id: str, hf_token: str | None, tried: str) -> ModelSource:
     return ModelSource(repo_id, "hub", repo_id)
 
 
+def _location(model_name: str, source: ModelSource, trust_remote_code: bool, token: str | None
+              ) -> tuple[str, dict[str, Any]]:
+    """Where transformers loads ``source`` from, and the keyword arguments every ``from_pretrained`` call shares."""
+    location = str(embedded_model_path(model_name)) if source.kind == "embedded" else source.location
+    common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if source.kind == "hub":
+        common["local_files_only"] = source.local_files_only
+        if token:  # only the hub needs it
+            common["token"] = token
+    return location, common
+
+
+def load_tokenizer(model_name: str, source: ModelSource, trust_remote_code: bool = False,
+                   hf_token: str | None = None) -> Any:
+    """The model's tokenizer alone (seconds, no weights): labels are checked with it before the model loads."""
+    from transformers import AutoTokenizer
+
+    token = hf_token or os.environ.get("HF_TOKEN") or None
+    location, common = _location(model_name, source, trust_remote_code, token)
+    return AutoTokenizer.from_pretrained(location, **common)
+
+
 def load_model(
     model_name: str = DEFAULT_MODEL,
     device: str = "auto",
     trust_remote_code: bool = False,
     hf_token: str | None = None,
     source: ModelSource | None = None,
+    tokenizer: Any = None,
 ) -> LanguageModel:
     """Load ``model_name``: an embedded alias, a hub id or a local folder (``source``: already resolved).
 
@@ -240,7 +263,7 @@ def load_model(
     ``HF_TOKEN`` environment variable and is passed to the hub only, never stored.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from .prompts import supports_system_role
 
@@ -248,13 +271,8 @@ def load_model(
     avoid_cudnn_attention(device)
     token = hf_token or os.environ.get("HF_TOKEN") or None
     source = source or resolve_model(model_name, token)
-    location = str(embedded_model_path(model_name)) if source.kind == "embedded" else source.location
-    common: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if source.kind == "hub":
-        common["local_files_only"] = source.local_files_only
-        if token:  # only the hub needs it
-            common["token"] = token
-    tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    location, common = _location(model_name, source, trust_remote_code, token)
+    tokenizer = tokenizer or load_tokenizer(model_name, source, trust_remote_code, token)
     if device.startswith("cuda"):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         kwargs = {"dtype": dtype, "device_map": "auto" if device == "cuda" else device}

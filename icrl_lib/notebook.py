@@ -17,32 +17,13 @@ from typing import Any, Mapping
 import pandas as pd
 
 from . import methods, plots, results
+from .paths import find_file, project_root, resolve_path  # noqa: F401 (re-exported: notebooks call notebook.resolve_path)
 from .tasks import HUB
 
 PARAMS_FILE_ENV = "ICRL_PARAMS_FILE"
 SECRET_FIELDS = ("hf_token",)  # never notebook parameters
 # Parameters of notebooks/icrl_experiment.ipynb that are not ExperimentConfig fields, with their defaults.
 NOTEBOOK_ONLY = MappingProxyType({"headless": False, "figures_dir": None, "running_window": 50})
-
-
-def project_root(start: str | os.PathLike | None = None) -> Path:
-    """The checkout folder (has pyproject.toml and icrl_lib/) at or above ``start`` (default: the cwd).
-
-    Kernels start in the notebook's folder under nbval and JupyterLab but in the caller's folder under papermill;
-    resolving relative paths against the checkout makes ``outputs/`` mean the same folder in all three.
-    Falls back to the cwd outside a checkout.
-    """
-    here = Path(start or os.getcwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "icrl_lib").is_dir():
-            return folder
-    return here
-
-
-def resolve_path(path: str | os.PathLike) -> Path:
-    """``path`` if absolute, else relative to :func:`project_root`."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else project_root() / path
 
 
 def experiment_parameter_defaults() -> dict[str, Any]:
@@ -79,12 +60,11 @@ def params_file(env: Mapping[str, str] | None = None) -> Path | None:
     value = (os.environ if env is None else env).get(PARAMS_FILE_ENV, "").strip()
     if not value:
         return None
-    path = Path(value).expanduser()
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path, project_root() / path]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{PARAMS_FILE_ENV}={value!r}: no such file (looked at {[str(c) for c in candidates]})")
+    found = find_file(value)
+    if found is None:
+        raise FileNotFoundError(f"{PARAMS_FILE_ENV}={value!r}: no such file (looked in the current folder and in "
+                                f"{project_root()})")
+    return found
 
 
 def checked_parameters(path: str | os.PathLike, params: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -24,13 +24,13 @@ import numpy as np
 from .config import ExperimentConfig
 from .errors import RunInterrupted, UserError
 from .generation import LabelPredictor
-from .models import LanguageModel, ModelSource, load_model, resolve_model
+from .models import LanguageModel, ModelSource, find_eot_id, load_model, load_tokenizer, resolve_model
 from .prompts import Episode, build_messages, render_context, render_prompt, system_prompt
 from .results import COLLAPSE_WINDOW, format_duration, steps_table, tests_table, write_tables
 from .storage import RunStore, check_output_dir
 from .strategies import make_strategy
 from .stream import RunData, check_data, sample_data
-from .tasks import Task, load_task
+from .tasks import Task, check_label_tokens, load_task
 from .window import episode_budget
 
 log = logging.getLogger("icrl")
@@ -69,29 +69,38 @@ def flip_coin(seed: int, step: int) -> float:
     return float(np.random.default_rng(seed + step).random())
 
 
-def preflight(config: ExperimentConfig, model: bool = True) -> tuple[ModelSource | None, Task, RunData]:
+def preflight(config: ExperimentConfig, model: bool = True, lm: LanguageModel | None = None
+              ) -> tuple[ModelSource | None, Task, RunData, Any]:
     """Everything a user can get wrong, checked before a run folder is locked or a model loads: the config, that
-    output_dir is writable, that ``model_name`` resolves (skipped with ``model=False``), the data and its sizes.
-    Raises UserError (one line naming the parameter or file)."""
+    output_dir is writable, that ``model_name`` resolves (skipped with ``model=False``), the task file, the data and
+    its sizes, and that the labels tokenize apart (with the tokenizer alone, or ``lm``'s). Raises UserError (one
+    line naming the parameter or file). Returns (model source, task, sampled data, tokenizer or None)."""
     config.validate()
     check_output_dir(config.output_dir)
     if config.hf_token:
         os.environ["HF_TOKEN"] = config.hf_token  # for this process only; never written anywhere
-    source = resolve_model(config.model_name, config.hf_token) if model else None
+    source = resolve_model(config.model_name, config.hf_token) if model and lm is None else None
     task = load_task(config.task_name, config.data_dir)
-    return source, task, sample_data(config, task)
+    data = sample_data(config, task)
+    tokenizer = lm.tokenizer if lm is not None else (
+        load_tokenizer(config.model_name, source, config.trust_remote_code, config.hf_token) if source else None)
+    if tokenizer is not None:
+        check_label_tokens(task, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
+                           find_eot_id(tokenizer), config.model_name)
+    return source, task, data, tokenizer
 
 
 def run_experiment(config: ExperimentConfig, progress: bool | None = True, lm: LanguageModel | None = None) -> RunResult:
     """Run (or resume, or extend) one experiment; ``progress`` True = tqdm bar, False = a line every ``log_every``
     steps. Everything a user can get wrong is checked before the model loads (see :func:`preflight`)."""
     _show_verbose_logs(config)
-    source, task, data = preflight(config, model=lm is None)
+    source, task, data, tokenizer = preflight(config, lm=lm)
     with RunStore.open(config) as store:
         check_data(store, task, data)
         records = store.records()
         print(f"[icrl] run folder: {store.path} ({len(records)} steps logged)", flush=True)
-        lm = lm or load_model(config.model_name, config.device, config.trust_remote_code, source=source)
+        lm = lm or load_model(config.model_name, config.device, config.trust_remote_code, source=source,
+                             tokenizer=tokenizer)
         budget = 0 if config.zero_shot else episode_budget(config, lm, task, len(data.exemplars))
         steps = 1 if config.zero_shot else len(data.stream)
         to_test = test_schedule(steps, config.test_every)

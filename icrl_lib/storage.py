@@ -28,6 +28,7 @@ import yaml
 
 from .config import ExperimentConfig, load_config, read_yaml_mapping
 from .errors import RunLockedError, UserError, os_error
+from .tasks import task_label
 
 log = logging.getLogger("icrl")
 LOCK_FILE = ".lock"
@@ -40,10 +41,10 @@ def run_name(config: ExperimentConfig) -> str:
     model = c.model_name.strip("/").replace("/", "--")
     digest = hashlib.sha256(json.dumps(c.identity(), sort_keys=True).encode()).hexdigest()[:8]
     if c.zero_shot:
-        parts = [c.task_name, model, "zeroshot" if c.icrl else "zeroshot-icl", f"t{c.temperature:g}",
+        parts = [task_label(c.task_name), model, "zeroshot" if c.icrl else "zeroshot-icl", f"t{c.temperature:g}",
                  f"seed{c.seed}-{c.test_seed}", digest]
     else:
-        parts = [c.task_name, model, _strategy_label(c), "icrl" if c.icrl else "icl", f"t{c.temperature:g}",
+        parts = [task_label(c.task_name), model, _strategy_label(c), "icrl" if c.icrl else "icl", f"t{c.temperature:g}",
                  f"seed{c.seed}-{c.training_seed}-{c.test_seed}", digest]
     return "__".join(parts)
 
@@ -59,7 +60,7 @@ def _legacy_pattern(c: ExperimentConfig) -> str:
     """Glob of the names icrl 0.1 gave this experiment (before identity(): hash over every result field)."""
     mode = "zeroshot" if c.zero_shot else ("icrl" if c.icrl else "icl")
     strategy = "*" if c.zero_shot else _strategy_label(c)
-    return "__".join([c.task_name, c.model_name.strip("/").replace("/", "--"), strategy, mode, f"t{c.temperature:g}",
+    return "__".join([task_label(c.task_name), c.model_name.strip("/").replace("/", "--"), strategy, mode, f"t{c.temperature:g}",
                       f"seed{c.seed}-*-{c.test_seed}" if c.zero_shot else f"seed{c.seed}-{c.training_seed}-{c.test_seed}",
                       "*"])
 

@@ -20,6 +20,7 @@ from .config import ExperimentConfig
 from .models import LanguageModel, load_model
 from .prompts import Episode, build_messages, feedback_text, render_prompt, system_prompt
 from .storage import atomic_write_text, file_lock
+from .task_files import PACKAGE_TASKS
 from .tasks import Task, load_task
 
 log = logging.getLogger("icrl")
@@ -129,8 +130,12 @@ def episode_budget(config: ExperimentConfig, lm: LanguageModel, task: Task, exem
         return max(0, config.max_context_examples - exemplars)
     window = usable_window(lm, config.max_window_tokens)
     mode = "icrl" + ("_nofeedback" if config.icrl_omit_feedback else "") if config.icrl else "icl"
-    # "v2": the worst case became the n longest distinct inputs (v1 repeated the single longest one).
+    # "v2": the worst case became the n longest distinct inputs (v1 repeated the single longest one). A task read
+    # from a user's file also keys on its labels, wording and rows: the file may be edited, or two share a name.
     key = f"v2|{config.model_name}|{task.name}|{window}|{mode}|exemplars{exemplars}|{hash_text(config.system_prompt)}"
+    if Path(task.spec.file).parent != PACKAGE_TASKS:
+        key += "|" + hash_text(json.dumps([task.labels, task.spec.input_prefix, task.spec.prediction_prefix,
+                                           task.description, sorted(ex.text for ex in task.train)]))
     return cached_max_examples(
         Path(config.output_dir) / "_cache" / "max_context_examples.json", key,
         lambda: max_examples_for_window(lm, task, window, icrl=config.icrl, omit_feedback=config.icrl_omit_feedback,

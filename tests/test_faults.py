@@ -252,12 +252,12 @@ def test_damaged_data_files_are_named_with_their_line(tmp_path, data_dir):
     row = json.loads(lines[6])
     del row["coarse_label"]
     train.write_text("".join(lines[:6] + [json.dumps(row) + "\n"] + lines[7:]))
-    with pytest.raises(UserError, match=f"{train} line 7: row has no 'coarse_label' field"):
+    with pytest.raises(UserError, match=f"{train} line 7: no column 'coarse_label' \\(label_column in "):
         load_task("trec_coarse", root)
     train.write_text("".join(lines))
     (root / "trec" / "test.jsonl").write_text("")
     proc = cli("run", "--task_name", "trec_coarse", "--data_dir", str(root), "--output_dir", str(tmp_path / "o"))
-    assert_one_line_error(proc, f"{root / 'trec' / 'test.jsonl'}: the split is empty")
+    assert_one_line_error(proc, f"trec_coarse.yaml: source.mirror: {root / 'trec' / 'test.jsonl'} is empty")
 
 
 def test_a_damaged_run_folder_config_is_named(tmp_path):

@@ -23,8 +23,8 @@ from icrl_lib.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-PARAM_FILES = sorted(  # run configs; sweeps and family params have their own tests
-    p for p in (ROOT / "params").rglob("*.yaml") if not {"sweeps", "families"} & set(p.parts))
+PARAM_FILES = sorted(  # run configs; sweeps, family params and task files have their own tests
+    p for p in (ROOT / "params").rglob("*.yaml") if not {"sweeps", "families", "tasks"} & set(p.parts))
 EXPERIMENT = ROOT / "notebooks" / "icrl_experiment.ipynb"
 
 
@@ -278,6 +278,22 @@ def test_a_figure_inside_a_widget_does_not_hang_headless_execution(tmp_path):
     assert cell.metadata.papermill.duration < 100
     outputs = cell.outputs
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)  # the figure outside
+
+
+@pytest.mark.model
+def test_papermill_runs_the_experiment_notebook_on_a_task_file(tmp_path, monkeypatch):
+    """task_name as a path relative to the checkout: the kernel starts in notebooks/, the file is still found."""
+    monkeypatch.delenv("ICRL_PARAMS_FILE", raising=False)
+    ci = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text())
+    parameters = {**ci, "task_name": "params/tasks/support_tickets/task.yaml_top3", "output_dir": str(tmp_path),
+                  "headless": True}
+    _execute(tmp_path / "executed.ipynb", parameters)
+    (run,) = [p for p in tmp_path.iterdir() if (p / "config.yaml").is_file()]
+    assert run.name.startswith("support_tickets_top3__smollm2-135m-instruct__")
+    steps = [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines()]
+    assert len(steps) == ci["train_k"]
+    assert {s["train"]["answer"] for s in steps} <= {"billing", "shipping", "technical support", "returns",
+                                                     "account access", "product question"}
 
 
 @pytest.mark.model

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from icrl_lib import tasks
+from icrl_lib import task_sources, tasks
 from icrl_lib.tasks import Example, load_task, parse_task_name, resolve_data_dir
 
 # task -> (dataset folder, label field, input prefix, prediction prefix)
@@ -78,7 +78,7 @@ def test_rows_labels_and_formatting(data_dir, name):
 def test_display_names_match_labels_json(data_dir, name):
     folder, field, _, _ = LAYOUT[name]
     table = _labels_json(data_dir, folder, field)
-    assert tasks.raw_label_names()[folder][field] == tuple(table["names"])
+    assert load_task(name, data_dir).spec.label_names == tuple(table["names"])  # the task file's, in id order
     expected = tuple(d for n, d in zip(table["names"], table["display"]) if n != "oos")
     assert load_task(name, data_dir).labels == expected
 
@@ -228,7 +228,8 @@ def test_hub_path_gives_identical_tasks(data_dir, monkeypatch):
     """The hub is unreachable here: serve the local rows through a fake load_dataset and compare both paths."""
     import datasets
 
-    folders = {spec.hub_id: spec.local_folder for spec in tasks.TASKS.values()}
+    specs = [load_task(name, data_dir).spec for name in LAYOUT]
+    folders = {spec.hub_id: spec.mirror for spec in specs}
     calls = []
 
     def fake_load_dataset(kind, data_files, split):
@@ -240,12 +241,12 @@ def test_hub_path_gives_identical_tasks(data_dir, monkeypatch):
 
     monkeypatch.setenv("ICRL_DATA_DIR", "hub")
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    tasks._raw_splits.cache_clear()
+    task_sources._raw_splits.cache_clear()
     try:
         for name in ("banking77", "clinic150_top5_unsemantic", "trec_fine", "nlu"):
             assert load_task(name) == load_task(name, data_dir)
     finally:
-        tasks._raw_splits.cache_clear()  # drop the fake hub rows
+        task_sources._raw_splits.cache_clear()  # drop the fake hub rows
     assert "hf://datasets/clinc/clinc_oos@refs%2Fconvert%2Fparquet/plus/test/*.parquet" in calls
     assert "hf://datasets/xingkunliuxtracta/nlu_evaluation_data@refs%2Fconvert%2Fparquet/default/train/*.parquet" in calls
 
