@@ -256,7 +256,8 @@ def load_model(
     source: ModelSource | None = None,
     tokenizer: Any = None,
 ) -> LanguageModel:
-    """Load ``model_name``: an embedded alias, a hub id or a local folder (``source``: already resolved).
+    """Load ``model_name``: an embedded alias, a hub id or a local folder (``source``: already resolved;
+    ``tokenizer``: already loaded by :func:`load_tokenizer`, as the run's preflight does).
 
     On CUDA the model is loaded with ``device_map="auto"`` in bf16 (fp16 where bf16 is unsupported); on CPU in
     fp32 (bf16 matmuls are several times slower on common CPUs). The token comes from ``hf_token`` or the

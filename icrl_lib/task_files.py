@@ -70,21 +70,12 @@ class TaskSpec:
     drop_labels: tuple[str, ...] = ()
     allow_labels_without_examples: bool = False
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        """The splits the source provides (``train``, and ``test`` unless it is cut from train)."""
-        return tuple(dict(self.files or self.hub_splits))
-
     def display(self, raw: str) -> str:
         """The label text shown to the model for the raw class name ``raw``."""
         shown = dict(self.display_names).get(raw)
         if shown is not None:
             return shown
         return raw.lower().replace("_", " ").replace("?", "") if self.display_style == "words" else raw
-
-    def where(self, field: str) -> str:
-        """Error prefix naming a field of this file."""
-        return f"{self.file}: {field}"
 
 
 def registered() -> tuple[str, ...]:
@@ -146,9 +137,11 @@ def _parse(doc: Mapping[str, Any], path: str) -> TaskSpec:
         raise fail(unknown[0], f"unknown field; allowed: {', '.join(_FIELDS)}")
 
     def text(field: str, default: str | None = None, empty: bool = False) -> str:
-        value = doc.get(field, default)
-        if value is None:
-            raise fail(field, "required")
+        value = doc.get(field)
+        if value is None:  # absent, or present with no value ("description:")
+            if default is None:
+                raise fail(field, "required")
+            value = default
         if not isinstance(value, str) or (not empty and not value.strip()):
             raise fail(field, f"must be a non-empty string, got {value!r}")
         if "\n" in value:
