@@ -28,7 +28,7 @@ NBSTRIP := $(abspath $(VENV))/bin/nbstripout --keep-id --extra-keys "metadata.la
 help:
 	@echo "make run                         quickstart experiment (params/quickstart.yaml) -> outputs/"
 	@echo "make test                        unit tests + notebooks (nbval, tiny params/ci.yaml): what CI runs"
-	@echo "make test-fast                   the tests that load no model (~2.5 min, for the edit-test loop)"
+	@echo "make test-fast                   the tests that load no model (~3 min, for the edit-test loop)"
 	@echo "make experiment PARAMS=params/x.yaml   one run headless -> outputs/x.ipynb + outputs/<run>/"
 	@echo "make sweep SWEEP=params/sweeps/x.yaml [LAUNCHER=local|slurm|ray] [WORKERS=N]   many runs at once"
 	@echo "make grid [LAUNCHER=..] [WORKERS=N]  the paper's 40-run grid as one sweep (GPU + hub models)"
