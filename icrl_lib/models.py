@@ -63,11 +63,16 @@ class LanguageModel:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` exactly as written (chat templates already render BOS when they want one)."""
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode(self.tokenizer, text)
 
     def encode_batch(self, texts) -> list[list[int]]:
         """:meth:`encode` for many texts in one tokenizer call (parallel in fast tokenizers)."""
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` exactly as written, no special tokens added (the one encoding rule)."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def cache_root() -> Path:

@@ -24,7 +24,7 @@ import numpy as np
 from .config import ExperimentConfig
 from .errors import RunInterrupted, UserError
 from .generation import LabelPredictor
-from .models import LanguageModel, ModelSource, find_eot_id, load_model, load_tokenizer, resolve_model
+from .models import LanguageModel, ModelSource, encode, find_eot_id, load_model, load_tokenizer, resolve_model
 from .prompts import Episode, build_messages, render_context, render_prompt, system_prompt
 from .results import COLLAPSE_WINDOW, format_duration, steps_table, tests_table, write_tables
 from .storage import RunStore, check_output_dir
@@ -85,8 +85,7 @@ def preflight(config: ExperimentConfig, model: bool = True, lm: LanguageModel | 
     tokenizer = lm.tokenizer if lm is not None else (
         load_tokenizer(config.model_name, source, config.trust_remote_code, config.hf_token) if source else None)
     if tokenizer is not None:
-        check_label_tokens(task, lambda text: tokenizer(text, add_special_tokens=False)["input_ids"],
-                           find_eot_id(tokenizer), config.model_name)
+        check_label_tokens(task, lambda text: encode(tokenizer, text), find_eot_id(tokenizer), config.model_name)
     return source, task, data, tokenizer
 
 

@@ -194,15 +194,16 @@ def check_labels(task: Task, raws: list[str]) -> None:
 
 
 def check_label_tokens(task: Task, encode, eot_id: int, model_name: str) -> None:
-    """Labels whose token sequences (`` <label>`` + end-of-turn) are identical for the model cannot be told apart:
-    UserError naming both and the task file, before the model loads (needs only its tokenizer)."""
-    seen: dict[tuple[int, ...], str] = {}
-    for label in task.labels:
-        seq = tuple(encode(" " + label)) + (eot_id,)
-        if seq in seen:
-            raise UserError(f"{task.spec.file}: display_names: labels {seen[seq]!r} and {label!r} tokenize "
-                            f"identically for model_name {model_name!r}; give one of them another display name")
-        seen[seq] = label
+    """Labels whose token sequences (`` <label>`` + end-of-turn) are identical for the model cannot be told apart by
+    constrained decoding: UserError naming both and the task file, before the model loads (needs only its tokenizer).
+    """
+    from .generation import LabelTrie  # lazy: imports torch
+
+    try:
+        LabelTrie.build(task.labels, encode, eot_id)
+    except ValueError as err:
+        raise UserError(f"{task.spec.file}: display_names: {err} for model_name {model_name!r}; give one of them "
+                        "another display name") from None
 
 
 def _top_k(task: Task, k: int) -> Task:

@@ -18,7 +18,7 @@ import yaml
 
 from icrl_lib.config import ExperimentConfig
 from icrl_lib.errors import UserError
-from icrl_lib.models import find_eot_id, load_tokenizer, resolve_model
+from icrl_lib.models import encode, find_eot_id, load_tokenizer, resolve_model
 from icrl_lib.prompts import Episode, build_messages, render_prompt, supports_system_role, system_prompt
 from icrl_lib.runner import preflight, run_experiment
 from icrl_lib.storage import run_name
@@ -174,7 +174,7 @@ def test_labels_that_tokenize_alike_are_refused_with_the_tokenizer_alone(tmp_pat
         preflight(config)
     assert str(path) in str(err.value) and not any((tmp_path / "out").iterdir())  # no run folder
     task = load_task(str(_write_task(tmp_path / "fine")))
-    check_label_tokens(task, lambda t: tokenizer(t, add_special_tokens=False)["input_ids"], find_eot_id(tokenizer),
+    check_label_tokens(task, lambda t: encode(tokenizer, t), find_eot_id(tokenizer),
                        "smollm2-135m-instruct")  # distinct labels pass
 
 
