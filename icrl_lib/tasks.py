@@ -151,7 +151,7 @@ def load_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
     raws = spec.label_names if spec.label_names is not None else tuple(sorted({r for _, r in train + test}))
     kept = [r for r in raws if r not in spec.drop_labels]
     new_id = {raw: i for i, raw in enumerate(kept)}
-    task = Task(spec.name + name[len(base):] if is_task_path(base) else name, spec,
+    task = Task(task_label(name), spec,
                 tuple(spec.display(r) for r in kept),
                 tuple(Example(t, new_id[r]) for t, r in train if r in new_id),
                 tuple(Example(t, new_id[r]) for t, r in test if r in new_id), data_source(spec, data_dir))
