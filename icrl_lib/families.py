@@ -19,6 +19,7 @@ from .config import ExperimentConfig
 from .errors import UserError
 from .methods import config_fields
 
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 PAPER_TRAIN_K = MappingProxyType({"banking77": 10000, "clinic150": 10000, "nlu": 10000, "trec_coarse": 5000,
                                   "trec_fine": 5000})
 
@@ -46,6 +47,7 @@ class Check:
     op: str = "<="  # "<=", ">=" or ">" (strictly above)
     margin: float = 0.0
     metric: str = "test_acc_final"
+    paper_models: tuple[str, ...] = ()  # the paper's models whose numbers show it (empty: all it reports)
 
 
 @dataclass(frozen=True)
@@ -144,25 +146,30 @@ FAMILIES: Mapping[str, Family] = MappingProxyType({f.name: f for f in (
     Family("main", "Main results: ICRL methods against zero-shot and the ICL upper bound", "§3.1-3.3, Figure 2, Table 1",
            "Does a model learn a classification task in context from rewards alone, and which way of building the "
            "context makes it work?",
-           "Naive ICRL degenerates (it stops exploring and ends near or below zero-shot); explorative ICRL learns, "
-           "often approaching the ICL upper bound; approximate ICRL tracks explorative at a fraction of the compute.",
+           "Naive ICRL degenerates (it stops exploring and ends at most a few points above zero-shot, often below); "
+           "explorative ICRL learns, often approaching the ICL upper bound; approximate ICRL learns too at a fraction "
+           "of the compute with Llama-3.1-8B, but degenerates with Phi-3.5-mini on 3 of 5 tasks.",
            ("main", "zero_shot"), _main, checks=(
-               Check("Naive ICRL ends no better than zero-shot + 5 points", "naive ICRL", "zero-shot", "<=", 0.05),
+               Check("Naive ICRL ends no better than zero-shot + 15 points", "naive ICRL", "zero-shot", "<=", 0.15),
                Check("Explorative ICRL ends above zero-shot", "explorative ICRL", "zero-shot", ">"),
                Check("Explorative ICRL ends above naive ICRL", "explorative ICRL", "naive ICRL", ">"),
-               Check("Approximate ICRL ends within 5 points of explorative", "approximate ICRL", "explorative ICRL",
-                     ">=", -0.05))),
+               Check("Approximate ICRL ends above zero-shot (the paper: Llama-3.1-8B, not Phi-3.5-mini)",
+                     "approximate ICRL", "zero-shot", ">", paper_models=(LLAMA,)))),
     Family("reward_ablations", "Which rewards matter", "§3.4, Figure 3",
            "What does the model learn from: positive episodes, negative ones, the feedback text, correct rewards?",
-           "Only positive episodes drive learning: with no feedback, only negative episodes or inverted rewards the "
-           "model does not improve; noisy rewards (10% flipped) cost little.",
+           "Positive episodes carry the learning: contexts of positive episodes only learn best; adding the negative "
+           "ones (both) costs much of the gain, and only negative episodes or no feedback learn little. With both "
+           "kinds of episode, 10% noisy rewards cost little and inverted rewards cost more.",
            ("reward_ablations",), _reward_ablations, checks=(
                Check("Explorative: only-positive ends above only-negative", "explorative: only_positive",
                      "explorative: only_negative", ">"),
-               Check("Explorative: inverted rewards end below correct ones", "explorative: inverted",
-                     "explorative: only_positive", "<="),
-               Check("Explorative: 10% noisy rewards end within 5 points of clean", "explorative: noisy_10",
-                     "explorative: only_positive", ">=", -0.05))),
+               Check("Explorative: only-positive ends above both", "explorative: only_positive", "explorative: both",
+                     ">"),
+               Check("Naive (T=2): only-positive ends above both", "naive: only_positive", "naive: both", ">"),
+               Check("Explorative: inverted rewards end below correct ones (both)", "explorative: inverted",
+                     "explorative: both", "<="),
+               Check("Explorative: 10% noisy rewards end within 10 points of clean ones (both)",
+                     "explorative: noisy_10", "explorative: both", ">=", -0.10))),
     Family("abstract_labels", "Abstract labels", "§3.5, Figure 4, Table 2",
            "Does ICRL still work when label names carry no meaning (label_1000, ...), so that prior knowledge of the "
            "task cannot help?", "With abstract labels learning needs exploration and one exemplar per label helps "
@@ -185,17 +192,25 @@ FAMILIES: Mapping[str, Family] = MappingProxyType({f.name: f for f in (
            ),
     Family("approximate", "Approximate ICRL: number of contexts and sampling", "§3.11 and §4, Figure 9, Table 3",
            "How many contexts K does approximate ICRL need to match explorative ICRL, and at what compute?",
-           "Accuracy rises with K and approaches explorative ICRL (K=∞) from K≈8, processing far fewer tokens; "
-           "uniform and exact sampling of the context perform alike.", ("approximate", "compute"), _approximate,
+           "With Llama-3.1-8B accuracy rises with K and is within 5 points of explorative ICRL (K=∞) at K=8, "
+           "processing far fewer tokens; Phi-3.5-mini needs K≥32. Exact sampling of the context does not beat "
+           "uniform.", ("approximate", "compute"), _approximate,
            knobs=MappingProxyType({"K": (1, 2, 4, 8, 32, 128)}), checks=(
-               Check("K=8 ends within 5 points of explorative (K=∞)", "approximate ICRL, K=8", "explorative ICRL (K=∞)",
-                     ">=", -0.05),
-               Check("K=8 ends above K=1", "approximate ICRL, K=8", "approximate ICRL, K=1", ">"))),
+               Check("K=8 ends within 5 points of explorative (K=∞) (the paper: Llama-3.1-8B)", "approximate ICRL, K=8",
+                     "explorative ICRL (K=∞)", ">=", -0.05, paper_models=(LLAMA,)),
+               Check("K=8 ends above K=1 (the paper: Llama-3.1-8B)", "approximate ICRL, K=8", "approximate ICRL, K=1",
+                     ">", paper_models=(LLAMA,)),
+               Check("K=32 ends within 10 points of explorative (K=∞)", "approximate ICRL, K=32",
+                     "explorative ICRL (K=∞)", ">=", -0.10),
+               Check("K=8: exact sampling ends no better than uniform", "approximate ICRL, K=8, exact",
+                     "approximate ICRL, K=8", "<="))),
     Family("scaling", "Model scale", "§3.6-3.7, Figure 5",
            "Does in-context reinforcement learning improve with model size, and do larger models learn more stably?",
            "Gains grow with scale (Qwen2.5 0.5B to 72B): small models learn little and collapse, larger ones learn "
-           "steadily with explorative ICRL and Naive+.", ("scaling", "stability"), _scaling, by_model=True,
-           checks=(Check("Explorative ICRL ends above naive ICRL", "explorative ICRL", "naive ICRL", ">"),)),
+           "steadily with explorative ICRL and Naive+; naive ICRL's test accuracy falls over the run at every size.",
+           ("scaling", "stability"), _scaling, by_model=True, checks=(
+               Check("Explorative ICRL learns more steadily than naive ICRL (higher Spearman ρ of test accuracy with "
+                     "step)", "explorative ICRL", "naive ICRL", ">", metric="spearman_rho"),)),
 )})
 
 # A family notebook's parameters (params/families/<family>/*.yaml): name -> (default, type as papermill shows it, help)
@@ -267,15 +282,21 @@ def configs(fam: Family, params: Mapping[str, Any]) -> list[tuple[Arm, Experimen
 def check_findings(fam: Family, aggregated: pd.DataFrame) -> pd.DataFrame:
     """Each finding of ``fam`` per (model, task): the two means compared and whether it holds (None: an arm missing).
 
-    ``aggregated`` is ``aggregate.aggregate`` output with an ``arm`` column."""
+    ``aggregated`` is ``aggregate.aggregate`` output with an ``arm`` column. ``note`` says when a comparison of final
+    accuracies is between two arms that both ended at or below their step-0 accuracy: its verdict then reflects noise
+    around a collapse, not the effect the paper measured."""
     rows = []
     for check in fam.checks:
         table = aggregated[aggregated["metric"] == check.metric]
+        step0 = aggregated[aggregated["metric"] == "test_acc_step0"]
         for (model, task), cell in table.groupby(["model_name", "task_name"], sort=True):
             means = cell.groupby("arm")["mean"].mean()
             left, right = means.get(check.left), means.get(check.right)
             compare = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, ">": lambda a, b: a > b}[check.op]
             holds = None if left is None or right is None else bool(compare(left, right + check.margin))
+            start = step0[(step0["model_name"] == model) & (step0["task_name"] == task)].groupby("arm")["mean"].mean()
+            flat = check.metric == "test_acc_final" and holds is not None and all(
+                arm in start and final <= start[arm] for arm, final in ((check.left, left), (check.right, right)))
             rows.append({"finding": check.text, "model_name": model, "task_name": task, "left": left, "right": right,
-                         "holds": holds})
-    return pd.DataFrame(rows, columns=["finding", "model_name", "task_name", "left", "right", "holds"])
+                         "holds": holds, "note": "neither arm learned (final <= step 0)" if flat else ""})
+    return pd.DataFrame(rows, columns=["finding", "model_name", "task_name", "left", "right", "holds", "note"])

@@ -188,7 +188,8 @@ def print_findings(fam: Family, tables: Tables) -> None:
     for row in table.to_dict("records"):
         verdict = {True: "yes", False: "NO", None: "not measured"}[row["holds"]]
         means = "" if row["holds"] is None else f" ({100 * row['left']:.1f}% vs {100 * row['right']:.1f}%)"
-        print(f"{verdict:>12}: {row['finding']} — {row['task_name']}, {row['model_name']}{means}")
+        note = f"; {row['note']}" if row["note"] else ""
+        print(f"{verdict:>12}: {row['finding']} — {row['task_name']}, {row['model_name']}{means}{note}")
 
 
 def export(fam: Family, figs: Mapping[str, Any], tables: Tables, extra: Mapping[str, pd.DataFrame],
