@@ -283,8 +283,9 @@ def check_findings(fam: Family, aggregated: pd.DataFrame) -> pd.DataFrame:
     """Each finding of ``fam`` per (model, task): the two means compared and whether it holds (None: an arm missing).
 
     ``aggregated`` is ``aggregate.aggregate`` output with an ``arm`` column. ``note`` says when a comparison of final
-    accuracies is between two arms that both ended at or below their step-0 accuracy: its verdict then reflects noise
-    around a collapse, not the effect the paper measured."""
+    accuracies is between two learning arms (not zero-shot or ICL) that both ended at or below their step-0 accuracy:
+    its verdict then reflects noise around a collapse, not the effect the paper measured."""
+    references = {a.label for a in fam.arms() if a.reference}
     rows = []
     for check in fam.checks:
         table = aggregated[aggregated["metric"] == check.metric]
@@ -296,7 +297,9 @@ def check_findings(fam: Family, aggregated: pd.DataFrame) -> pd.DataFrame:
             holds = None if left is None or right is None else bool(compare(left, right + check.margin))
             start = step0[(step0["model_name"] == model) & (step0["task_name"] == task)].groupby("arm")["mean"].mean()
             flat = check.metric == "test_acc_final" and holds is not None and all(
-                arm in start and final <= start[arm] for arm, final in ((check.left, left), (check.right, right)))
-            rows.append({"finding": check.text, "model_name": model, "task_name": task, "left": left, "right": right,
-                         "holds": holds, "note": "neither arm learned (final <= step 0)" if flat else ""})
-    return pd.DataFrame(rows, columns=["finding", "model_name", "task_name", "left", "right", "holds", "note"])
+                arm not in references and arm in start and final <= start[arm]
+                for arm, final in ((check.left, left), (check.right, right)))
+            rows.append({"finding": check.text, "model_name": model, "task_name": task, "metric": check.metric,
+                         "left": left, "right": right, "holds": holds,
+                         "note": "neither arm learned (final <= step 0)" if flat else ""})
+    return pd.DataFrame(rows, columns=["finding", "model_name", "task_name", "metric", "left", "right", "holds", "note"])

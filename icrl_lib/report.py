@@ -187,7 +187,12 @@ def print_findings(fam: Family, tables: Tables) -> None:
         print("No finding can be checked yet (no finished runs, or the arms it compares were not run).")
     for row in table.to_dict("records"):
         verdict = {True: "yes", False: "NO", None: "not measured"}[row["holds"]]
-        means = "" if row["holds"] is None else f" ({100 * row['left']:.1f}% vs {100 * row['right']:.1f}%)"
+        if row["holds"] is None:
+            means = ""
+        elif row["metric"] == "spearman_rho":
+            means = f" (ρ {row['left']:.2f} vs {row['right']:.2f})"
+        else:
+            means = f" ({100 * row['left']:.1f}% vs {100 * row['right']:.1f}%)"
         note = f"; {row['note']}" if row["note"] else ""
         print(f"{verdict:>12}: {row['finding']} — {row['task_name']}, {row['model_name']}{means}{note}")
 

@@ -100,6 +100,23 @@ def test_a_finding_between_arms_that_did_not_learn_says_so():
     assert inverted["holds"] is False and inverted["note"] == "neither arm learned (final <= step 0)"
     positive = table.loc["Explorative: only-positive ends above only-negative"]
     assert positive["holds"] is True and positive["note"] == ""
+    main = families.family("main")  # zero-shot never learns by definition: "naive ends near zero-shot" needs no note
+    cells = {"zero-shot": (0.07, 0.07), "naive ICRL": (0.07, 0.01)}
+    aggregated = pd.DataFrame([{"model_name": "m", "task_name": "t", "arm": arm, "metric": metric, "mean": value}
+                               for arm, (step0, final) in cells.items()
+                               for metric, value in (("test_acc_step0", step0), ("test_acc_final", final))])
+    naive = families.check_findings(main, aggregated).set_index("finding").iloc[0]
+    assert naive["holds"] is True and naive["note"] == "" and naive["metric"] == "test_acc_final"
+
+
+def test_printed_findings_show_accuracies_as_percentages_and_rho_as_a_number(capsys):
+    from types import SimpleNamespace
+
+    fam = families.family("scaling")
+    aggregated = pd.DataFrame([{"model_name": "m", "task_name": "t", "arm": arm, "metric": "spearman_rho",
+                                "mean": rho} for arm, rho in (("explorative ICRL", 0.949), ("naive ICRL", -0.774))])
+    report.print_findings(fam, SimpleNamespace(aggregated=aggregated))
+    assert "(ρ 0.95 vs -0.77)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", [n for n, f in families.FAMILIES.items() if f.checks])
