@@ -78,7 +78,7 @@ def build(name: str):
            "metric (`icrl_lib/data/paper_results.csv`); a model the paper did not run sits beside the paper's models."),
         code("comparison = report.paper_vs_ours(fam, tables, arms)\ncomparison"),
         md("## Compute\nTraining-prompt tokens computed per step (test queries excluded, as in the paper's table)."),
-        code("tokens = report.token_table(tables)\ntokens"),
+        code("tokens = report.token_table(tables)\nreport.token_view(tokens)"),
         md("## Does this run reproduce the paper's findings?\nChecked on the numbers above; small models and small "
            "sizes may honestly not reproduce them."),
         code("report.print_findings(fam, tables)"),

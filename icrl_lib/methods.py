@@ -9,10 +9,9 @@ A run is named by its method AND every field in which it differs from the method
 """
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 _ICRL = {"icrl": True, "icrl_omit_feedback": False, "icrl_flip_feedback": False}
 
@@ -45,7 +44,10 @@ METHODS: tuple[Method, ...] = (
 )
 BY_KEY: Mapping[str, Method] = MappingProxyType({m.key: m for m in METHODS})
 METHOD_ORDER: tuple[str, ...] = tuple(m.display for m in METHODS)  # the order of the paper's plots
-OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a")
+# Names that are no method's (a family's arms, e.g. "explorative: inverted"), in sorted order within a figure.
+OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
+                "#7b4173", "#aec7e8", "#ffbb78", "#98df8a")
+DASHES = ("dash", "dot", "dashdot", "longdash", "longdashdot")
 
 # How a differing field is written inside the parentheses of a run's name.
 _SHORT = MappingProxyType({"context_p_keep": "p_keep", "temperature": "T", "max_contexts": "K",
@@ -158,22 +160,40 @@ def base_method(name: str) -> Method | None:
     return next((m for m in METHODS if name == m.display or name.startswith((m.display + " (", m.display + ", "))), None)
 
 
-def color_of(name: str) -> str:
-    """A run name's fixed colour: its method's (variants included); other names a palette colour chosen by a
-    stable hash of the name, so a name has one colour in every figure."""
-    method = base_method(name)
-    if method is not None:
-        return method.color
-    return OTHER_COLORS[zlib.crc32(name.encode()) % len(OTHER_COLORS)]
+def styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Colour and dash of each of ``names`` drawn together in one figure, all distinct, and the same for the same set
+    in every figure: a method is solid in its colour; its variants (sorted) are dashed in that colour, a darker then a
+    lighter shade after every five; other names take :data:`OTHER_COLORS` in sorted order, dashed after a round."""
+    names = list(dict.fromkeys(names))
+    out: dict[str, tuple[str, str]] = {}
+    for i, name in enumerate(sorted(n for n in names if base_method(n) is None)):
+        rounds, k = divmod(i, len(OTHER_COLORS))
+        out[name] = (OTHER_COLORS[k], "solid" if rounds == 0 else DASHES[(rounds - 1) % len(DASHES)])
+    for method in METHODS:
+        out.update({method.display: (method.color, "solid")} if method.display in names else {})
+        variants = sorted(n for n in names if base_method(n) is method and n != method.display)
+        for i, name in enumerate(variants):
+            rounds, k = divmod(i, len(DASHES))
+            out[name] = (_shade(method.color, rounds), DASHES[k])
+    return out
 
 
-def dash_of(name: str, names: list[str]) -> str:
-    """Line style: solid for a method as the paper defines it, dashes for its variants (in ``names``' order)."""
-    method = base_method(name)
-    if method is None or name == method.display:
-        return "solid"
-    variants = [n for n in names if base_method(n) is method and n != method.display]
-    return ("dash", "dot", "dashdot", "longdash", "longdashdot")[variants.index(name) % 5] if name in variants else "dash"
+def _shade(color: str, rounds: int) -> str:
+    """``color`` as is, then 40% darker, then 40% lighter (cycling): variants past the fifth dash stay distinct."""
+    factor = (0.0, -0.4, 0.4)[rounds % 3]
+    rgb = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    rgb = [round(c * (1 + factor)) if factor < 0 else round(c + (255 - c) * factor) for c in rgb]
+    return "#" + "".join(f"{c:02x}" for c in rgb)
+
+
+def color_of(name: str, names: Sequence[str] = ()) -> str:
+    """``name``'s colour among ``names`` drawn with it (:func:`styles`); a method's colour is the same in any set."""
+    return styles([*names, name])[name][0]
+
+
+def dash_of(name: str, names: Sequence[str] = ()) -> str:
+    """``name``'s line style among ``names`` drawn with it (:func:`styles`): solid for a method as defined."""
+    return styles([*names, name])[name][1]
 
 
 def markdown_table() -> str:

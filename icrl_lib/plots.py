@@ -32,8 +32,9 @@ def _groups(df: pd.DataFrame, by: str | None) -> list[tuple[str, pd.DataFrame]]:
 
 
 def _line(name: str, names: list[str]) -> dict:
-    """A run name's fixed colour and dash (methods.py), so a method looks the same in every figure."""
-    return dict(color=color_of(name), dash=dash_of(name, names))
+    """A run name's colour and dash among the ``names`` of its figure (methods.styles): a method looks the same in
+    every figure, and no two lines of one figure look alike."""
+    return dict(color=color_of(name, names), dash=dash_of(name, names))
 
 
 def _line_figure(df: pd.DataFrame, y: str, by: str | None, title: str, y_title: str,
@@ -166,7 +167,7 @@ def main_comparison_figure(runs: pd.DataFrame, *, task: str, model: str | None =
     for method in names:
         line = curves[curves["method"] == method].sort_values("step")
         n = int(line["n"].max())
-        label, color = f"{method} (n={n})", color_of(method)
+        label, color = f"{method} (n={n})", color_of(method, names)
         if (method.split(" (")[0] in REFERENCES or len(line) == 1) and last > 0:
             end = line.iloc[-1]
             fig.add_trace(go.Scatter(x=[0, last], y=[end["mean"]] * 2, name=label, mode="lines", legendgroup=method,
@@ -196,7 +197,7 @@ def regret_bar_figure(steps: pd.DataFrame, *, x: str = "task_name", color: str =
     for name in method_order(names) if color == "method" else sorted(names, key=str):
         bars = table[table[color] == name]
         fig.add_trace(go.Bar(x=bars[x], y=bars["regret"], name=str(name),
-                             marker_color=color_of(str(name)) if color == "method" else None))
+                             marker_color=color_of(str(name), names) if color == "method" else None))
     fig.update_layout(title=title, barmode="group", xaxis_title=x, yaxis_title="cumulative regret",
                       **{**_LAYOUT, "hovermode": "closest"})
     return fig
@@ -273,10 +274,11 @@ def facet_figure(table: pd.DataFrame, y: str, *, title: str, y_title: str, perce
                 shown.add(method)
                 if method in references or (len(line) == 1 and last > 0):
                     fig.add_trace(go.Scatter(x=[0, last], y=[line[y].iloc[-1]] * 2, mode="lines",
-                                             line=dict(color=color_of(method), dash="dash"), **style), row=r, col=c)
+                                             line=dict(color=color_of(method, names), dash="dash"), **style), row=r, col=c)
                     continue
                 if "low" in line and line["low"].notna().any():
-                    fig.add_trace(_band(line["step"], line["low"], line["high"], color_of(method), method), row=r, col=c)
+                    fig.add_trace(_band(line["step"], line["low"], line["high"], color_of(method, names), method),
+                                  row=r, col=c)
                 fig.add_trace(go.Scatter(x=line["step"], y=line[y], mode="lines+markers" if len(line) < 30 else "lines",
                                          line=_line(method, names), **style), row=r, col=c)
     fig.update_layout(title=title, height=max(380, 320 * len(models)), showlegend=True,
@@ -309,11 +311,15 @@ def compute_figure(tokens: pd.DataFrame, *, title: str = "Compute against accura
     the trade-off of the paper's §4 (approximate ICRL: fewer tokens for about the same accuracy)."""
     _require(tokens, ["method", "task_name", "train_tokens_per_step", "final"], "compute_figure")
     fig = go.Figure()
+    names = method_order(tokens["method"].unique().tolist())
+    labelled = len(names) <= 6  # more names than that overlap on the plot: the legend and hover carry them
     for (method, task), rows in tokens.groupby(["method", "task_name"], sort=True):
-        fig.add_trace(go.Scatter(x=rows["train_tokens_per_step"], y=rows["final"], mode="markers+text",
+        fig.add_trace(go.Scatter(x=rows["train_tokens_per_step"], y=rows["final"],
+                                 mode="markers+text" if labelled else "markers",
                                  name=f"{method} — {task}" if tokens["task_name"].nunique() > 1 else method,
                                  text=[method] * len(rows), textposition="top center",
-                                 marker=dict(size=11, color=color_of(method))))
+                                 hovertemplate=f"{method}: %{{y:.1%}} at %{{x:,.0f}} tokens/step<extra></extra>",
+                                 marker=dict(size=11, color=color_of(method, names))))
     fig.update_layout(title=title, xaxis_title="training-prompt tokens computed per step (log)",
                       yaxis_title="final test accuracy", **{**_LAYOUT, "hovermode": "closest"})
     fig.update_xaxes(type="log")

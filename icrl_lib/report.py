@@ -132,6 +132,12 @@ def token_table(tables: Tables) -> pd.DataFrame:
     return table.merge(final, on=["model_name", "task_name", "method"], how="left")
 
 
+def token_view(tokens: pd.DataFrame):
+    """``token_table`` for reading (a pandas Styler): tokens as whole numbers, final accuracy in %; export the table."""
+    return tokens.style.format({"train_tokens_per_step": "{:,.0f}", "train_tokens_total": "{:,.0f}",
+                                "final": "{:.1%}"}, na_rep="–").hide(axis="index")
+
+
 def paper_vs_ours(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.DataFrame:
     """Per task, arm and metric: our value (mean [95% interval], n) per model, and the paper's value per model it
     ran (same metric definitions). Where our model is one of the paper's, the two sit side by side."""

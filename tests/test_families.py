@@ -109,6 +109,16 @@ def test_a_finding_between_arms_that_did_not_learn_says_so():
     assert naive["holds"] is True and naive["note"] == "" and naive["metric"] == "test_acc_final"
 
 
+def test_the_token_table_reads_as_whole_tokens_and_percentages():
+    tokens = pd.DataFrame([{"model_name": "m", "task_name": "t", "method": "explorative: both",
+                            "train_tokens_per_step": 259.86, "train_tokens_total": 38979.0, "final": 0.35},
+                           {"model_name": "m", "task_name": "t", "method": "naive: both",
+                            "train_tokens_per_step": 352.5, "train_tokens_total": 52877.0, "final": float("nan")}])
+    html = report.token_view(tokens).to_html()
+    assert all(text in html for text in (">260<", ">38,979<", ">35.0%<", ">–<")) and "0.350000" not in html
+    assert tokens.loc[0, "final"] == 0.35  # the exported table keeps its numbers
+
+
 def test_printed_findings_show_accuracies_as_percentages_and_rho_as_a_number(capsys):
     from types import SimpleNamespace
 

@@ -67,6 +67,23 @@ def test_order_and_colours_are_fixed():
     assert len({m.color for m in methods.METHODS}) == len(methods.METHODS)
 
 
+@pytest.mark.parametrize("family", ["reward_ablations", "context_window", "exploration", "approximate", "main"])
+def test_names_drawn_together_get_distinct_styles(family):
+    """Every family figure draws all its arms at once: no two may share colour and dash (12 reward ablations once
+    shared 8 hashed colours; the paper's 9 naive temperatures shared 5 dashes). Methods keep their colour."""
+    from icrl_lib import families
+
+    names = methods.method_order([a.label for a in families.family(family).arms()])
+    styles = methods.styles(names)
+    assert len(set(styles.values())) == len(names), styles
+    for name in names:
+        method = methods.base_method(name)
+        if method is not None and name == method.display:
+            assert styles[name] == (method.color, "solid")
+    assert methods.styles(list(reversed(names))) == styles  # the same set looks the same in every figure
+    assert all(methods.color_of(n, names) == styles[n][0] for n in names)
+
+
 def test_unknown_method_key_is_named():
     with pytest.raises(ValueError, match="method: unknown 'explorativ'; allowed: zero_shot, icl"):
         config_fields("explorativ")
