@@ -103,18 +103,24 @@ def aggregate(per_run: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*CELL, "metric", "mean", "low", "high", "n", "interval", "peak_step"])
 
 
+def metric_text(metric: str, value: float, unit: bool = True) -> str:
+    """One value of ``metric`` as the tables write it: accuracies and gains in % with one decimal (``unit``: the %
+    sign), Spearman rho with two decimals, other values (regret, tokens) with one decimal and thousands separators."""
+    if metric in ACCURACY_METRICS + ("gain",):
+        return f"{100 * value:.1f}" + ("%" if unit else "")
+    return f"{value:.2f}" if metric == "spearman_rho" else f"{value:,.1f}"
+
+
 def metrics_table(aggregated: pd.DataFrame) -> pd.DataFrame:
     """``aggregate`` rows as the paper's table: one row per cell, one column per metric, each cell written
     ``mean [low, high]`` (accuracies in %, the peak with its step), and n seeds."""
     def text(row) -> str:
-        percent = row["metric"] in ACCURACY_METRICS + ("gain",)
-        fmt = (lambda v: f"{100 * v:.1f}") if percent else (lambda v: f"{v:.2f}" if row["metric"] == "spearman_rho"
-                                                               else f"{v:,.1f}")
+        metric = row["metric"]
         if pd.isna(row["mean"]):
             return "–"
-        out = fmt(row["mean"]) + ("%" if percent else "")
+        out = metric_text(metric, row["mean"])
         if not pd.isna(row["low"]):
-            out += f" [{fmt(row['low'])}, {fmt(row['high'])}]"
+            out += f" [{metric_text(metric, row['low'], unit=False)}, {metric_text(metric, row['high'], unit=False)}]"
         if row["metric"] == "test_acc_peak" and not pd.isna(row.get("peak_step")):
             out += f" @{row['peak_step']:.0f}"
         return out

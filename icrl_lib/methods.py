@@ -170,7 +170,8 @@ def styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:
         rounds, k = divmod(i, len(OTHER_COLORS))
         out[name] = (OTHER_COLORS[k], "solid" if rounds == 0 else DASHES[(rounds - 1) % len(DASHES)])
     for method in METHODS:
-        out.update({method.display: (method.color, "solid")} if method.display in names else {})
+        if method.display in names:
+            out[method.display] = (method.color, "solid")
         variants = sorted(n for n in names if base_method(n) is method and n != method.display)
         for i, name in enumerate(variants):
             rounds, k = divmod(i, len(DASHES))

@@ -14,7 +14,7 @@ from typing import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from .methods import color_of, dash_of, method_order
+from .methods import color_of, method_order, styles
 from .results import final_steps, require_columns, run_column, token_totals
 
 _LAYOUT = dict(template="plotly_white", hovermode="x unified", legend_title_text="")
@@ -34,7 +34,8 @@ def _groups(df: pd.DataFrame, by: str | None) -> list[tuple[str, pd.DataFrame]]:
 def _line(name: str, names: list[str]) -> dict:
     """A run name's colour and dash among the ``names`` of its figure (methods.styles): a method looks the same in
     every figure, and no two lines of one figure look alike."""
-    return dict(color=color_of(name, names), dash=dash_of(name, names))
+    color, dash = styles(names)[name]
+    return dict(color=color, dash=dash)
 
 
 def _line_figure(df: pd.DataFrame, y: str, by: str | None, title: str, y_title: str,

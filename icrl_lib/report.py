@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from . import plots, results
+from .aggregate import metric_text
 from .families import Arm, Family, check_findings, configs
 from .storage import run_name
 from .sweep import Sweep
@@ -193,12 +194,9 @@ def print_findings(fam: Family, tables: Tables) -> None:
         print("No finding can be checked yet (no finished runs, or the arms it compares were not run).")
     for row in table.to_dict("records"):
         verdict = {True: "yes", False: "NO", None: "not measured"}[row["holds"]]
-        if row["holds"] is None:
-            means = ""
-        elif row["metric"] == "spearman_rho":
-            means = f" (ρ {row['left']:.2f} vs {row['right']:.2f})"
-        else:
-            means = f" ({100 * row['left']:.1f}% vs {100 * row['right']:.1f}%)"
+        metric, rho = row["metric"], "ρ " if row["metric"] == "spearman_rho" else ""
+        means = "" if row["holds"] is None else \
+            f" ({rho}{metric_text(metric, row['left'])} vs {metric_text(metric, row['right'])})"
         note = f"; {row['note']}" if row["note"] else ""
         print(f"{verdict:>12}: {row['finding']} — {row['task_name']}, {row['model_name']}{means}{note}")
 
