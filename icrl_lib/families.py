@@ -217,11 +217,13 @@ FAMILIES: Mapping[str, Family] = MappingProxyType({f.name: f for f in (
 PARAMETER_HELP = MappingProxyType({
     "models": (["smollm2-135m-instruct"], "list", "embedded alias, hub ids or local folders (scaling: the sizes)"),
     "tasks": (["clinic150"], "list", "tasks (abstract labels add _unsemantic itself)"),
-    "seeds": ([100], "list", "an int sets seed, training_seed and test_seed; or [seed, training_seed, test_seed]"),
+    "seeds": ([100], "list", "seeds of contexts, sampling and the training order (each sets seed and training_seed)"),
+    "test_seed": (100, "int", "one test set for every arm and seed, so comparisons are paired on the same queries"),
     "train_k": (150, "Any", "training steps: an int, or a mapping task -> steps (the paper: 10000 / 5000 for TREC)"),
     "test_every": (50, "int", "test after every test_every steps (and at step 0 and the last step)"),
     "test_k": (60, "Optional[int]", "test queries per test step; None: the whole test split"),
-    "max_context_examples": (32, "Optional[int]", "episodes in a context; None: as many as fit the window"),
+    "max_context_examples": (32, "Any", "episodes in a context: an int, None (as many as fit the window), or a "
+                                        "mapping task -> either"),
     "knobs": ({}, "dict", "the values the family sweeps, e.g. {'p_keep': [0.1, 1.0]}; empty: the paper's"),
     "arm_overrides": ({}, "dict", "config fields per arm label ('*': every arm), e.g. {'*': {'context_p_keep': 0.5}}"),
     "arms": (None, "Optional[list]", "arm labels to run; None: all of the family"),
@@ -259,17 +261,21 @@ def configs(fam: Family, params: Mapping[str, Any]) -> list[tuple[Arm, Experimen
         if missing:
             raise UserError(f"arms: {fam.name} has no arm(s) {missing}; allowed: {[a.label for a in arms]}")
         arms = tuple(a for a in arms if a.label in p["arms"])
+    bad = [s for s in p["seeds"] if not isinstance(s, int) or isinstance(s, bool)]
+    if bad:
+        raise UserError(f"seeds: each must be an int (it sets seed and training_seed; test_seed is one for all runs), "
+                        f"got {bad}")
     out = []
     for a in arms:
         extra = {**p["arm_overrides"].get("*", {}), **p["arm_overrides"].get(a.label, {})}
         for model in p["models"]:
             for task in p["tasks"]:
                 for seed in p["seeds"]:
-                    seeds = dict(zip(("seed", "training_seed", "test_seed"), [seed] * 3 if isinstance(seed, int) else seed))
-                    train_k = p["train_k"][task] if isinstance(p["train_k"], Mapping) else p["train_k"]
-                    sizes = {"train_k": train_k, "test_every": p["test_every"], "test_k": p["test_k"],
-                             "max_context_examples": p["max_context_examples"], "output_dir": p["output_dir"],
-                             "debug_k": 0}  # an arm's own fields win (zero-shot's max_context_examples: 0)
+                    # Every arm and seed tests the same queries: differences are paired per query.
+                    seeds = {"seed": seed, "training_seed": seed, "test_seed": p["test_seed"]}
+                    sizes = {"train_k": _per_task(p, "train_k", task), "test_every": p["test_every"],
+                             "test_k": p["test_k"], "max_context_examples": _per_task(p, "max_context_examples", task),
+                             "output_dir": p["output_dir"], "debug_k": 0}  # an arm's own fields win (zero-shot: 0)
                     fields = {**sizes, **a.fields, **extra, **seeds, "model_name": model,
                               "task_name": task + fam.task_suffix}
                     try:
@@ -277,6 +283,16 @@ def configs(fam: Family, params: Mapping[str, Any]) -> list[tuple[Arm, Experimen
                     except ValueError as err:
                         raise UserError(f"{fam.name}, arm {a.label!r}: {err}") from None
     return out
+
+
+def _per_task(params: Mapping[str, Any], key: str, task: str) -> Any:
+    """``params[key]``, or its value for ``task`` when it is a mapping task -> value (UserError if task is missing)."""
+    value = params[key]
+    if not isinstance(value, Mapping):
+        return value
+    if task not in value:
+        raise UserError(f"{key}: no value for task {task!r}; the mapping gives {sorted(value)}")
+    return value[task]
 
 
 def check_findings(fam: Family, aggregated: pd.DataFrame) -> pd.DataFrame:
