@@ -4,25 +4,36 @@ A cell is one experiment without its seeds (:data:`CELL`: model, task, run name 
 it, and the sizes). Per run (:func:`run_metrics`), the paper's metrics (names of ``paper_results.csv``):
 ``test_acc_step0``, ``test_acc_final`` (last test step), ``test_acc_peak`` and its step (best test step: it selects
 on the test set, so report it next to the final value, never alone), ``gain`` (final minus the run's own step 0, its
-zero-shot), ``regret`` (wrong training predictions over the run) and ``spearman_rho`` (test accuracy vs step: the
-paper's stability measure). Over seeds (:func:`aggregate`,
-:func:`accuracy_curves`): mean and a t-interval over seeds, or with one seed a Wilson interval over the test queries
-(accuracies only). :func:`paired_differences` compares two methods on the seeds both ran. :func:`join_paper` puts the
-paper's published value beside ours. All tables are tidy (one value per row) and parquet-ready.
+zero-shot), ``regret`` (wrong training predictions over the run) and ``regret_per_step`` (the same over the run's
+training steps: runs of different lengths compare), ``spearman_rho`` (test accuracy vs step: the paper's stability
+measure, over ``test_points`` tests), and exploration collapse over the last ``COLLAPSE_WINDOW`` training predictions:
+``distinct_labels``, ``label_entropy`` (bits) and ``top_label_share`` (share of the most predicted label).
+Over seeds (:func:`aggregate`, :func:`accuracy_curves`): the mean and a 95% interval that combines the test queries
+and the seeds (:func:`icrl_lib.stats.accuracy_interval`) for accuracies and shares, a t-interval over seeds for the
+others. :func:`paired_differences` compares two methods on the same test queries and seeds. :func:`join_paper` puts
+the paper's published value beside ours. All tables are tidy (one value per row) and parquet-ready.
 """
 from __future__ import annotations
 
 import math
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-CELL = ("model_name", "task_name", "method", "method_key", "setting", "train_k", "test_k", "test_every")
+from . import stats
+from .methods import method_order
+
+CELL = ("model_name", "task_name", "method", "method_key", "paper_method", "paper_setting", "train_k", "test_k",
+        "test_every")
 SEED = ("seed", "training_seed", "test_seed")
-METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak", "gain", "regret", "spearman_rho")
+METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak", "gain", "regret", "regret_per_step", "spearman_rho",
+           "distinct_labels", "label_entropy", "top_label_share")
 ACCURACY_METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak")
+COLLAPSE_WINDOW = 50  # training steps over which distinct predicted labels, their entropy and the top share are taken
 LEVEL = 0.95
 PAPER_RESULTS = Path(__file__).with_name("data") / "paper_results.csv"
 
@@ -42,21 +53,12 @@ def t_interval(values) -> tuple[float, float, float, int]:
     return mean, mean - half, mean + half, n
 
 
-def wilson_interval(accuracy: float, queries: int) -> tuple[float, float]:
-    """95% Wilson score interval of an accuracy measured on ``queries`` test queries."""
-    if not queries or pd.isna(accuracy):
-        return math.nan, math.nan
-    z = 1.959963984540054
-    denominator = 1 + z * z / queries
-    center = (accuracy + z * z / (2 * queries)) / denominator
-    half = z * math.sqrt(accuracy * (1 - accuracy) / queries + z * z / (4 * queries * queries)) / denominator
-    return center - half, center + half
-
-
 def run_metrics(runs: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per run: cell and seed columns, the paper's metrics, ``peak_step``, ``last_step``, ``queries``.
+    """One row per run: cell and seed columns, the paper's metrics, ``peak_step``, ``last_step``, ``test_points``,
+    ``queries`` and ``train_steps``.
 
-    ``runs`` is ``results.load_runs`` (one row per test step), ``steps`` ``results.load_run_steps`` (for regret)."""
+    ``runs`` is ``results.load_runs`` (one row per test step), ``steps`` ``results.load_run_steps`` (for regret and
+    collapse)."""
     rows = []
     for run, tests in runs.sort_values("step").groupby("run", sort=True):
         first = tests.iloc[0]
@@ -67,17 +69,48 @@ def run_metrics(runs: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.Dat
                      "test_acc_step0": float(accuracy.iloc[0]) if tests["step"].iloc[0] == 0 else math.nan,
                      "test_acc_final": float(accuracy.iloc[-1]), "test_acc_peak": float(accuracy.iloc[peak]),
                      "peak_step": int(tests["step"].iloc[peak]), "last_step": int(tests["step"].iloc[-1]),
-                     "spearman_rho": rho, "queries": int(first.get("n", 0))})
-        rows[-1]["gain"] = rows[-1]["test_acc_final"] - rows[-1]["test_acc_step0"]  # over its own step 0 (zero-shot)
-    table = pd.DataFrame(rows, columns=["run", *CELL, *SEED, *METRICS, "peak_step", "last_step", "queries"])
+                     "spearman_rho": rho, "test_points": len(tests), "queries": int(first.get("n", 0))})
+        # over its own step 0 (zero-shot); none for a run that never trained (zero-shot: its one test is step 0)
+        rows[-1]["gain"] = rows[-1]["test_acc_final"] - rows[-1]["test_acc_step0"] if len(tests) > 1 else math.nan
+    table = pd.DataFrame(rows, columns=["run", *CELL, *SEED, *METRICS, "peak_step", "last_step", "test_points",
+                                        "queries", "train_steps"])
     if steps is not None and not steps.empty and not table.empty:
-        final = steps.sort_values("step").groupby("run").tail(1).set_index("run")["regret"]
-        table["regret"] = table["run"].map(final).astype(float)
+        trained = (steps.dropna(subset=["reward"]) if "reward" in steps else steps).sort_values("step")
+        per_run = trained.groupby("run")
+        table["train_steps"] = table["run"].map(per_run.size()).astype(float)
+        table["regret"] = table["run"].map(per_run["regret"].last()).astype(float)
+        table["regret_per_step"] = table["regret"] / table["train_steps"]
+        collapse = {run: collapse_metrics(group["prediction"].tail(COLLAPSE_WINDOW) if "prediction" in group else [])
+                    for run, group in per_run}
+        for key in ("distinct_labels", "label_entropy", "top_label_share"):
+            table[key] = table["run"].map({run: c[key] for run, c in collapse.items()}).astype(float)
     return table
 
 
+def label_entropy(labels) -> float:
+    """Shannon entropy (bits) of the empirical distribution of ``labels``; 0 when one label is always predicted."""
+    counts = np.array(list(Counter(labels).values()), dtype=float)
+    if counts.sum() == 0:
+        return float("nan")
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: no -0.0
+
+
+def collapse_metrics(predictions) -> dict[str, float]:
+    """Exploration collapse of a run's last training predictions: distinct labels, their entropy (bits) and the share
+    of the most predicted one (1.0: one label only, the paper's degeneration)."""
+    labels = [p for p in predictions if isinstance(p, str)]
+    if not labels:
+        return {"distinct_labels": math.nan, "label_entropy": math.nan, "top_label_share": math.nan}
+    counts = Counter(labels)
+    return {"distinct_labels": float(len(counts)), "label_entropy": label_entropy(labels),
+            "top_label_share": max(counts.values()) / len(labels)}
+
+
 BOUNDS = {"test_acc_step0": (0, 1), "test_acc_final": (0, 1), "test_acc_peak": (0, 1), "accuracy": (0, 1),
-          "gain": (-1, 1), "spearman_rho": (-1, 1), "regret": (0, math.inf)}  # an interval is clipped to what the metric can take
+          "gain": (-1, 1), "spearman_rho": (-1, 1), "regret": (0, math.inf), "regret_per_step": (0, 1),
+          "distinct_labels": (0, math.inf), "label_entropy": (0, math.inf), "top_label_share": (0, 1)}
+# an interval is clipped to what the metric can take
 
 
 def _clip(metric: str, low: float, high: float) -> tuple[float, float]:
@@ -85,17 +118,36 @@ def _clip(metric: str, low: float, high: float) -> tuple[float, float]:
     return (low if pd.isna(low) else max(lo, low)), (high if pd.isna(high) else min(hi, high))
 
 
+def _interval(metric: str, group: pd.DataFrame, trials: int) -> tuple[float, float, float, int, str | None]:
+    """(mean, low, high, n seeds, how) of one metric over a cell's seeds (rows of ``group``): accuracies and shares
+    over their ``trials`` (test queries, or the collapse window) and the seeds, the gain as final minus step 0 over
+    both (conservatively unpaired); other metrics a t-interval over seeds (none for one seed)."""
+    values = group[metric]
+    mean, low, high, n = t_interval(values)
+    if n and trials and metric in (*ACCURACY_METRICS, "top_label_share"):
+        estimate = stats.accuracy_interval(mean, trials, values.dropna().tolist() if n > 1 else ())
+        return mean, estimate.low, estimate.high, n, estimate.method
+    if n and metric == "spearman_rho":
+        rows = group.dropna(subset=["spearman_rho"])
+        estimate = stats.correlation_interval(list(zip(rows["spearman_rho"], rows["test_points"])))
+        return mean, estimate.low, estimate.high, n, estimate.method
+    if n and trials and metric == "gain":
+        rows = group.dropna(subset=["gain"])
+        estimate = stats.unpaired_difference([(v, trials) for v in rows["test_acc_final"]],
+                                             [(v, trials) for v in rows["test_acc_step0"]])
+        return mean, estimate.low, estimate.high, n, estimate.method
+    return mean, low, high, n, ("t over seeds" if n > 1 else None)
+
+
 def aggregate(per_run: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
-    """Per cell and metric: mean, 95% interval and n seeds (tidy). With one seed, accuracies get a Wilson interval
-    over the test queries (``interval`` says which); other metrics then have none."""
+    """Per cell and metric: mean, 95% interval and n seeds (tidy); ``interval`` says how the interval was made:
+    accuracies and the top-label share combine test-query (or window) and seed noise, so two seeds with equal
+    accuracy never give a zero-width interval; other metrics take a t-interval over seeds (none with one seed)."""
     rows = []
     for cell, group in per_run.groupby(list(CELL), dropna=False, sort=True):
         for metric in metrics:
-            mean, low, high, n = t_interval(group[metric])
-            kind = "t over seeds" if n > 1 else None
-            if n == 1 and metric in ACCURACY_METRICS:
-                low, high = wilson_interval(mean, int(group["queries"].iloc[0]))
-                kind = "Wilson over test queries"
+            trials = COLLAPSE_WINDOW if metric == "top_label_share" else int(group["queries"].iloc[0] or 0)
+            mean, low, high, n, kind = _interval(metric, group, trials)
             extra = {"peak_step": float(group["peak_step"].mean())} if metric == "test_acc_peak" else {}
             low, high = _clip(metric, low, high)
             rows.append({**dict(zip(CELL, cell)), "metric": metric, "mean": mean, "low": low, "high": high, "n": n,
@@ -106,14 +158,17 @@ def aggregate(per_run: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
 def metric_text(metric: str, value: float, unit: bool = True) -> str:
     """One value of ``metric`` as the tables write it: accuracies and gains in % with one decimal (``unit``: the %
     sign), Spearman rho with two decimals, other values (regret, tokens) with one decimal and thousands separators."""
-    if metric in ACCURACY_METRICS + ("gain",):
+    if metric in ACCURACY_METRICS + ("gain", "top_label_share"):
         return f"{100 * value:.1f}" + ("%" if unit else "")
-    return f"{value:.2f}" if metric == "spearman_rho" else f"{value:,.1f}"
+    if metric in ("spearman_rho", "label_entropy", "regret_per_step"):
+        return f"{value:.2f}"
+    return f"{value:,.1f}"
 
 
-def metrics_table(aggregated: pd.DataFrame) -> pd.DataFrame:
+def metrics_table(aggregated: pd.DataFrame, order: Sequence[str] | None = None) -> pd.DataFrame:
     """``aggregate`` rows as the paper's table: one row per cell, one column per metric, each cell written
-    ``mean [low, high]`` (accuracies in %, the peak with its step), and n seeds."""
+    ``mean [low, high]`` (accuracies in %, the peak with its step), and n seeds. Rows follow the paper's order of
+    methods (``methods.method_order``), or ``order`` (a family's arms)."""
     def text(row) -> str:
         metric = row["metric"]
         if pd.isna(row["mean"]):
@@ -130,47 +185,88 @@ def metrics_table(aggregated: pd.DataFrame) -> pd.DataFrame:
     wide = shown.pivot_table(index=keys, columns="metric", values="text", aggfunc="first")
     wide = wide.reindex(columns=[m for m in METRICS if m in wide.columns])
     names = {"test_acc_step0": "step 0", "test_acc_final": "final", "test_acc_peak": "peak @step",
-             "gain": "gain over step 0", "regret": "regret", "spearman_rho": "Spearman ρ"}
+             "gain": "gain over step 0", "regret": "regret", "regret_per_step": "regret per step",
+             "spearman_rho": "Spearman ρ", "distinct_labels": f"labels (last {COLLAPSE_WINDOW})",
+             "label_entropy": "entropy (bits)", "top_label_share": "top label share"}
     wide.columns = [names[c] for c in wide.columns]
     wide["n"] = aggregated.groupby(keys)["n"].max()
-    return wide
+    rank = {m: i for i, m in enumerate(order or method_order(list(wide.index.get_level_values("method"))))}
+    return wide.sort_index(key=lambda index: index.map(rank) if index.name == "method" else index)
 
 
 def accuracy_curves(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per cell and test step: mean test accuracy over seeds, its 95% interval and n (for the main figure)."""
+    """Per cell and test step: mean test accuracy over seeds, its 95% interval (test queries and seeds) and n."""
     cell = [k for k in CELL if k in runs.columns]  # hand-made tables may carry fewer columns
     rows = []
     for key, group in runs.groupby([*cell, "step"], dropna=False, sort=True):
-        mean, low, high, n = t_interval(group["accuracy"])
-        kind = "t over seeds"
-        if n == 1:
-            low, high = wilson_interval(mean, int(group["n"].iloc[0]) if "n" in group else 0)
-            kind = "Wilson over test queries"
+        mean, low, high, n, kind = _interval("test_acc_final", group.rename(columns={"accuracy": "test_acc_final"}),
+                                             int(group["n"].iloc[0]) if "n" in group else 0)
         low, high = _clip("accuracy", low, high)
         rows.append({**dict(zip([*cell, "step"], key)), "mean": mean, "low": low, "high": high, "n": n,
                      "interval": kind})
     return pd.DataFrame(rows, columns=[*cell, "step", "mean", "low", "high", "n", "interval"])
 
 
-def paired_differences(per_run: pd.DataFrame, a: str, b: str, metric: str = "test_acc_final",
+def query_results(predictions: pd.DataFrame, per_run: pd.DataFrame, which: str = "final") -> pd.DataFrame:
+    """Per run and test query: answer and correct (0/1) at the run's last test step (``which="final"``) or at step 0
+    (``"step0"``), with the run's seed; ``predictions`` is ``results.load``'s per-query table."""
+    if which not in ("final", "step0"):
+        raise ValueError(f"which: {which!r}; allowed: final, step0")
+    if predictions.empty or per_run.empty:
+        return pd.DataFrame(columns=["run", "seed", "example", "answer", "correct"])
+    step = per_run.set_index("run")["last_step"] if which == "final" else pd.Series(0, index=per_run["run"])
+    rows = predictions[predictions["run"].isin(step.index)]
+    rows = rows[rows["step"] == rows["run"].map(step)]
+    seed = per_run.set_index("run")["seed"]
+    return rows.assign(seed=rows["run"].map(seed), correct=rows["correct"].astype(float))[
+        ["run", "seed", "example", "answer", "correct"]].sort_values(["run", "example"])
+
+
+def side_vectors(results: pd.DataFrame) -> tuple[dict[int, list[float]], dict[int, tuple]]:
+    """{seed: correct per query} of one arm's runs (``query_results`` rows) and {seed: the answers of its queries}."""
+    vectors, answers = {}, {}
+    for (_, seed), group in results.groupby(["run", "seed"], sort=True):
+        vectors[int(seed)] = group["correct"].tolist()
+        answers[int(seed)] = tuple(group["answer"])
+    return vectors, answers
+
+
+def difference(left: pd.DataFrame, right: pd.DataFrame, level: float = stats.LEVEL) -> stats.Estimate:
+    """Accuracy of one side minus the other (``query_results`` rows of each): paired over queries where both tested
+    the same ones (per seed; across seeds too when every seed has one test set), else unpaired; seeds paired where
+    both ran them (:mod:`icrl_lib.stats`)."""
+    a, answers_a = side_vectors(left)
+    b, answers_b = side_vectors(right)
+    if not a or not b:
+        return stats.NAN_ESTIMATE
+    common = set(a) & set(b)
+    shared = len(set(answers_a.values()) | set(answers_b.values())) == 1  # one test set for every run
+    if shared or (common and all(answers_a[s] == answers_b[s] for s in common)):
+        return stats.paired_difference(a, b, level, shared_queries=shared)
+    return stats.unpaired_difference([(float(np.mean(v)), len(v)) for v in a.values()],
+                                     [(float(np.mean(v)), len(v)) for v in b.values()], level)
+
+
+def paired_differences(per_run: pd.DataFrame, predictions: pd.DataFrame, a: str, b: str,
                        by: tuple[str, ...] = ("model_name", "task_name")) -> pd.DataFrame:
-    """``a`` minus ``b`` (run names, e.g. "explorative ICRL" and "naive ICRL") on the seeds both ran, per ``by``:
-    mean difference, its 95% t-interval and n pairs. Pairing removes the seed-to-seed noise both share."""
+    """Final test accuracy of run name ``a`` minus ``b`` (e.g. "explorative ICRL" and "naive ICRL") per ``by``: the
+    difference, its 95% interval over the shared test queries and seeds (:func:`difference`), n and the minimum
+    detectable effect."""
+    final = query_results(predictions, per_run)
     rows = []
     for key, group in per_run.groupby(list(by), sort=True):
-        left = group[group["method"] == a].set_index(list(SEED))[metric]
-        right = group[group["method"] == b].set_index(list(SEED))[metric]
-        both = left.index.intersection(right.index)
-        mean, low, high, n = t_interval((left.loc[both] - right.loc[both]).tolist())
-        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "a": a, "b": b, "metric": metric,
-                     "mean_difference": mean, "low": low, "high": high, "n_pairs": n})
-    return pd.DataFrame(rows, columns=[*by, "a", "b", "metric", "mean_difference", "low", "high", "n_pairs"])
+        runs = {m: set(group.loc[group["method"] == m, "run"]) for m in (a, b)}
+        estimate = difference(final[final["run"].isin(runs[a])], final[final["run"].isin(runs[b])])
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "a": a, "b": b,
+                     **estimate.as_dict()})
+    return pd.DataFrame(rows, columns=[*by, "a", "b", *stats.NAN_ESTIMATE.as_dict()])
 
 
 @lru_cache(maxsize=1)
 def _paper_table() -> pd.DataFrame:
-    table = pd.read_csv(PAPER_RESULTS, keep_default_na=False, na_values={"value": [""], "step": [""]})
-    return table.astype({"section": float, "value": float})
+    table = pd.read_csv(PAPER_RESULTS, keep_default_na=False, na_values={"value": [""], "step": [""]},
+                        dtype={"section": str})  # "3.1" and "3.10" are two sections, not one number
+    return table.astype({"value": float})
 
 
 def paper_results() -> pd.DataFrame:
@@ -178,13 +274,21 @@ def paper_results() -> pd.DataFrame:
     return _paper_table().copy()
 
 
+def _section_order(section: str) -> tuple[int, ...]:
+    """``"3.10"`` -> (3, 10): sections sort as the paper numbers them."""
+    return tuple(int(part) for part in str(section).split("."))
+
+
 def join_paper(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` (``aggregate`` rows: model_name, task_name, method_key, setting, metric) with ``paper_value`` (and
-    ``paper_step``, ``paper_section``) where the paper reports that cell. A number the paper prints twice is taken
-    from its first section, a table before a figure."""
-    paper = paper_results().sort_values(["section", "source"], key=lambda s: s if s.name == "section" else s != "T")
+    """``table`` (``aggregate`` rows: model_name, task_name, paper_method, paper_setting, metric) with ``paper_value``
+    (and ``paper_step``, ``paper_section``) where the paper reports that cell: the same model, task and setting
+    (``families.paper_coordinates``). A number the paper prints twice is taken from its first section, a table
+    before a figure."""
+    paper = paper_results().sort_values(["section", "source"], key=lambda s: s.map(_section_order) if s.name == "section"
+                                        else s != "T")
     paper = paper.drop_duplicates(["model", "task", "method", "setting", "metric"])
-    paper = paper.rename(columns={"model": "model_name", "task": "task_name", "method": "method_key",
-                                  "value": "paper_value", "step": "paper_step", "section": "paper_section"})
-    keys = ["model_name", "task_name", "method_key", "setting", "metric"]
+    paper = paper.rename(columns={"model": "model_name", "task": "task_name", "method": "paper_method",
+                                  "setting": "paper_setting", "value": "paper_value", "step": "paper_step",
+                                  "section": "paper_section"})
+    keys = ["model_name", "task_name", "paper_method", "paper_setting", "metric"]
     return table.merge(paper[[*keys, "paper_value", "paper_step", "paper_section"]], on=keys, how="left")

@@ -16,7 +16,8 @@ from .config import config_from_argv
 COMMANDS = {"run": "run one experiment (paper flags)",
             "sweep": "run a sweep of experiments (params/sweeps/*.yaml) locally, on Slurm or on Ray; --status",
             "check": "check an experiment notebook's params YAML without running it (what make experiment does first)",
-            "max-examples": "max context examples for a window"}
+            "max-examples": "max context examples for a window",
+            "verdicts": "the paper's findings across families: summary of the family notebooks' verdict tables"}
 
 
 def _max_examples(argv: list[str]) -> int:
@@ -89,6 +90,41 @@ def _sweep(argv: list[str]) -> int:
     return 0 if bad.empty else 1
 
 
+def _verdicts(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="icrl verdicts", description="Gather the verdict tables the family notebooks "
+                                     "exported (<outputs>/_analysis/<family>/verdicts.parquet) and print one line per "
+                                     "finding; --snapshot and --readme record them for the README.")
+    parser.add_argument("--outputs", default="outputs", help="the families' output_dir (relative: to the checkout)")
+    parser.add_argument("--snapshot", action="store_true", help=f"write the table to {CPU_VERDICTS_HELP}")
+    parser.add_argument("--readme", action="store_true", help="rewrite the README's verdict table from the snapshot")
+    args = parser.parse_args(argv)
+    import pandas as pd
+
+    from . import verdicts
+    from .paths import project_root, resolve_path
+
+    root = project_root()
+    table = verdicts.gather(resolve_path(args.outputs))
+    if table.empty and not args.readme:
+        print(f"no verdict tables under {resolve_path(args.outputs)}/_analysis: execute family notebooks first "
+              "(make family F=<name>)", file=sys.stderr)
+        return 2
+    if args.snapshot:
+        table.to_csv(root / verdicts.CPU_VERDICTS, index=False)
+        print(f"wrote {root / verdicts.CPU_VERDICTS}")
+    if args.readme:
+        snapshot = pd.read_csv(root / verdicts.CPU_VERDICTS)
+        verdicts.write_readme(root / "README.md", snapshot)
+        print(f"rewrote the verdict table of {root / 'README.md'} from {verdicts.CPU_VERDICTS}")
+    if not table.empty:
+        with pd.option_context("display.max_rows", None, "display.width", 250, "display.max_colwidth", 90):
+            print(verdicts.overall(table).drop(columns=["ours_beyond_the_paper"]).to_string(index=False))
+    return 0
+
+
+CPU_VERDICTS_HELP = "outputs/verdicts_cpu.csv (the CPU profiles' verdicts, committed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m icrl_lib`` and the ``icrl`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -104,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(argv[1:])
         if argv[0] == "sweep":
             return _sweep(argv[1:])
+        if argv[0] == "verdicts":
+            return _verdicts(argv[1:])
         config = config_from_argv(argv[1:])
         from .runner import run_experiment
 

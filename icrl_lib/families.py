@@ -4,25 +4,20 @@ A family (``FAMILIES``) is a set of arms; an arm is a labelled bundle of config 
 :mod:`icrl_lib.methods` plus the setting the family varies) with the coordinates of the paper's published numbers
 (``paper_results.csv``'s ``method`` and ``setting``). The values a family sweeps (p_keep, temperatures, windows, K)
 are knobs with the paper's defaults that a params file may shrink for a CPU. :func:`configs` crosses arms with the
-models, tasks and seeds of a params file into run configs; :func:`check_findings` tests each paper finding on our
-aggregated numbers and says, honestly, whether it holds.
+models, tasks and seeds of a params file into run configs. The paper's findings a family checks are
+:mod:`icrl_lib.findings`; :mod:`icrl_lib.verdicts` tests them on the runs' per-query results.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-import pandas as pd
-
 from .config import ExperimentConfig
 from .errors import UserError
+from .findings import Check, checks_for
 from .methods import config_fields
-
-LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
-PAPER_TRAIN_K = MappingProxyType({"banking77": 10000, "clinic150": 10000, "nlu": 10000, "trec_coarse": 5000,
-                                  "trec_fine": 5000})
-
 
 @dataclass(frozen=True)
 class Arm:
@@ -38,19 +33,6 @@ class Arm:
 
 
 @dataclass(frozen=True)
-class Check:
-    """A paper finding as a comparison of two arms' mean ``metric``: ``left op right + margin``."""
-
-    text: str
-    left: str
-    right: str
-    op: str = "<="  # "<=", ">=" or ">" (strictly above)
-    margin: float = 0.0
-    metric: str = "test_acc_final"
-    paper_models: tuple[str, ...] = ()  # the paper's models whose numbers show it (empty: all it reports)
-
-
-@dataclass(frozen=True)
 class Family:
     """An experiment family of the paper."""
 
@@ -62,18 +44,25 @@ class Family:
     paper_families: tuple[str, ...]  # paper_results.csv `family` values it reproduces
     build: Callable[[Mapping[str, tuple]], tuple[Arm, ...]]
     knobs: Mapping[str, tuple] = field(default_factory=dict)  # paper defaults of the values the family sweeps
-    checks: tuple[Check, ...] = ()
     by_model: bool = False  # the family's knob is the model (scaling): final accuracy is drawn against it
     task_suffix: str = ""  # "_unsemantic" for abstract labels
 
-    def arms(self, knobs: Mapping[str, Any] | None = None) -> tuple[Arm, ...]:
-        """The arms for ``knobs`` (the paper's values where a knob is not given)."""
+    def knob_values(self, knobs: Mapping[str, Any] | None = None) -> dict[str, tuple]:
+        """``knobs`` over the paper's values; UserError on a knob the family does not have."""
         values = dict(self.knobs)
         for key, value in (knobs or {}).items():
             if key not in self.knobs:
                 raise UserError(f"knobs: {self.name} has no knob {key!r}; allowed: {', '.join(self.knobs) or 'none'}")
             values[key] = tuple(value)
-        return self.build(values)
+        return values
+
+    def arms(self, knobs: Mapping[str, Any] | None = None) -> tuple[Arm, ...]:
+        """The arms for ``knobs`` (the paper's values where a knob is not given)."""
+        return self.build(self.knob_values(knobs))
+
+    def checks(self, knobs: Mapping[str, Any] | None = None) -> tuple[Check, ...]:
+        """The paper's findings this family checks (:mod:`icrl_lib.findings`), for ``knobs``."""
+        return checks_for(self.name, self.knob_values(knobs))
 
 
 def arm(label: str, method: str, paper_method: str | None = None, paper_setting: str = "", knob: str | None = None,
@@ -146,71 +135,47 @@ FAMILIES: Mapping[str, Family] = MappingProxyType({f.name: f for f in (
     Family("main", "Main results: ICRL methods against zero-shot and the ICL upper bound", "§3.1-3.3, Figure 2, Table 1",
            "Does a model learn a classification task in context from rewards alone, and which way of building the "
            "context makes it work?",
-           "Naive ICRL degenerates (it stops exploring and ends at most a few points above zero-shot, often below); "
-           "explorative ICRL learns, often approaching the ICL upper bound; approximate ICRL learns too at a fraction "
-           "of the compute with Llama-3.1-8B, but with Phi-3.5-mini it ends below zero-shot on 4 of 5 tasks.",
-           ("main", "zero_shot"), _main, checks=(
-               Check("Naive ICRL ends no better than zero-shot + 15 points", "naive ICRL", "zero-shot", "<=", 0.15),
-               Check("Explorative ICRL ends above zero-shot", "explorative ICRL", "zero-shot", ">"),
-               Check("Explorative ICRL ends above naive ICRL", "explorative ICRL", "naive ICRL", ">"),
-               Check("Approximate ICRL ends above zero-shot (the paper: Llama-3.1-8B, not Phi-3.5-mini)",
-                     "approximate ICRL", "zero-shot", ">", paper_models=(LLAMA,)))),
+           "Naive ICRL degenerates: it stops exploring and ends at most a few points above zero-shot, often below "
+           "(Qwen2.5-7B on Banking77 is the exception: +11 points). Naive+ (positive episodes only) and explorative "
+           "ICRL learn, explorative ICRL often approaching the ICL upper bound; approximate ICRL learns too at a "
+           "fraction of the compute with Llama-3.1-8B, but with Phi-3.5-mini it ends below zero-shot on 4 of 5 tasks.",
+           ("main", "zero_shot"), _main),
     Family("reward_ablations", "Which rewards matter", "§3.4, Figure 3",
            "What does the model learn from: positive episodes, negative ones, the feedback text, correct rewards?",
-           "Positive episodes carry the learning: contexts of positive episodes only learn best; adding the negative "
-           "ones (both) costs much of the gain, and only negative episodes or no feedback learn little. With both "
-           "kinds of episode, 10% noisy rewards cost little and inverted rewards cost more.",
-           ("reward_ablations",), _reward_ablations, checks=(
-               Check("Explorative: only-positive ends above only-negative", "explorative: only_positive",
-                     "explorative: only_negative", ">"),
-               Check("Explorative: only-positive ends above both", "explorative: only_positive", "explorative: both",
-                     ">"),
-               Check("Naive (T=2): only-positive ends above both", "naive: only_positive", "naive: both", ">"),
-               Check("Explorative: inverted rewards end below correct ones (both)", "explorative: inverted",
-                     "explorative: both", "<="),
-               Check("Explorative: 10% noisy rewards end within 10 points of clean ones (both)",
-                     "explorative: noisy_10", "explorative: both", ">=", -0.10))),
+           "Positive episodes carry the learning: contexts of positive episodes only learn best, and adding the "
+           "negative ones (both) costs much of the gain. Only negative episodes learn little. Without feedback naive "
+           "ICRL learns nothing, while explorative ICRL still gains 14 points. With both kinds of episode, 10% noisy "
+           "rewards cost a few points and inverted rewards cost more.",
+           ("reward_ablations",), _reward_ablations),
     Family("abstract_labels", "Abstract labels", "§3.5, Figure 4, Table 2",
            "Does ICRL still work when label names carry no meaning (label_1000, ...), so that prior knowledge of the "
-           "task cannot help?", "With abstract labels learning needs exploration and one exemplar per label helps "
-           "it start; naive ICRL stays near chance.", ("abstract_labels",), _abstract, task_suffix="_unsemantic",
-           checks=(Check("Explorative with 1 exemplar/label ends above naive ICRL", "explorative ICRL (1 exemplar/label)",
-                         "naive ICRL", ">"),)),
+           "task cannot help?", "With abstract labels naive ICRL stays near 0% while explorative ICRL learns; one "
+           "exemplar per label helps explorative ICRL start on tasks with many labels (Banking77, CLINIC150, NLU), "
+           "not on TREC.", ("abstract_labels",), _abstract, task_suffix="_unsemantic"),
     Family("exploration", "Exploration: p_keep and temperature", "§3.8-3.9, Figures 6-7",
            "How much stochasticity does ICRL need: in which episodes enter the context (p_keep) and in sampling "
-           "predictions (temperature)?", "Explorative ICRL is robust over p_keep 0.01-0.5 and degrades at 1.0 (no "
-           "context stochasticity); naive ICRL does not recover by raising the temperature alone.",
+           "predictions (temperature)?", "On Banking77, explorative ICRL works over p_keep 0.05-0.5 and degrades at "
+           "1.0 (no context stochasticity) and at 0.01; naive ICRL stays far below Naive+ at every temperature, so "
+           "raising the temperature alone does not rescue it.",
            ("p_keep", "temperature"), _exploration, knobs=MappingProxyType({
-               "p_keep": (0.01, 0.05, 0.1, 0.5, 1.0), "temperature": (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)}),
-           checks=(
-               Check("Explorative at p_keep 1.0 ends below p_keep 0.1", "explorative ICRL, p_keep=1",
-                     "explorative ICRL, p_keep=0.1", "<="),)),
+               "p_keep": (0.01, 0.05, 0.1, 0.5, 1.0), "temperature": (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)})),
     Family("context_window", "Limited context windows", "§3.10, Figure 8",
            "What if the context window is too small for all the episodes explorative ICRL keeps, and which episodes "
-           "should be dropped?", "A smaller window costs little accuracy, and the downsampling strategy matters "
-           "little.", ("context_window",), _context_window, knobs=MappingProxyType({"window": (4096, 8192)}),
-           ),
+           "should be dropped?", "Limited windows cost accuracy: with 4K- and 8K-token windows explorative ICRL "
+           "ends 12-27 points below the full 128K window, 4K below 8K; the downsampling strategy moves it by up to 8 "
+           "points.", ("context_window",), _context_window, knobs=MappingProxyType({"window": (4096, 8192)})),
     Family("approximate", "Approximate ICRL: number of contexts and sampling", "§3.11 and §4, Figure 9, Table 3",
            "How many contexts K does approximate ICRL need to match explorative ICRL, and at what compute?",
            "With Llama-3.1-8B accuracy rises with K and is within 5 points of explorative ICRL (K=∞) at K=8, "
-           "processing far fewer tokens; Phi-3.5-mini needs K≥32. Exact sampling of the context does not beat "
+           "processing 100-280x fewer tokens; Phi-3.5-mini needs K≥32. Exact sampling of the context is worse than "
            "uniform.", ("approximate", "compute"), _approximate,
-           knobs=MappingProxyType({"K": (1, 2, 4, 8, 32, 128)}), checks=(
-               Check("K=8 ends within 5 points of explorative (K=∞) (the paper: Llama-3.1-8B)", "approximate ICRL, K=8",
-                     "explorative ICRL (K=∞)", ">=", -0.05, paper_models=(LLAMA,)),
-               Check("K=8 ends above K=1 (the paper: Llama-3.1-8B)", "approximate ICRL, K=8", "approximate ICRL, K=1",
-                     ">", paper_models=(LLAMA,)),
-               Check("K=32 ends within 10 points of explorative (K=∞)", "approximate ICRL, K=32",
-                     "explorative ICRL (K=∞)", ">=", -0.10),
-               Check("K=8: exact sampling ends no better than uniform", "approximate ICRL, K=8, exact",
-                     "approximate ICRL, K=8", "<="))),
+           knobs=MappingProxyType({"K": (1, 2, 4, 8, 32, 128)})),
     Family("scaling", "Model scale", "§3.6-3.7, Figure 5",
            "Does in-context reinforcement learning improve with model size, and do larger models learn more stably?",
-           "Gains grow with scale (Qwen2.5 0.5B to 72B): small models learn little and collapse, larger ones learn "
-           "steadily with explorative ICRL and Naive+; naive ICRL's test accuracy falls over the run at every size.",
-           ("scaling", "stability"), _scaling, by_model=True, checks=(
-               Check("Explorative ICRL learns more steadily than naive ICRL (higher Spearman ρ of test accuracy with "
-                     "step)", "explorative ICRL", "naive ICRL", ">", metric="spearman_rho"),)),
+           "Every size (Qwen2.5 0.5B to 72B) improves substantially over zero-shot with explorative ICRL and Naive+, "
+           "larger ones more; explorative ICRL learns more stably than Naive+ (higher Spearman ρ on Banking77, "
+           "CLINIC150 and NLU; the paper calls TREC inconclusive), and naive ICRL's test accuracy falls over the run at "
+           "most sizes.", ("scaling", "stability"), _scaling, by_model=True),
 )})
 
 # A family notebook's parameters (params/families/<family>/*.yaml): name -> (default, type as papermill shows it, help)
@@ -295,27 +260,30 @@ def _per_task(params: Mapping[str, Any], key: str, task: str) -> Any:
     return value[task]
 
 
-def check_findings(fam: Family, aggregated: pd.DataFrame) -> pd.DataFrame:
-    """Each finding of ``fam`` per (model, task): the two means compared and whether it holds (None: an arm missing).
+# The fields that say which method and setting a run is (sizes, seeds and places are not).
+SETTING_FIELDS = ("context_strategy_name", "temperature", "context_p_keep", "max_context_examples", "icrl",
+                  "icrl_omit_feedback", "icrl_flip_feedback", "icrl_flip_feedback_prob", "max_contexts",
+                  "approximate_context_sampling_method", "exemplars_per_label", "max_window_tokens", "system_prompt")
 
-    ``aggregated`` is ``aggregate.aggregate`` output with an ``arm`` column. ``note`` says when a comparison of final
-    accuracies is between two learning arms (not zero-shot or ICL) that both ended at or below their step-0 accuracy:
-    its verdict then reflects noise around a collapse, not the effect the paper measured."""
-    references = {a.label for a in fam.arms() if a.reference}
-    step0 = aggregated[aggregated["metric"] == "test_acc_step0"].groupby(["model_name", "task_name", "arm"])["mean"]
-    start = step0.mean().to_dict()  # (model, task, arm) -> mean step-0 accuracy
-    rows = []
-    for check in fam.checks:
-        table = aggregated[aggregated["metric"] == check.metric]
-        for (model, task), cell in table.groupby(["model_name", "task_name"], sort=True):
-            means = cell.groupby("arm")["mean"].mean()
-            left, right = means.get(check.left), means.get(check.right)
-            compare = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b, ">": lambda a, b: a > b}[check.op]
-            holds = None if left is None or right is None else bool(compare(left, right + check.margin))
-            flat = check.metric == "test_acc_final" and holds is not None and all(
-                arm not in references and (model, task, arm) in start and final <= start[model, task, arm]
-                for arm, final in ((check.left, left), (check.right, right)))
-            rows.append({"finding": check.text, "model_name": model, "task_name": task, "metric": check.metric,
-                         "left": left, "right": right, "holds": holds,
-                         "note": "neither arm learned (final <= step 0)" if flat else ""})
-    return pd.DataFrame(rows, columns=["finding", "model_name", "task_name", "metric", "left", "right", "holds", "note"])
+
+@lru_cache(maxsize=None)
+def _paper_grid() -> tuple[tuple[str, str, str, str, tuple], ...]:
+    """(family, task suffix, paper method, paper setting, setting fields) of every arm the paper ran."""
+    out = []
+    for fam in FAMILIES.values():
+        for a in fam.arms():
+            identity = ExperimentConfig.from_dict(dict(a.fields)).identity()
+            out.append((fam.name, fam.task_suffix, a.paper_method, a.paper_setting,
+                        tuple((k, identity.get(k)) for k in SETTING_FIELDS)))
+    return tuple(out)
+
+
+def paper_coordinates(config: ExperimentConfig) -> tuple[tuple[str, str, str], ...]:
+    """Where the paper reports a run with exactly this method and setting: (family, ``paper_results.csv`` method,
+    setting), in the order of :data:`FAMILIES`; empty when it ran no such setting (e.g. a 16-episode cap on the
+    context, p_keep 0.5 for approximate ICRL, a 400-token window). The one rule for the family notebooks and
+    ``results.ipynb``."""
+    identity = config.identity()
+    mine = tuple((k, identity.get(k)) for k in SETTING_FIELDS)
+    return tuple((family_name, method, setting) for family_name, suffix, method, setting, fields in _paper_grid()
+                 if fields == mine and config.task_name.endswith("_unsemantic") == bool(suffix))

@@ -68,24 +68,33 @@ def build(name: str):
         md("## Runs\nEach run is resumed or skipped when already done; progress lines come while the runs go."),
         code("status = launchers.run_sweep(sweep) if params[\"run\"] else launchers.status(sweep)\n"
              "status[[\"method\", \"task_name\", \"model_name\", \"seed\", \"state\", \"steps_done\", \"steps\"]]"),
-        md("## Results\nThe paper's metrics per arm: mean over seeds [95% interval] and n (one seed: a Wilson interval "
-           "over the test queries). The peak selects on the test set: read it next to the final value."),
-        code("tables = report.collect(sweep, arms)\nresults.metrics_table(tables.aggregated)"),
+        md("## Verdicts: does this reproduce the paper's findings?\nEach finding is the paper's claim about the "
+           "difference between two arms (or an arm and its own step 0), with the paper's margin. Its 95% interval "
+           "pairs the arms on the same test queries and seeds and combines query and seed noise: **supported** when "
+           "the interval lies wholly on the claim's side (for \"within\" and \"at most\" claims, wholly inside the "
+           "margin), **contradicted** when it lies wholly on the other side, otherwise **inconclusive** (the data "
+           "cannot tell; MDE is the smallest true difference these sizes would detect with 80% power). The first table "
+           "combines a finding's tasks with a Bonferroni correction; tasks the paper does not claim a finding for are "
+           "reported apart. Small models and small sizes may honestly not reproduce the paper."),
+        code("tables = report.collect(sweep, arms)\nverdict_table = report.verdict_table(fam, tables, arms, params)\n"
+             "report.show_verdicts(fam, verdict_table)"),
+        md("## Results\nThe paper's metrics per arm: mean over seeds [95% interval] and n seeds (the interval "
+           "combines test-query and seed noise). The peak selects on the test set: read it next to the final value. "
+           "Collapse columns are over the last 50 training predictions."),
+        code("results.metrics_table(tables.aggregated, report.arm_order(arms))"),
         md("## Figures"),
         code("figures = report.figures(fam, tables, arms)\nfamily_notebook.show_figures(figures, tables.curves, "
              "report.references(arms))"),
-        md("## Paper vs ours\nOur value per model next to the paper's published value for the same task, arm and "
-           "metric (`icrl_lib/data/paper_results.csv`); a model the paper did not run sits beside the paper's models."),
+        md("## Paper vs ours\nOur value next to the paper's for the same task and the arm's actual setting (p_keep, "
+           "K, window, episodes per context, temperature), with both sides' steps, test queries and window; \"no paper "
+           "counterpart\" where the paper ran no such setting (`icrl_lib/data/paper_results.csv`)."),
         code("comparison = report.paper_vs_ours(fam, tables, arms)\ncomparison"),
         md("## Compute\nTraining-prompt tokens computed per step (test queries excluded, as in the paper's table)."),
         code("tokens = report.token_table(tables)\nreport.token_view(tokens)"),
-        md("## Does this run reproduce the paper's findings?\nChecked on the numbers above; small models and small "
-           "sizes may honestly not reproduce them."),
-        code("report.print_findings(fam, tables)"),
         md("## Export"),
         code("folder = notebook.resolve_path(params[\"export_dir\"] or f\"{params['output_dir']}/_analysis/{fam.name}\")\n"
-             "paths = report.export(fam, figures, tables, {\"paper_vs_ours\": comparison, \"tokens\": tokens,\n"
-             "                                             \"findings\": report.findings(fam, tables)}, folder)\n"
+             "paths = report.export(fam, figures, tables, {\"verdicts\": verdict_table, \"paper_vs_ours\": comparison,\n"
+             "                                             \"tokens\": tokens}, folder)\n"
              "for name, path in paths.items():\n    print(f\"{name}: {path}\")\n"
              "assert paths and all(path.stat().st_size > 0 for path in paths.values())"),
     ]

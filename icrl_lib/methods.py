@@ -122,24 +122,10 @@ def name_run(config: Mapping[str, Any]) -> str:
     return base + (f" ({', '.join(f'{k}={_fmt(v)}' for k, v in diff.items())})" if diff else "")
 
 
-# differences() short names -> the `setting` keys of paper_results.csv
-_SETTING = MappingProxyType({"p_keep": "p_keep", "T": "temperature", "K": "K", "sampling": "sampling",
-                             "window": "window", "exemplars": "exemplars_per_label"})
-
-
 def key_of(config: Mapping[str, Any]) -> str | None:
     """The paper's key of a config's method (``paper_results.csv``'s ``method``), or None."""
     method = method_of(config)
     return method.key if method else None
-
-
-def setting_of(config: Mapping[str, Any]) -> str:
-    """The ``setting`` of ``paper_results.csv`` for a config: ``key=value;...`` of what differs from its method
-    (``""`` for the method as defined; zero-shot always gives its temperature, as the paper's rows do)."""
-    diff = differences(config)
-    if method_of(config) is BY_KEY["zero_shot"]:
-        diff = {"T": float(config.get("temperature", 1.0)), **{k: v for k, v in diff.items() if k != "T"}}
-    return ";".join(f"{_SETTING.get(k, k)}={float(v) if k == 'T' else v}" for k, v in diff.items())
 
 
 def _fmt(value: Any) -> str:

@@ -198,15 +198,17 @@ def jupyter_pre_save_hook(model: dict, **_: Any) -> None:
 
 
 def comparison_browser(runs: pd.DataFrame):
-    """ipywidgets: model and task dropdowns plus one checkbox per method, redrawing the main comparison."""
+    """ipywidgets: model and task dropdowns plus one checkbox per run name, redrawing the main comparison. The
+    checkboxes wrap onto as many rows as they need (every one stays on screen at any width), each as wide as its
+    name."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     model = widgets.Dropdown(options=sorted(runs["model_name"].unique()), description="model")
     task = widgets.Dropdown(options=sorted(runs["task_name"].unique()), description="task")
-    boxes = [widgets.Checkbox(value=True, description=m, indent=False)
+    boxes = [widgets.Checkbox(value=True, description=m, indent=False, layout=widgets.Layout(width="max-content",
+                                                                                             margin="0 16px 0 0"))
              for m in methods.method_order(runs["method"].unique().tolist())]
-    out = widgets.Output()
+    out = widgets.Output(layout=widgets.Layout(width="100%"))
 
     def redraw(*_):
         chosen = [box.description for box in boxes if box.value]
@@ -221,7 +223,8 @@ def comparison_browser(runs: pd.DataFrame):
     for widget in (model, task, *boxes):
         widget.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([model, task]), widgets.HBox(boxes), out])
+    wrapped = widgets.Box(boxes, layout=widgets.Layout(display="flex", flex_flow="row wrap", width="100%"))
+    return widgets.VBox([widgets.HBox([model, task]), wrapped, out], layout=widgets.Layout(width="100%"))
 
 
 def show_in_widget(figure) -> None:

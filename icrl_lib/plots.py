@@ -181,26 +181,51 @@ def main_comparison_figure(runs: pd.DataFrame, *, task: str, model: str | None =
                                  line=_line(method, names), customdata=line[["low", "high"]].values,
                                  hovertemplate="%{y:.1%} [%{customdata[0]:.1%}, %{customdata[1]:.1%}]"))
     model_text = f" — {model}" if model else ""
-    fig.update_layout(title=title or f"{task}{model_text}: test accuracy (mean over seeds, 95% interval)",
+    sizes = ""
+    if len(curves):
+        chosen = _select(runs, task, model, methods)
+        queries = int(chosen["n"].max()) if "n" in chosen else 0
+        sizes = f"<br><sup>up to {last + 1:,} steps · {queries} test queries · n = seeds per line</sup>"
+    fig.update_layout(title=title or f"{task}{model_text}: test accuracy (mean over seeds, 95% interval){sizes}",
                       xaxis_title="step", yaxis_title="test accuracy", showlegend=True, **_LAYOUT)
+    _legend_below(fig, len(names))
     fig.update_yaxes(range=[0, 1], tickformat=".0%")
     return fig
 
 
+def _legend_below(fig: go.Figure, entries: int) -> None:
+    """A horizontal legend under the plot, wrapping: long run names no longer squeeze the plot's width."""
+    rows = max(1, (entries + 2) // 3)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
+                      height=420 + 22 * rows, margin=dict(b=60 + 22 * rows))
+
+
+PATTERNS = {"solid": "", "dash": "/", "dot": ".", "dashdot": "x", "longdash": "-", "longdashdot": "+"}  # bars
+
+
 def regret_bar_figure(steps: pd.DataFrame, *, x: str = "task_name", color: str = "method",
-                      title: str = "Final cumulative regret") -> go.Figure:
-    """Regret at each run's last step, bars grouped by ``x`` and coloured by ``color`` (mean over runs)."""
+                      title: str = "Regret per training step (wrong predictions / steps)") -> go.Figure:
+    """Each run's final regret divided by its training steps (runs of 4 and 600 steps compare), bars grouped by
+    ``x`` and styled by ``color`` (mean over runs): a method's colour, its variants in a hatch pattern."""
     _require(steps, ["step", "regret", x, color], "regret_bar_figure")
-    final = final_steps(steps).dropna(subset=["regret"])
-    table = final.groupby([x, color], as_index=False)["regret"].mean()
+    trained = steps.dropna(subset=["regret"])
+    key = run_column(trained)
+    counts = trained.groupby(key)["step"].count() if key else pd.Series({None: len(trained)})
+    final = final_steps(trained)
+    final = final.assign(per_step=final["regret"] / (final[key].map(counts) if key else len(trained)))
+    table = final.groupby([x, color], as_index=False)["per_step"].mean()
     names = table[color].unique().tolist()
+    look = styles([str(n) for n in names]) if color == "method" else {}
     fig = go.Figure()
     for name in method_order(names) if color == "method" else sorted(names, key=str):
         bars = table[table[color] == name]
-        fig.add_trace(go.Bar(x=bars[x], y=bars["regret"], name=str(name),
-                             marker_color=color_of(str(name), names) if color == "method" else None))
-    fig.update_layout(title=title, barmode="group", xaxis_title=x, yaxis_title="cumulative regret",
+        colour, dash = look.get(str(name), (None, "solid"))
+        fig.add_trace(go.Bar(x=bars[x], y=bars["per_step"], name=str(name), marker_color=colour,
+                             marker_pattern_shape=PATTERNS[dash], hovertemplate="%{y:.2f}"))
+    fig.update_layout(title=title, barmode="group", xaxis_title=x, yaxis_title="regret per step",
                       **{**_LAYOUT, "hovermode": "closest"})
+    fig.update_yaxes(range=[0, 1])
+    _legend_below(fig, len(names))
     return fig
 
 

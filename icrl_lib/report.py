@@ -10,13 +10,13 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from . import plots, results
+from . import plots, results, stats, verdicts
 from .aggregate import metric_text
-from .families import Arm, Family, check_findings, configs
+from .config import ExperimentConfig
+from .families import Arm, Family, configs, paper_coordinates
 from .storage import run_name
 from .sweep import Sweep
 
-FIGURE_METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak", "regret")
 RUNNING_WINDOW = 256  # the paper's appendix: running training accuracy over 256 steps
 
 
@@ -26,9 +26,11 @@ class Tables:
 
     tests: pd.DataFrame
     steps: pd.DataFrame
+    predictions: pd.DataFrame  # every test prediction (per query): what the verdicts pair on
     per_run: pd.DataFrame
     aggregated: pd.DataFrame
     curves: pd.DataFrame
+    configs: Mapping[str, ExperimentConfig]  # run folder name -> its config
 
 
 def family_sweep(fam: Family, params: Mapping[str, Any]) -> tuple[Sweep, Mapping[str, Arm]]:
@@ -49,13 +51,19 @@ def family_sweep(fam: Family, params: Mapping[str, Any]) -> tuple[Sweep, Mapping
 
 def collect(sweep: Sweep, arms: Mapping[str, Arm]) -> Tables:
     """The family's runs as tables, each labelled by its arm; runs not started yet are simply absent."""
-    tests, steps = results.load(Path(sweep.configs[0].output_dir), runs=arms)
+    tests, steps, predictions = results.load(Path(sweep.configs[0].output_dir), runs=arms)
     for table in (tests, steps):
         if not table.empty:
             table["method"] = table["run"].map(lambda r: arms[r].label)
     per_run = results.run_metrics(tests, steps)
     aggregated = results.aggregate(per_run)
-    return Tables(tests, steps, per_run, aggregated.assign(arm=aggregated["method"]), results.accuracy_curves(tests))
+    return Tables(tests, steps, predictions, per_run, aggregated.assign(arm=aggregated["method"]),
+                  results.accuracy_curves(tests), MappingProxyType({run_name(c): c for c in sweep.configs}))
+
+
+def arm_order(arms: Mapping[str, Arm]) -> list[str]:
+    """The family's arm labels in its (the paper's) order."""
+    return list(dict.fromkeys(a.label for a in arms.values()))
 
 
 def references(arms: Mapping[str, Arm]) -> list[str]:
@@ -75,8 +83,9 @@ def figures(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> dict[str, A
     accuracy against each value the family sweeps (p_keep, temperature, window, K, the model)."""
     if tables.tests.empty:
         return {"status": plots.empty_figure("no finished test step yet: run the sweep first")}
+    sizes = f"<br><sup>{sizes_caption(tables)}</sup>"
     out = {"test_accuracy": plots.facet_figure(
-        tables.curves, "mean", title=f"{fam.title}: test accuracy (mean over seeds, 95% interval)",
+        tables.curves, "mean", title=f"{fam.title}: test accuracy (mean over seeds, 95% interval){sizes}",
         y_title="test accuracy", percent=True, references=references(arms))}
     steps = tables.steps
     if "reward" in steps and steps["reward"].notna().any():
@@ -84,22 +93,31 @@ def figures(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> dict[str, A
         running = steps.groupby("run")["reward"].transform(lambda s: s.rolling(RUNNING_WINDOW, min_periods=1).mean())
         steps = steps.assign(running_window=running)
         out["regret"] = plots.facet_figure(_over_seeds(steps, "regret"), "regret", title="Cumulative regret (mean "
-                                           "over seeds)", y_title="wrong training predictions")
+                                           f"over seeds){sizes}", y_title="wrong training predictions")
         out["running_accuracy"] = plots.facet_figure(
             _over_seeds(steps, "running_window"), "running_window", percent=True, y_title="training accuracy",
-            title=f"Training accuracy over the last {RUNNING_WINDOW} steps (mean over seeds)")
+            title=f"Training accuracy over the last {RUNNING_WINDOW} steps (mean over seeds){sizes}")
         out["collapse"] = plots.facet_figure(
             _over_seeds(steps, "window_distinct_labels"), "window_distinct_labels", y_title="distinct labels",
-            title=f"Exploration: distinct labels predicted in the last {results.COLLAPSE_WINDOW} training steps")
+            title=f"Exploration: distinct labels predicted in the last {results.COLLAPSE_WINDOW} training steps{sizes}")
     tokens = token_table(tables)
     if not tokens.empty and (tokens["train_tokens_per_step"] > 0).any():
         out["compute"] = plots.compute_figure(tokens[tokens["train_tokens_per_step"] > 0],
-                                              title=f"{fam.title}: compute against accuracy")
+                                              title=f"{fam.title}: compute against accuracy{sizes}")
     points = knob_points(fam, tables, arms)
     for knob, rows in points.groupby("knob", sort=False):
-        out[f"knob_{knob}"] = plots.knob_figure(rows, title=f"{fam.title}: final test accuracy against {knob}",
+        out[f"knob_{knob}"] = plots.knob_figure(rows, title=f"{fam.title}: final test accuracy against {knob}{sizes}",
                                                x_title=knob)
     return out
+
+
+def sizes_caption(tables: Tables) -> str:
+    """What a family's figures show, in one line: the models, the longest run's steps, test queries and seeds."""
+    runs = tables.per_run
+    models = ", ".join(sorted(m.split("/")[-1] for m in runs["model_name"].unique()))
+    seeds = runs["seed"].nunique()
+    return (f"{models} · {int(runs['last_step'].max()) + 1:,} steps · {int(runs['queries'].max())} test queries · "
+            f"{seeds} seed{'s' if seeds > 1 else ''}")
 
 
 def knob_points(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.DataFrame:
@@ -139,66 +157,115 @@ def token_view(tokens: pd.DataFrame):
                                 "final": "{:.1%}"}, na_rep="–").hide(axis="index")
 
 
+COMPARED_METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak", "regret_per_step", "spearman_rho")
+PAPER_WINDOW = 131072  # the paper's models' max_model_len (128K)
+
+
 def paper_vs_ours(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.DataFrame:
-    """Per task, arm and metric: our value (mean [95% interval], n) per model, and the paper's value per model it
-    ran (same metric definitions). Where our model is one of the paper's, the two sit side by side."""
+    """Per task, arm (the paper's order) and metric: our value (mean [95% interval], n seeds) per model next to the
+    paper's value per model for the arm's *actual* setting (:func:`icrl_lib.families.paper_coordinates`, within this
+    family), with both sides' steps, test queries and window; "no paper counterpart" where the paper ran no such
+    setting. Regret is per training step, so runs of different lengths compare."""
     if tables.aggregated.empty:
         return pd.DataFrame()
-    by_label = {a.label: a for a in arms.values()}
-    ours = tables.aggregated[tables.aggregated["metric"].isin(FIGURE_METRICS)].copy()
-    ours["paper_method"] = ours["method"].map(lambda label: by_label[label].paper_method)
-    ours["paper_setting"] = ours["method"].map(lambda label: by_label[label].paper_setting)
-    ours["value"] = [_text(r) for r in ours.to_dict("records")]
-    wide = ours.pivot_table(index=["task_name", "method", "paper_method", "paper_setting", "metric"],
-                            columns="model_name", values="value", aggfunc="first")
-    wide.columns = [f"ours: {m}" for m in wide.columns]
+    order = {label: i for i, label in enumerate(arm_order(arms))}
     paper = results.paper_results()
     paper = paper[paper["family"].isin(fam.paper_families)].drop_duplicates(["model", "task", "method", "setting",
                                                                              "metric"])
-    paper = paper.assign(value=[_paper_text(r) for r in paper.to_dict("records")])
-    theirs = paper.pivot_table(index=["task", "method", "setting", "metric"], columns="model", values="value",
-                               aggfunc="first")
-    theirs.columns = [f"paper: {m.split('/')[-1]}" for m in theirs.columns]
-    keys = wide.reset_index()[["task_name", "paper_method", "paper_setting", "metric"]].apply(tuple, axis=1)
-    matched = theirs.reindex(list(keys))
-    matched.index = wide.index
-    table = wide.join(matched.dropna(axis=1, how="all")).reset_index().drop(columns=["paper_method", "paper_setting"])
-    return table.fillna("–")  # the paper reports no such number
+    ours = tables.aggregated[tables.aggregated["metric"].isin(COMPARED_METRICS)]
+    rows = []
+    for (task, label), cell in ours.groupby(["task_name", "method"], sort=False):
+        runs = [r for r, a in arms.items() if a.label == label and r in set(tables.per_run["run"])]
+        config = tables.configs.get(runs[0]) if runs else None
+        coords = [c for c in paper_coordinates(config) if c[0] == fam.name] if config else []
+        zero_shot = bool(config and config.zero_shot)
+        sizes = _our_sizes(tables, runs, zero_shot)
+        for metric, by_metric in cell.groupby("metric", sort=False):
+            if zero_shot and metric != "test_acc_step0":
+                continue  # its one test is step 0
+            row = {"task": task, "arm": label, "metric": metric, "order": order.get(label, len(order)),
+                   **{f"ours: {m}": _text(r) for m, r in zip(by_metric["model_name"], by_metric.to_dict("records"))},
+                   "ours: sizes": sizes}
+            if not coords:
+                row["paper: sizes"] = "no paper counterpart (the paper ran no such setting)"
+            else:
+                _, method, setting = coords[0]
+                theirs = paper[(paper["task"] == task) & (paper["method"] == method) & (paper["setting"] == setting)]
+                values = theirs[theirs["metric"] == ("regret" if metric == "regret_per_step" else metric)]
+                for r in values.to_dict("records"):
+                    row[f"paper: {r['model'].split('/')[-1]}"] = _paper_text(r, task, metric)
+                row["paper: sizes"] = _paper_sizes(task, method, setting) if not values.empty else \
+                    "the paper prints no such number"
+            rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["task", "order", "metric"], key=lambda s: s.map(_metric_rank)
+                                           if s.name == "metric" else s, kind="stable")
+    columns = [c for c in table.columns if c not in ("order", "ours: sizes", "paper: sizes")]
+    table = table[[*columns, "ours: sizes", "paper: sizes"]].fillna("–").reset_index(drop=True)
+    values = [c for c in table.columns if c.startswith(("ours: ", "paper: ")) and not c.endswith("sizes")]
+    return table[(table[values] != "–").any(axis=1)].reset_index(drop=True)  # a metric neither side has: no row
+
+
+def _metric_rank(metric: str) -> int:
+    return COMPARED_METRICS.index(metric)
+
+
+def _our_sizes(tables: Tables, runs: list[str], zero_shot: bool) -> str:
+    rows = tables.per_run[tables.per_run["run"].isin(runs)]
+    if rows.empty:
+        return "–"
+    window = tables.tests.loc[tables.tests["run"].isin(runs), "context_window"].max()
+    window = f"{window:,.0f}-token window" if not pd.isna(window) else "window unknown"
+    steps = "step 0 only" if zero_shot else f"{int(rows['last_step'].max()) + 1:,} steps"
+    seeds = rows["seed"].nunique()
+    return f"{steps} · {int(rows['queries'].max())} test queries · {window} · {seeds} seed{'s' if seeds > 1 else ''}"
+
+
+def _paper_sizes(task: str, method: str, setting: str) -> str:
+    window = next((int(p.split("=")[1]) for p in setting.split(";") if p.startswith("window=")), PAPER_WINDOW)
+    steps = {"icl": "until its context is full", "zero_shot": "step 0 only"}.get(
+        method, f"{5000 if task.startswith('trec') else 10000:,} steps")
+    return f"{steps} · 500 test queries · {window:,}-token window · 1 seed"
 
 
 def _text(row: Mapping[str, Any]) -> str:
     if pd.isna(row["mean"]):
         return "–"
-    scale, unit = (100, "%") if row["metric"] != "regret" else (1, "")
-    text = f"{scale * row['mean']:.1f}{unit}"
+    text = metric_text(row["metric"], row["mean"])
     if not pd.isna(row["low"]):
-        text += f" [{scale * row['low']:.1f}, {scale * row['high']:.1f}]"
+        text += f" [{metric_text(row['metric'], row['low'], unit=False)}, {metric_text(row['metric'], row['high'], unit=False)}]"
     return f"{text} n={int(row['n'])}"
 
 
-def _paper_text(row: Mapping[str, Any]) -> str:
-    if row["metric"] == "regret":
-        return f"{row['value']:.0f}"
-    return f"{100 * row['value']:.1f}%" + (f" @{row['step']:.0f}" if not pd.isna(row.get("step")) else "")
+def _paper_text(row: Mapping[str, Any], task: str, metric: str) -> str:
+    if metric == "regret_per_step":
+        return metric_text(metric, row["value"] / (5000 if task.startswith("trec") else 10000))
+    text = metric_text(metric, row["value"])
+    return text + (f" @{row['step']:.0f}" if not pd.isna(row.get("step")) else "")
 
 
-def findings(fam: Family, tables: Tables) -> pd.DataFrame:
-    """The paper's findings for this family, checked on our aggregated numbers (see ``families.check_findings``)."""
-    return check_findings(fam, tables.aggregated)
+def verdict_table(fam: Family, tables: Tables, arms: Mapping[str, Arm], params: Mapping[str, Any]) -> pd.DataFrame:
+    """The paper's findings tested on these runs (:func:`icrl_lib.verdicts.evaluate`), for the knobs they ran."""
+    return verdicts.evaluate(fam, tables.per_run, tables.predictions, arms, params.get("knobs"))
 
 
-def print_findings(fam: Family, tables: Tables) -> None:
-    """One line per finding and (model, task): yes / no / not measured, with the two means."""
-    table = findings(fam, tables)
+def show_verdicts(fam: Family, table: pd.DataFrame) -> None:
+    """The verdicts first as one line per finding (ours, Bonferroni-adjusted over the tasks, and the paper's own
+    numbers), then per (model, task) with effect, 95% interval, n and minimum detectable effect, then where the
+    paper's own evidence is weak (inconclusive on its 500 test queries)."""
+    from IPython.display import display
+
+    paper = verdicts.paper_evaluate(fam)
     if table.empty:
-        print("No finding can be checked yet (no finished runs, or the arms it compares were not run).")
-    for row in table.to_dict("records"):
-        verdict = {True: "yes", False: "NO", None: "not measured"}[row["holds"]]
-        metric, rho = row["metric"], "ρ " if row["metric"] == "spearman_rho" else ""
-        means = "" if row["holds"] is None else \
-            f" ({rho}{metric_text(metric, row['left'])} vs {metric_text(metric, row['right'])})"
-        note = f"; {row['note']}" if row["note"] else ""
-        print(f"{verdict:>12}: {row['finding']} — {row['task_name']}, {row['model_name']}{means}{note}")
+        print("No finding can be checked yet: no finished runs.")
+    else:
+        display(verdicts.summary(table, paper).drop(columns="family").style.hide(axis="index"))
+        display(verdicts.view(table).style.hide(axis="index"))
+    weak = paper[paper["claimed"] & (paper["verdict"] == stats.INCONCLUSIVE)]
+    for row in weak.to_dict("records"):
+        metric = "spearman_rho" if row["interval"].startswith("Fisher") else "test_acc_final"
+        values = f"{metric_text(metric, row['left_value'])} vs {metric_text(metric, row['right_value'])}"
+        print(f"The paper's own evidence is weak here: {row['finding']} — {row['task_name']}, {row['model_name']} "
+              f"({'ρ ' if metric == 'spearman_rho' else ''}{values}, one run, 500 test queries: inconclusive)")
 
 
 def export(fam: Family, figs: Mapping[str, Any], tables: Tables, extra: Mapping[str, pd.DataFrame],

@@ -10,20 +10,21 @@ their aggregates over seeds with intervals, paired differences and the paper's p
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
 from .config import read_yaml_mapping
 from .errors import os_error
-from .aggregate import (accuracy_curves, aggregate, join_paper, metrics_table,  # noqa: F401 - the results
-                        paired_differences, paper_results, run_metrics)  # API: tables of runs and their aggregates
-from .methods import key_of, name_run, setting_of
+from .aggregate import (COLLAPSE_WINDOW, accuracy_curves, aggregate, join_paper, label_entropy,  # noqa: F401
+                        metrics_table, paired_differences, paper_results, run_metrics)  # the results API
+from .methods import key_of, name_run
 from .storage import read_log
 
 TABLES = ("steps", "tests", "per_class", "test_predictions", "test_distribution")
@@ -31,7 +32,6 @@ RUN_COLUMNS = ("run", "run_name", "run_dir")  # whichever a table has identifies
 CONFIG_COLUMNS = ("model_name", "task_name", "context_strategy_name", "context_p_keep", "temperature", "icrl",
                   "max_context_examples", "max_contexts", "approximate_context_sampling_method", "seed",
                   "training_seed", "test_seed", "train_k", "test_k", "test_every")  # copied into load_runs tables
-COLLAPSE_WINDOW = 50  # training steps over which distinct predicted labels and their entropy are measured
 
 
 def require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
@@ -54,15 +54,6 @@ def format_duration(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds}s"
-
-
-def label_entropy(labels: Iterable[str]) -> float:
-    """Shannon entropy (bits) of the empirical distribution of ``labels``; 0 when one label is always predicted."""
-    counts = np.array(list(Counter(labels).values()), dtype=float)
-    if counts.sum() == 0:
-        return float("nan")
-    p = counts / counts.sum()
-    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: no -0.0
 
 
 def window_collapse(predictions: pd.Series, window: int = COLLAPSE_WINDOW) -> pd.DataFrame:
@@ -180,27 +171,62 @@ def _runs(outputs_dir: str | Path, runs: Iterable[str] | None = None):
 
 def _with_config(df: pd.DataFrame, run_dir: Path, config: dict) -> pd.DataFrame:
     df = df.copy()
+    df["context_window"] = _window(run_dir, config)
     df.insert(0, "run", run_dir.name)
     df["method"] = name_run(config)
     df["method_key"] = key_of(config)
-    df["setting"] = setting_of(config)
+    df["paper_method"], df["paper_setting"] = _paper_coordinate(config)
     for key in CONFIG_COLUMNS:
         df[key] = config.get(key)
     return df
 
 
-def load(outputs_dir: str | Path = "outputs", runs: Iterable[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(tests, steps): :func:`load_runs` and :func:`load_run_steps` together, each log read once; ``runs`` limits
-    them to those run folder names (a sweep's)."""
-    tests, steps = [], []
+class Loaded(NamedTuple):
+    """Every run's tables, from one read of each log."""
+
+    tests: pd.DataFrame  # load_runs: one row per test step
+    steps: pd.DataFrame  # load_run_steps: one row per step
+    predictions: pd.DataFrame  # one row per (run, test step, test query): answer, prediction, correct
+
+
+def _window(run_dir: Path, config: dict) -> float:
+    """The token window a run's contexts were fitted to: ``max_window_tokens``, else its model's (``meta.json``);
+    NaN when unknown (a run that never got far enough to write meta.json)."""
+    if config.get("max_window_tokens") and config.get("max_context_examples") is None:
+        return float(config["max_window_tokens"])
+    try:
+        return float(json.loads((run_dir / "meta.json").read_text())["model"]["context_window"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return math.nan
+
+
+def _paper_coordinate(config: dict) -> tuple[str | None, str | None]:
+    """The paper's (method, setting) of a run's config (``families.paper_coordinates``, its first family), or
+    (None, None) where the paper ran no such setting."""
+    from .config import ExperimentConfig
+    from .families import paper_coordinates
+
+    try:
+        found = paper_coordinates(ExperimentConfig.from_dict(config))
+    except ValueError:  # a config this version cannot read: no paper counterpart, but the run still loads
+        return None, None
+    return found[0][1:] if found else (None, None)
+
+
+def load(outputs_dir: str | Path = "outputs", runs: Iterable[str] | None = None) -> Loaded:
+    """:func:`load_runs`, :func:`load_run_steps` and every test prediction together, each log read once; ``runs``
+    limits them to those run folder names (a sweep's)."""
+    tests, steps, predictions = [], [], []
     for d, c, recs in _runs(outputs_dir, runs):
         tests.append(_with_config(tests_table(recs), d, c))
         steps.append(_with_config(steps_table(recs), d, c))
-    return _concat(tests, TESTS_EMPTY), _concat(steps, STEPS_EMPTY)
+        predictions.append(test_predictions_table(recs).assign(run=d.name))
+    return Loaded(_concat(tests, TESTS_EMPTY), _concat(steps, STEPS_EMPTY), _concat(predictions, PREDICTIONS_EMPTY))
 
 
 TESTS_EMPTY = ["run", "step", "accuracy", "n", "context_size", "method", "model_name", "task_name"]
 STEPS_EMPTY = ["run", "step", "reward", "regret", "method", "model_name", "task_name"]
+PREDICTIONS_EMPTY = ["step", "example", "answer", "prediction", "correct", "run"]
 
 
 def _concat(frames: list[pd.DataFrame], empty: list[str]) -> pd.DataFrame:

@@ -89,22 +89,26 @@ def test_unknown_method_key_is_named():
         config_fields("explorativ")
 
 
-@pytest.mark.parametrize("fields, key, setting", [
-    (config_fields("explorative"), "explorative", ""),
-    (config_fields("explorative", context_p_keep=0.05), "explorative", "p_keep=0.05"),
-    (config_fields("naive_plus", temperature=0.5), "naive_plus", "temperature=0.5"),
-    (config_fields("approximate", approximate_context_sampling_method="exact"), "approximate", "sampling=exact"),
-    (config_fields("zero_shot"), "zero_shot", "temperature=1.0"),
-    (config_fields("zero_shot", temperature=0), "zero_shot", "temperature=0.0"),
-    (dict(context_strategy_name="random_biased_start", context_p_keep=0.1), None, "p_keep=0.1;temperature=1.0"),
+@pytest.mark.parametrize("fields, task, coordinates", [
+    (config_fields("explorative"), "banking77", {("main", "explorative", ""), ("exploration", "explorative", "p_keep=0.1"),
+                                                 ("approximate", "explorative", "K=inf")}),
+    (config_fields("explorative", context_p_keep=0.05), "banking77", {("exploration", "explorative", "p_keep=0.05")}),
+    (config_fields("naive_plus", temperature=0.5), "banking77", {("exploration", "naive_plus", "temperature=0.5")}),
+    (config_fields("approximate", approximate_context_sampling_method="exact"), "clinic150",
+     {("approximate", "approximate", "K=8;sampling=exact")}),
+    (config_fields("zero_shot"), "nlu", {("main", "zero_shot", "temperature=1.0")}),
+    (config_fields("explorative", max_window_tokens=4096, context_strategy_name="random_biased_start_only_positive"),
+     "clinic150", {("context_window", "explorative", "window=4096;downsampling=random_biased_start")}),
+    (config_fields("naive", temperature=2.0, icrl_flip_feedback=True, icrl_flip_feedback_prob=1.0), "banking77",
+     {("reward_ablations", "inverted", "method_family=naive;temperature=2.0")}),
+    (config_fields("explorative", exemplars_per_label=1), "trec_coarse_unsemantic",
+     {("abstract_labels", "explorative", "exemplars_per_label=1")}),
+    (config_fields("explorative", max_context_examples=16), "banking77", set()),  # a capped context: not the paper's
+    (config_fields("approximate", context_p_keep=0.5), "banking77", set()),
 ])
-def test_key_and_setting_are_written_as_the_papers_results_table(fields, key, setting):
-    config = ExperimentConfig.from_dict(fields).to_dict()
-    assert methods.key_of(config) == key and methods.setting_of(config) == setting
+def test_paper_coordinates_are_the_setting_a_run_actually_has(fields, task, coordinates):
+    """One rule for where the paper reports a run (family notebooks and results.ipynb): the run's own setting."""
+    from icrl_lib.families import paper_coordinates
 
-
-def test_every_setting_key_we_write_exists_in_the_papers_table():
-    from icrl_lib.results import paper_results
-
-    keys = {part.split("=")[0] for s in paper_results()["setting"] if s for part in s.split(";")}
-    assert {"p_keep", "temperature", "K", "sampling", "window", "exemplars_per_label"} <= keys
+    found = set(paper_coordinates(ExperimentConfig.from_dict({**fields, "task_name": task})))
+    assert coordinates <= found and bool(found) == bool(coordinates)

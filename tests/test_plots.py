@@ -7,7 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from icrl_lib import plots
+from icrl_lib import stats, plots
 
 
 def one_run_steps() -> pd.DataFrame:
@@ -115,8 +115,11 @@ def test_main_comparison_averages_seeds_with_an_interval_and_draws_references_fl
     assert list(icl.x) == [0, 4] and list(icl.y) == [0.6, 0.6]  # the upper bound: ICL's last value, flat
     assert list(explorative.y) == pytest.approx([0.2, 0.6])  # mean of (0.1, 0.3) and (0.5, 0.7)
     band = next(t for t in fig.data if t.fill == "toself")
-    # two seeds: t(0.975, 1) = 12.706 x sd 0.1414 / sqrt(2) = 1.27, clipped to [0, 1]
-    assert band.legendgroup == "explorative ICRL" and list(band.y) == pytest.approx([1, 1, 0, 0])
+    # two seeds on 10 queries: test-query noise and seed noise together (aggregate's rule), clipped to [0, 1]
+    first, last = stats.accuracy_interval(0.2, 10, [0.1, 0.3]), stats.accuracy_interval(0.6, 10, [0.5, 0.7])
+    assert band.legendgroup == "explorative ICRL"
+    assert list(band.y) == pytest.approx([first.high, last.high, last.low, first.low])
+    assert first.low == 0 and 0 < last.low < 0.6 < last.high < 1
     only = plots.main_comparison_figure(runs, task="trec_coarse", methods=["ICL"])
     assert [t.name for t in only.data] == ["ICL (n=1)"]
 
@@ -131,7 +134,14 @@ def test_final_steps_and_regret_bars():
     assert plots.final_steps(steps).set_index("run")["regret"].to_dict() == {"a": 1, "b": 2, "c": 3}
     fig = plots.regret_bar_figure(steps)
     assert [t.name for t in fig.data] == ["naive ICRL", "explorative ICRL"]
-    assert list(fig.data[0].y) == [3] and list(fig.data[1].y) == [1.5]  # (1 + 2) / 2
+    # per training step, so a 2-step and a 3-step run compare: naive 3/3; explorative (1/3 + 2/2) / 2
+    assert list(fig.data[0].y) == [1.0] and list(fig.data[1].y) == [pytest.approx(2 / 3)]
+    variants = steps.assign(method=steps["run"].map({"a": "explorative ICRL", "b": "explorative ICRL (p_keep=0.5)",
+                                                     "c": "explorative ICRL (p_keep=1)"}))
+    bars = plots.regret_bar_figure(variants).data
+    looks = {(b.marker.color, b.marker.pattern.shape) for b in bars}
+    assert len(looks) == 3 and {b.marker.color for b in bars} == {"#1f77b4"}  # one method's colour, three hatches
+    assert bars[0].marker.pattern.shape == "" and plots.regret_bar_figure(variants).layout.legend.orientation == "h"
 
 
 def test_token_totals_and_figure():
