@@ -23,7 +23,7 @@ out_nb = outputs/$(if $(filter params/%,$(1)),$(subst /,__,$(patsubst params/%,%
 # (which writes language_info) or executing it leaves `git status` clean.
 NBSTRIP := $(abspath $(VENV))/bin/nbstripout --keep-id --extra-keys "metadata.language_info metadata.papermill cell.metadata.papermill"
 
-.PHONY: help setup run test test-fast experiment lab sweep grid family family-notebooks grid-params strip git-filter
+.PHONY: help setup run test test-fast experiment lab sweep grid family family-notebooks verdicts grid-params strip git-filter
 
 help:
 	@echo "make run                         quickstart experiment (params/quickstart.yaml) -> outputs/"
@@ -34,6 +34,7 @@ help:
 	@echo "make grid [LAUNCHER=..] [WORKERS=N]  the paper's 40-run grid as one sweep (GPU + hub models)"
 	@echo "make family F=main [SIZE=cpu|paper] [WORKERS=N] [LAUNCHER=..]  a family's notebook -> outputs/family_<F>.ipynb"
 	@echo "make family-notebooks            regenerate notebooks/family_*.ipynb from icrl_lib.families"
+	@echo "make verdicts                    the families' verdicts -> outputs/verdicts_cpu.csv and the README's table"
 	@echo "make grid-params                 regenerate params/grid/ (python params/make_grid.py)"
 	@echo "make lab                         JupyterLab on notebooks/"
 	@echo "make strip                       clear outputs of notebooks/*.ipynb"
@@ -98,6 +99,11 @@ family: setup
 	  -f params/families/$(F)/$(or $(SIZE),cpu).yaml $(if $(WORKERS),-p workers $(WORKERS)) \
 	  $(if $(LAUNCHER),-p launcher $(LAUNCHER)) --log-output
 	@echo "executed notebook: outputs/family_$(F)$(if $(filter paper,$(SIZE)),_paper).ipynb; figures and tables: outputs/_analysis/$(F)/"
+
+# After `make family F=...` for every family on its cpu.yaml: record their verdict tables (committed) and rewrite the
+# README's verdict table from them (a test keeps the two equal).
+verdicts: setup
+	$(PY) -m icrl_lib verdicts --snapshot --readme
 
 family-notebooks: setup
 	$(PY) -c 'from icrl_lib.family_notebook import write_all; print(*write_all(), sep="\n")'
