@@ -13,8 +13,8 @@ import tempfile
 import time
 
 from common import forward_timer, load_bench_model, machine, parser
-from icrl_lib.config import ExperimentConfig
-from icrl_lib.runner import run_experiment
+from icrl_lib.runs.config import ExperimentConfig
+from icrl_lib.runs.loop import run_experiment
 
 METHODS = {
     "explorative": dict(context_strategy_name="random_unbiased_only_positive"),

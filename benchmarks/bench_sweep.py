@@ -12,8 +12,8 @@ import resource
 import tempfile
 import time
 
-from icrl_lib.launchers import launch
-from icrl_lib.sweep import load_sweep
+from icrl_lib.sweeps.launchers import launch
+from icrl_lib.sweeps.spec import load_sweep
 
 
 def sweep_of(out: str, runs: int, train_k: int, launcher: str, workers: int):

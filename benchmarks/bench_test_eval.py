@@ -14,9 +14,9 @@ import time
 import torch
 
 from common import forward_timer, load_bench_model, machine, parser
-from icrl_lib.generation import LabelPredictor
-from icrl_lib.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
-from icrl_lib.tasks import load_task
+from icrl_lib.engine.generation import LabelPredictor
+from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
+from icrl_lib.tasks.task import load_task
 
 
 def main() -> None:

@@ -57,9 +57,9 @@ def load_bench_model(model_name: str, layers: int | None = None, tokenizer: str 
     ``tokenizer`` (``save_bench_tokenizer``: the 98 MB GGUF need not travel to a GPU machine). ``layers`` shrinks
     it for a smoke test on CPU; ``dtype`` (``float32``, ``bfloat16``) overrides bf16 on GPU, fp32 on CPU.
     """
-    from icrl_lib.models import (DEFAULT_MODEL, LanguageModel, avoid_cudnn_attention, cache_argument, find_eot_id,
+    from icrl_lib.engine.models import (DEFAULT_MODEL, LanguageModel, avoid_cudnn_attention, cache_argument, find_eot_id,
                                  load_model, resolve_device)
-    from icrl_lib.prompts import supports_system_role
+    from icrl_lib.paper.prompts import supports_system_role
 
     if model_name != RANDOM_LLAMA:
         return load_model(model_name)
@@ -92,7 +92,7 @@ def load_bench_model(model_name: str, layers: int | None = None, tokenizer: str 
 
 def save_bench_tokenizer(folder: str) -> None:
     """Save the embedded SmolLM2 tokenizer (with its chat template) to ``folder`` for ``--tokenizer``."""
-    from icrl_lib.models import DEFAULT_MODEL, load_model
+    from icrl_lib.engine.models import DEFAULT_MODEL, load_model
 
     load_model(DEFAULT_MODEL).tokenizer.save_pretrained(folder)
 
@@ -108,5 +108,5 @@ def parser(doc: str, task_name: str) -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                     help=f"{RANDOM_LLAMA} only: weights and activations (default: bfloat16 on GPU, float32 on CPU)")
     ap.add_argument("--task_name", default=task_name)
-    ap.add_argument("--data_dir", default=None, help="local data folder (default: as icrl_lib.tasks.resolve_data_dir)")
+    ap.add_argument("--data_dir", default=None, help="local data folder (default: as icrl_lib.tasks.task.resolve_data_dir)")
     return ap

@@ -1,6 +1,6 @@
 """``python -m icrl_lib``: see :mod:`icrl_lib.cli`."""
 import sys
 
-from .cli import main
+from icrl_lib.cli import main
 
 sys.exit(main())

@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from .config import config_from_argv
+from icrl_lib.runs.config import config_from_argv
 
 COMMANDS = {"run": "run one experiment (paper flags)",
             "sweep": "run a sweep of experiments (params/sweeps/*.yaml) locally, on Slurm or on Ray; --status",
@@ -30,9 +30,9 @@ def _max_examples(argv: list[str]) -> int:
                         "../shared/data beside the checkout if present, else the hub)")
     parser.add_argument("--no-icrl", dest="icrl", action="store_false", help="ICL episodes (no feedback turns)")
     args = parser.parse_args(argv)
-    from .models import resolve_model
-    from .window import find_max_context_examples
-    from .tasks import parse_task_name
+    from icrl_lib.engine.models import resolve_model
+    from icrl_lib.runs.window import find_max_context_examples
+    from icrl_lib.tasks.task import parse_task_name
 
     parse_task_name(args.task_name)  # fail on a bad name before loading the model
     resolve_model(args.model_name)
@@ -47,13 +47,13 @@ def _check(argv: list[str]) -> int:
                                      "values, output_dir, model_name and the data; loads no model.")
     parser.add_argument("params", help="YAML file of notebook parameters, e.g. params/quickstart.yaml")
     args = parser.parse_args(argv)
-    from . import notebook
-    from .runner import preflight
-    from .storage import run_name
+    from icrl_lib import notebook
+    from icrl_lib.runs.plan import prepare
 
-    config = notebook.experiment_config(notebook.checked_parameters(args.params))
-    preflight(config)
-    print(f"{args.params}: ok; run folder {config.output_dir}/{run_name(config)}")
+    plan = prepare(notebook.experiment_config(notebook.checked_parameters(args.params)))
+    context = "zero-shot" if plan.config.zero_shot else f"{plan.budget} episodes per context"
+    print(f"{args.params}: ok; run folder {plan.run_dir}; {plan.schedule.steps} steps, "
+          f"{len(plan.schedule.test_steps)} test steps of {len(plan.data.test)} queries, {context}")
     return 0
 
 
@@ -71,8 +71,8 @@ def _sweep(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import pandas as pd
 
-    from .launchers import run_sweep
-    from .sweep import filtered, load_sweep, status, summary
+    from icrl_lib.sweeps.launchers import run_sweep
+    from icrl_lib.sweeps.spec import filtered, load_sweep, status, summary
 
     sweep = filtered(load_sweep(args.sweep, launcher=args.launcher, workers=args.workers), args.where)
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):
@@ -100,8 +100,8 @@ def _verdicts(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import pandas as pd
 
-    from . import verdicts
-    from .paths import project_root, resolve_path
+    from icrl_lib.analysis import verdicts
+    from icrl_lib.paths import project_root, resolve_path
 
     root = project_root()
     table = verdicts.gather(resolve_path(args.outputs))
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if argv[0] == "verdicts":
             return _verdicts(argv[1:])
         config = config_from_argv(argv[1:])
-        from .runner import run_experiment
+        from icrl_lib.runs.loop import run_experiment
 
         result = run_experiment(config, progress=sys.stderr.isatty())
         print(f"run folder: {result.run_dir}")

@@ -1,6 +1,6 @@
 """Helpers that keep the notebooks thin: parameter checks and overrides, paths, figure export, widgets.
 
-The experiment notebook's ``parameters`` cell mirrors :class:`~icrl_lib.config.ExperimentConfig` (minus
+The experiment notebook's ``parameters`` cell mirrors :class:`~icrl_lib.runs.config.ExperimentConfig` (minus
 ``hf_token``: tokens come from the ``HF_TOKEN`` environment variable, so they never land in an executed notebook)
 plus :data:`NOTEBOOK_ONLY`. A YAML file named by the environment variable ``ICRL_PARAMS_FILE`` (nbval/CI use
 ``params/ci.yaml``) overrides them after papermill's own parameters.
@@ -8,7 +8,6 @@ plus :data:`NOTEBOOK_ONLY`. A YAML file named by the environment variable ``ICRL
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from types import MappingProxyType
@@ -16,9 +15,13 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from . import methods, plots, results
-from .paths import find_file, project_root, resolve_path  # noqa: F401 (re-exported: notebooks call notebook.resolve_path)
-from .tasks import HUB
+from icrl_lib.analysis import plots
+from icrl_lib.paper import methods
+from icrl_lib.paths import find_file, project_root, resolve_path
+from icrl_lib.runs.plan import provenance
+from icrl_lib.runs.store import ANALYSIS_DIR, FIGURES_DIR
+from icrl_lib.runs.tables import COLLAPSE_WINDOW
+from icrl_lib.tasks.sources import data_dir_param
 
 PARAMS_FILE_ENV = "ICRL_PARAMS_FILE"
 SECRET_FIELDS = ("hf_token",)  # never notebook parameters
@@ -28,7 +31,7 @@ NOTEBOOK_ONLY = MappingProxyType({"headless": False, "figures_dir": None, "runni
 
 def experiment_parameter_defaults() -> dict[str, Any]:
     """Every parameter of the experiment notebook with its default: config fields (no secrets) + notebook-only."""
-    from .config import ExperimentConfig
+    from icrl_lib.runs.config import ExperimentConfig
 
     fields = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name not in SECRET_FIELDS}
     return {**fields, **NOTEBOOK_ONLY}
@@ -50,7 +53,7 @@ def describe_mismatch(names, expected) -> str:
 
 def load_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML file holding one mapping (``{}`` for an empty file); errors name the file and line."""
-    from .config import read_yaml_mapping
+    from icrl_lib.runs.config import read_yaml_mapping
 
     return read_yaml_mapping(path)
 
@@ -76,7 +79,7 @@ def checked_parameters(path: str | os.PathLike, params: Mapping[str, Any] | None
 def merge_parameters(params: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> dict[str, Any]:
     """``params`` overridden by ``overrides`` (read from ``source``); a key that is not a parameter raises UserError
     naming ``source``, ``hf_token`` included: papermill would write it into the executed notebook."""
-    from .errors import UserError
+    from icrl_lib.errors import UserError
 
     unknown = sorted(set(overrides) - set(params))
     if unknown:
@@ -99,17 +102,12 @@ def apply_params_file(params: Mapping[str, Any], env: Mapping[str, str] | None =
 
 def experiment_config(params: Mapping[str, Any]):
     """An :class:`ExperimentConfig` from notebook parameters (validated; paths resolved against the checkout)."""
-    from .config import ExperimentConfig
+    from icrl_lib.runs.config import ExperimentConfig
 
     values = {k: v for k, v in params.items() if k not in NOTEBOOK_ONLY}
     values["output_dir"] = str(resolve_path(values.get("output_dir") or "outputs"))
     values["data_dir"] = data_dir_param(values.get("data_dir"))
     return ExperimentConfig.from_dict(values)
-
-
-def data_dir_param(data_dir: str | None) -> str | None:
-    """A notebook's ``data_dir`` parameter: a folder resolved against the checkout, or ``"hub"`` / None as given."""
-    return str(resolve_path(data_dir)) if data_dir and data_dir != HUB else data_dir
 
 
 def run_figures(steps: pd.DataFrame, tests: pd.DataFrame, running_window: int | None = 50,
@@ -122,7 +120,7 @@ def run_figures(steps: pd.DataFrame, tests: pd.DataFrame, running_window: int | 
         figures["running_accuracy"] = plots.running_accuracy_figure(steps, window=running_window)
         figures["regret"] = plots.regret_figure(steps, title=f"{prefix}cumulative regret")
         figures["collapse"] = plots.collapse_figure(steps, title=f"{prefix}labels predicted in the last "
-                                                    f"{results.COLLAPSE_WINDOW} training steps")
+                                                    f"{COLLAPSE_WINDOW} training steps")
     figures["context"] = plots.context_figure(steps, title=f"{prefix}context")
     return figures
 
@@ -135,7 +133,7 @@ def save_figures(figures: Mapping[str, Any], folder: str | os.PathLike) -> dict[
 
 def print_summary(params: str | os.PathLike, executed_notebook: str | os.PathLike | None = None) -> Path:
     """Print where a params file's run lives (from the library: its config's run folder) and its figure files."""
-    from .storage import run_name
+    from icrl_lib.runs.store import run_name
 
     values = checked_parameters(params)
     config = experiment_config(values)
@@ -143,7 +141,7 @@ def print_summary(params: str | os.PathLike, executed_notebook: str | os.PathLik
     if executed_notebook is not None:
         print(f"executed notebook: {executed_notebook}")
     print(f"run folder: {run_dir}")
-    figures = resolve_path(values["figures_dir"]) if values.get("figures_dir") else run_dir / "figures"
+    figures = resolve_path(values["figures_dir"]) if values.get("figures_dir") else run_dir / FIGURES_DIR
     for path in sorted(figures.glob("*.html")):
         print(f"figure {path.stem}: {path}")
     return run_dir
@@ -160,7 +158,7 @@ def runs_dir(outputs_dir: str | os.PathLike | None = None) -> Path:
 
 def analysis_dir(outputs_dir: str | os.PathLike | None = None, export_dir: str | os.PathLike | None = None) -> Path:
     """Where analysis notebooks write: ``export_dir``, else ``<runs_dir(outputs_dir)>/_analysis`` (never a run)."""
-    return resolve_path(export_dir) if export_dir else runs_dir(outputs_dir) / "_analysis"
+    return resolve_path(export_dir) if export_dir else runs_dir(outputs_dir) / ANALYSIS_DIR
 
 
 def export_table(table: pd.DataFrame, folder: str | os.PathLike, name: str) -> dict[str, Path]:
@@ -232,6 +230,13 @@ def show_in_widget(figure) -> None:
     renderer's HTML+JavaScript inside an Output widget never completes under nbclient, so papermill and nbval
     would wait forever; widget contents are not exported anyway, the figures shown outside widgets are."""
     figure.show(renderer="plotly_mimetype")
+
+
+def header(static: bool | None = None) -> str:
+    """The top of every notebook: print where the code came from (revision, local changes, versions) and set up
+    figures that survive export (:func:`setup_figures`); returns the renderer."""
+    print(provenance().line())
+    return setup_figures(static)
 
 
 def setup_figures(static: bool | None = None) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from icrl_lib.tasks import SHARED_DATA, resolve_data_dir
+from icrl_lib.tasks.task import SHARED_DATA, resolve_data_dir
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def lm():
     """The real embedded model (SmolLM2-135M-Instruct), loaded once per test session."""
     import torch
 
-    from icrl_lib.models import load_model
+    from icrl_lib.engine.models import load_model
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     return load_model()
@@ -38,7 +38,11 @@ def _model_marker_is_honest(request, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(message)
 
-    from icrl_lib import models, runner, window
+    from icrl_lib.engine import models
+
+    from icrl_lib.runs import loop as runner
+
+    from icrl_lib.runs import window
 
     for module in (models, runner, window):
         monkeypatch.setattr(module, "load_model", refuse)

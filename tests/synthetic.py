@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from icrl_lib import results
-from icrl_lib.families import Family
-from icrl_lib.findings import Check
+from icrl_lib.analysis import load as results
+from icrl_lib.paper.families import Family
+from icrl_lib.paper.findings import Check
 
 QUERIES = 100  # the CPU profiles' test size
 STEPS = 150

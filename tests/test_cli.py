@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from icrl_lib.config import config_from_argv, load_config
-from icrl_lib.methods import name_run
+from icrl_lib.runs.config import config_from_argv, load_config
+from icrl_lib.paper.methods import name_run
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ROOT / "tests" / "data" / "paper_readme_commands.txt"
@@ -81,7 +81,7 @@ def test_help_lists_every_flag():
     import sys
     from dataclasses import fields
 
-    from icrl_lib.config import ExperimentConfig
+    from icrl_lib.runs.config import ExperimentConfig
 
     proc = subprocess.run([sys.executable, "-m", "icrl_lib", "run", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)

@@ -11,10 +11,16 @@ import nbformat
 import pandas as pd
 import pytest
 
-from icrl_lib import families, family_notebook, notebook, report
-from icrl_lib.config import read_yaml_mapping
+from icrl_lib.paper import families
+
+from icrl_lib.families import notebook as family_notebook
+
+from icrl_lib import notebook
+
+from icrl_lib.families import report
+from icrl_lib.runs.config import read_yaml_mapping
 from icrl_lib.errors import UserError
-from icrl_lib.results import paper_results
+from icrl_lib.analysis.load import paper_results
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_RUNNABLE = {"gemini-1.5-flash-8b"}  # an API model of the paper: not a transformers checkpoint

@@ -21,14 +21,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from icrl_lib import results
-from icrl_lib.config import ExperimentConfig, build_parser, load_config
+from icrl_lib.analysis import load as results
+from icrl_lib.runs.config import ExperimentConfig, build_parser, load_config
 from icrl_lib.errors import RunLockedError, UserError
-from icrl_lib.prompts import ICL_SYSTEM_PROMPT, ICRL_SYSTEM_PROMPT
-from icrl_lib.runner import run_experiment
-from icrl_lib.storage import RunStore, atomic_write_text, run_name
-from icrl_lib.tasks import load_task
-from icrl_lib.window import cached_max_examples
+from icrl_lib.paper.prompts import ICL_SYSTEM_PROMPT, ICRL_SYSTEM_PROMPT
+from icrl_lib.runs.loop import run_experiment
+from icrl_lib.runs.store import RunStore, atomic_write_text, run_name
+from icrl_lib.tasks.task import load_task
+from icrl_lib.runs.window import cached_max_examples
 from test_runner import assert_same_run, small
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +74,8 @@ def trec_copy(data_dir: Path, tmp_path: Path, name: str = "data") -> Path:
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from icrl_lib.config import ExperimentConfig
-    from icrl_lib.storage import RunStore
+    from icrl_lib.runs.config import ExperimentConfig
+    from icrl_lib.runs.store import RunStore
     store = RunStore.open(ExperimentConfig(task_name="trec_coarse", output_dir=sys.argv[1]))
     print(store.path, flush=True)
     time.sleep(600)
@@ -123,7 +123,7 @@ def test_side_files_are_merged_under_a_lock_and_written_atomically(tmp_path):
     script = textwrap.dedent("""
         import sys, time
         from pathlib import Path
-        from icrl_lib.window import cached_max_examples
+        from icrl_lib.runs.window import cached_max_examples
         def compute():
             time.sleep(1.5)  # both processes read the empty cache before either writes
             return int(sys.argv[2])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from icrl_lib.generation import LabelPredictor, LabelTrie, choose_token, label_logprobs
-from icrl_lib.kvcache import PrefixCachePool, extend_cache, new_cache
-from icrl_lib.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
-from icrl_lib.tasks import load_task
+from icrl_lib.engine.generation import LabelPredictor, LabelTrie, choose_token, label_logprobs
+from icrl_lib.engine.kvcache import PrefixCachePool, extend_cache, new_cache
+from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
+from icrl_lib.tasks.task import load_task
 
 pytestmark = pytest.mark.model
 

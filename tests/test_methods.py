@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icrl_lib import methods
-from icrl_lib.config import ExperimentConfig, load_config
-from icrl_lib.methods import config_fields, name_run
+from icrl_lib.paper import methods
+from icrl_lib.runs.config import ExperimentConfig, load_config
+from icrl_lib.paper.methods import config_fields, name_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_order_and_colours_are_fixed():
 def test_names_drawn_together_get_distinct_styles(family):
     """Every family figure draws all its arms at once: no two may share colour and dash (12 reward ablations once
     shared 8 hashed colours; the paper's 9 naive temperatures shared 5 dashes). Methods keep their colour."""
-    from icrl_lib import families
+    from icrl_lib.paper import families
 
     names = methods.method_order([a.label for a in families.family(family).arms()])
     styles = methods.styles(names)
@@ -108,7 +108,7 @@ def test_unknown_method_key_is_named():
 ])
 def test_paper_coordinates_are_the_setting_a_run_actually_has(fields, task, coordinates):
     """One rule for where the paper reports a run (family notebooks and results.ipynb): the run's own setting."""
-    from icrl_lib.families import paper_coordinates
+    from icrl_lib.paper.families import paper_coordinates
 
     found = set(paper_coordinates(ExperimentConfig.from_dict({**fields, "task_name": task})))
     assert coordinates <= found and bool(found) == bool(coordinates)

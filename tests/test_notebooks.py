@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from icrl_lib import notebook
-from icrl_lib.config import ExperimentConfig, load_config
-from icrl_lib.families import FAMILIES
+from icrl_lib.runs.config import ExperimentConfig, load_config
+from icrl_lib.paper.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from icrl_lib.prompts import (
+from icrl_lib.paper.prompts import (
     ICL_SYSTEM_PROMPT,
     ICRL_SYSTEM_PROMPT,
     Episode,

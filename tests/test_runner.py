@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from icrl_lib.config import ExperimentConfig
-from icrl_lib.prompts import Episode, build_messages, feedback_text, render_context, render_prompt, system_prompt
-from icrl_lib.runner import test_schedule, run_experiment
-from icrl_lib.tasks import load_task
-from icrl_lib.window import max_examples_for_window
+from icrl_lib.runs.config import ExperimentConfig
+from icrl_lib.paper.prompts import Episode, build_messages, feedback_text, render_context, render_prompt, system_prompt
+from icrl_lib.runs.loop import test_schedule, run_experiment
+from icrl_lib.tasks.task import load_task
+from icrl_lib.runs.window import max_examples_for_window
 
 ROOT = Path(__file__).resolve().parents[1]
 

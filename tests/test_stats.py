@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from icrl_lib import stats
+from icrl_lib.analysis import stats
 
 
 def test_an_accuracy_on_one_seed_is_agresti_coull_over_the_queries():

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
-from icrl_lib.strategies import STRATEGIES, STRATEGY_NAMES, ApproxState, Selection, make_strategy
+from icrl_lib.paper.strategies import STRATEGIES, STRATEGY_NAMES, ApproxState, Selection, make_strategy
 
 # Shown feedbacks of 12 past episodes: positives at 0 2 3 6 8 9 10, negatives at 1 4 5 7 11.
 FEEDBACKS = (1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0)

@@ -16,13 +16,13 @@ from scipy import stats as scipy_stats
 import pytest
 import yaml
 
-from icrl_lib import results
-from icrl_lib.config import load_config
+from icrl_lib.analysis import load as results
+from icrl_lib.runs.config import load_config
 from icrl_lib.errors import UserError
-from icrl_lib.launchers import run_sweep
-from icrl_lib.runner import run_experiment
-from icrl_lib.storage import read_log, run_name
-from icrl_lib.sweep import load_sweep, status
+from icrl_lib.sweeps.launchers import run_sweep
+from icrl_lib.runs.loop import run_experiment
+from icrl_lib.runs.store import read_log, run_name
+from icrl_lib.sweeps.spec import load_sweep, status
 from test_runner import assert_same_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -256,7 +256,7 @@ def test_the_papers_numbers_ship_with_the_package_and_join_on_a_known_cell():
 
 
 def test_where_selects_runs_and_names_a_bad_condition():
-    from icrl_lib.sweep import filtered
+    from icrl_lib.sweeps.spec import filtered
 
     grid = load_sweep(ROOT / "params" / "sweeps" / "paper_grid.yaml")
     phi = filtered(grid, ["model_name=microsoft/Phi-3.5-mini-instruct", "task_name=nlu"])

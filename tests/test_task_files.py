@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from icrl_lib.config import ExperimentConfig
+from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.errors import UserError
-from icrl_lib.models import encode, find_eot_id, load_tokenizer, resolve_model
-from icrl_lib.prompts import Episode, build_messages, render_prompt, supports_system_role, system_prompt
-from icrl_lib.runner import preflight, run_experiment
-from icrl_lib.storage import run_name
-from icrl_lib.tasks import check_label_tokens, load_task
+from icrl_lib.engine.models import encode, find_eot_id, load_tokenizer, resolve_model
+from icrl_lib.paper.prompts import Episode, build_messages, render_prompt, supports_system_role, system_prompt
+from icrl_lib.runs.loop import preflight, run_experiment
+from icrl_lib.runs.store import run_name
+from icrl_lib.tasks.task import check_label_tokens, load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKETS = ROOT / "params" / "tasks" / "support_tickets"
@@ -193,7 +193,7 @@ def test_a_csv_task_runs_icrl_end_to_end_on_the_embedded_model(tmp_path, lm):
 
 
 def test_family_params_take_a_task_file():
-    from icrl_lib.families import configs, family
+    from icrl_lib.paper.families import configs, family
 
     pairs = configs(family("abstract_labels"), {"tasks": ["params/tasks/support_tickets/task.yaml"], "seeds": [1]})
     assert {c.task_name for _, c in pairs} == {"params/tasks/support_tickets/task.yaml_unsemantic"}
@@ -204,7 +204,7 @@ def test_a_hub_task_file_reads_the_revision_and_splits_it_names(tmp_path, monkey
     """The hub is unreachable here: a stand-in load_dataset serves the example CSV and records what was asked."""
     import datasets
 
-    from icrl_lib import task_sources
+    from icrl_lib.tasks import sources as task_sources
 
     rows = pd.read_csv(TICKETS / "tickets.csv")
     calls = []

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from icrl_lib import task_sources, tasks
-from icrl_lib.tasks import Example, load_task, parse_task_name, resolve_data_dir
+from icrl_lib.tasks import sources as task_sources
+
+from icrl_lib.tasks import task as tasks
+from icrl_lib.tasks.task import Example, load_task, parse_task_name, resolve_data_dir
 
 # task -> (dataset folder, label field, input prefix, prediction prefix)
 LAYOUT = {

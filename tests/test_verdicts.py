@@ -9,8 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from icrl_lib import families, findings, stats, verdicts
-from icrl_lib.results import paper_results
+from icrl_lib.paper import families
+
+from icrl_lib.paper import findings
+
+from icrl_lib.analysis import stats
+
+from icrl_lib.analysis import verdicts
+from icrl_lib.analysis.load import paper_results
 
 import synthetic
 
@@ -197,7 +203,7 @@ def test_a_comparison_of_two_arms_that_did_not_learn_says_so():
 
 
 def test_show_verdicts_prints_the_papers_weak_cells_with_rho_as_a_number(capsys):
-    from icrl_lib import report
+    from icrl_lib.families import report
 
     fam = families.family("scaling")
     report.show_verdicts(fam, pd.DataFrame(columns=verdicts.COLUMNS))

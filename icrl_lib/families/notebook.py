@@ -1,4 +1,4 @@
-"""The family notebooks: ``notebooks/family_<name>.ipynb`` generated from :mod:`icrl_lib.families`, their
+"""The family notebooks: ``notebooks/family_<name>.ipynb`` generated from :mod:`icrl_lib.paper.families`, their
 parameters (with the ``ICRL_FAMILY_PARAMS`` override that CI uses) and how they show their figures."""
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from . import notebook, plots
-from .notebook import load_yaml_mapping, merge_parameters, project_root
+from icrl_lib.analysis import plots
+from icrl_lib.errors import UserError
+from icrl_lib.families.spec import PARAMETER_HELP, PARAMETERS
+from icrl_lib.notebook import load_yaml_mapping, merge_parameters, show_in_widget
+from icrl_lib.paper.families import FAMILIES, family
+from icrl_lib.paths import project_root
 
 FAMILY_PARAMS_ENV = "ICRL_FAMILY_PARAMS"  # cpu | paper | ci: which params/families/<family>/<x>.yaml overrides
 
@@ -17,9 +21,6 @@ FAMILY_PARAMS_ENV = "ICRL_FAMILY_PARAMS"  # cpu | paper | ci: which params/famil
 def parameters(name: str, params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """A family notebook's parameters: the cell's values, overridden by ``params/families/<name>/<x>.yaml`` when
     ``ICRL_FAMILY_PARAMS=x`` is set (``make test`` sets ``ci``); unknown names raise UserError."""
-    from .errors import UserError
-    from .families import PARAMETERS
-
     unknown = sorted(set(params) - set(PARAMETERS))
     missing = sorted(set(PARAMETERS) - set(params))
     if unknown or missing:
@@ -44,8 +45,6 @@ def build(name: str):
     a test keeps the committed file equal). Thin: every cell is a call into the library."""
     import nbformat
 
-    from .families import PARAMETER_HELP, family
-
     fam = family(name)
     md, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
     params = "\n".join(f"{key}: {_annotation(kind)} = {default!r}  # {help_}"
@@ -56,13 +55,17 @@ def build(name: str):
            f"`papermill notebooks/family_{name}.ipynb outputs/family_{name}.ipynb -f params/families/{name}/paper.yaml` "
            "(the paper's models and sizes, for GPUs). Runs are resumable run folders: re-executing finishes what is "
            "missing, and every table and figure below works on whatever has finished."),
-        code("from icrl_lib import families, family_notebook, launchers, notebook, report, results\n\n"
-             "notebook.setup_figures()\n"
-             "_before_parameters = set(globals()) - set(families.PARAMETERS)"),
-        code(f"# The family's arms and the values it sweeps are data in icrl_lib.families; these are sizes and places.\n{params}",
+        code("from icrl_lib import notebook\n"
+             "from icrl_lib.analysis import aggregate\n"
+             "from icrl_lib.families import notebook as family_notebook, report, spec\n"
+             "from icrl_lib.paper.families import family\n"
+             "from icrl_lib.sweeps import launchers\n\n"
+             "notebook.header()  # the code's revision and versions; figures that survive export\n"
+             "_before_parameters = set(globals()) - set(spec.PARAMETERS)"),
+        code(f"# The family's arms and the values it sweeps are data in icrl_lib.paper.families; these are sizes and places.\n{params}",
              metadata={"tags": ["parameters"]}),
         code(f"params = family_notebook.parameters({name!r}, notebook.new_parameters(globals(), _before_parameters))\n"
-             f"fam = families.family({name!r})\n"
+             f"fam = family({name!r})\n"
              "sweep, arms = report.family_sweep(fam, params)\n"
              "print(f\"{len(sweep.configs)} runs: {', '.join(sorted({a.label for a in arms.values()}))}\")"),
         md("## Runs\nEach run is resumed or skipped when already done; progress lines come while the runs go."),
@@ -81,7 +84,7 @@ def build(name: str):
         md("## Results\nThe paper's metrics per arm: mean over seeds [95% interval] and n seeds (the interval "
            "combines test-query and seed noise). The peak selects on the test set: read it next to the final value. "
            "Collapse columns are over the last 50 training predictions."),
-        code("results.metrics_table(tables.aggregated, report.arm_order(arms))"),
+        code("aggregate.metrics_table(tables.aggregated, report.arm_order(arms))"),
         md("## Figures"),
         code("figures = report.figures(fam, tables, arms)\nfamily_notebook.show_figures(figures, tables.curves, "
              "report.references(arms))"),
@@ -92,7 +95,7 @@ def build(name: str):
         md("## Compute\nTraining-prompt tokens computed per step (test queries excluded, as in the paper's table)."),
         code("tokens = report.token_table(tables)\nreport.token_view(tokens)"),
         md("## Export"),
-        code("folder = notebook.resolve_path(params[\"export_dir\"] or f\"{params['output_dir']}/_analysis/{fam.name}\")\n"
+        code("folder = report.export_folder(fam, params)\n"
              "paths = report.export(fam, figures, tables, {\"verdicts\": verdict_table, \"paper_vs_ours\": comparison,\n"
              "                                             \"tokens\": tokens}, folder)\n"
              "for name, path in paths.items():\n    print(f\"{name}: {path}\")\n"
@@ -108,8 +111,6 @@ def build(name: str):
 def write_all(folder: str | os.PathLike | None = None) -> list[Path]:
     """Write ``notebooks/family_<name>.ipynb`` for every family; returns the paths."""
     import nbformat
-
-    from .families import FAMILIES
 
     folder = Path(folder) if folder else project_root() / "notebooks"
     paths = []
@@ -137,7 +138,7 @@ def show_figures(figures: Mapping[str, Any], curves: pd.DataFrame, references=()
     def redraw(*_):
         with out:
             out.clear_output(wait=True)
-            notebook.show_in_widget(plots.facet_figure(
+            show_in_widget(plots.facet_figure(
                 curves[curves["model_name"] == choice.value], "mean", percent=True, references=references,
                 title=f"{choice.value}: test accuracy (mean over seeds, 95% interval)", y_title="test accuracy"))
 

@@ -9,33 +9,32 @@ query and the answer, and its binary search returned one more than fits; here ``
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 
 import pandas as pd
 
-from .config import ExperimentConfig
-from .models import LanguageModel, load_model
-from .prompts import Episode, build_messages, feedback_text, render_prompt, system_prompt
-from .storage import atomic_write_text, file_lock
-from .task_files import PACKAGE_TASKS
-from .tasks import Task, load_task
+from icrl_lib.runs.config import ExperimentConfig
+from icrl_lib.engine.models import LanguageModel, ModelFacts, load_model
+from icrl_lib.paper.prompts import Episode, build_messages, feedback_text, render_prompt, system_prompt
+from icrl_lib.runs.store import CACHE_DIR, atomic_write_text, digest, file_lock
+from icrl_lib.tasks.files import PACKAGE_TASKS
+from icrl_lib.tasks.task import Task, load_task
 
 log = logging.getLogger("icrl")
 
 WINDOW_FRACTION = 0.95  # leave 5% of the model's window as headroom, as the paper did
 
 
-def inputs_by_length(lm: LanguageModel, task: Task) -> list[str]:
+def inputs_by_length(lm: ModelFacts, task: Task) -> list[str]:
     """Formatted inputs of every train and test row, longest first in tokens (ties keep data order)."""
     texts = [task.format_input(ex) for ex in task.train + task.test]
     lengths = [len(ids) for ids in lm.encode_batch(texts)]
     return [texts[i] for i in sorted(range(len(texts)), key=lambda i: -lengths[i])]
 
 
-def worst_case_tokens(lm: LanguageModel, task: Task, n: int, *, icrl: bool = True, omit_feedback: bool = False,
+def worst_case_tokens(lm: ModelFacts, task: Task, n: int, *, icrl: bool = True, omit_feedback: bool = False,
                       template: str | None = None, extra_episodes: int = 0, inputs: list[str] | None = None) -> int:
     """Tokens of the worst-case prompt with ``n + extra_episodes`` episodes, its query and the generated answer.
 
@@ -58,7 +57,7 @@ def worst_case_tokens(lm: LanguageModel, task: Task, n: int, *, icrl: bool = Tru
     return len(lm.encode(prompt)) + len(lm.encode(" " + longest_label)) + 1  # + answer and end-of-turn
 
 
-def max_examples_for_window(lm: LanguageModel, task: Task, window_tokens: int, **prompt_options) -> int:
+def max_examples_for_window(lm: ModelFacts, task: Task, window_tokens: int, **prompt_options) -> int:
     """Largest ``n`` whose worst-case prompt fits ``window_tokens`` (exponential then binary search)."""
     inputs = inputs_by_length(lm, task)
     limit = len(inputs) - 1 - prompt_options.get("extra_episodes", 0)  # every episode and the query distinct rows
@@ -81,7 +80,7 @@ def max_examples_for_window(lm: LanguageModel, task: Task, window_tokens: int, *
     return lo
 
 
-def usable_window(lm: LanguageModel, max_window_tokens: int | None = None) -> int:
+def usable_window(lm: ModelFacts, max_window_tokens: int | None = None) -> int:
     """Tokens a prompt may use: 95% of the window (the model's, or ``max_window_tokens`` when smaller)."""
     window = min(max_window_tokens or lm.context_window, lm.context_window)
     return int(WINDOW_FRACTION * window)  # e.g. 0.95 x 8192 = 7782 tokens for SmolLM2
@@ -120,7 +119,7 @@ def _read_cache(cache_file: Path) -> dict[str, int]:
     return table
 
 
-def episode_budget(config: ExperimentConfig, lm: LanguageModel, task: Task, exemplars: int) -> int:
+def episode_budget(config: ExperimentConfig, lm: ModelFacts, task: Task, exemplars: int) -> int:
     """Episodes a context may hold besides the exemplars.
 
     Given ``max_context_examples``, the exemplars count against it (the paper: ``max(0, M - len(exemplars))``);
@@ -130,14 +129,14 @@ def episode_budget(config: ExperimentConfig, lm: LanguageModel, task: Task, exem
         return max(0, config.max_context_examples - exemplars)
     window = usable_window(lm, config.max_window_tokens)
     mode = "icrl" + ("_nofeedback" if config.icrl_omit_feedback else "") if config.icrl else "icl"
-    # "v2": the worst case became the n longest distinct inputs (v1 repeated the single longest one). A task read
-    # from a user's file also keys on its labels, wording and rows: the file may be edited, or two share a name.
-    key = f"v2|{config.model_name}|{task.name}|{window}|{mode}|exemplars{exemplars}|{hash_text(config.system_prompt)}"
+    # A task read from a user's file also keys on its labels, wording and rows: the file may be edited, or two files
+    # share a name.
+    key = f"{config.model_name}|{task.name}|{window}|{mode}|exemplars{exemplars}|{hash_text(config.system_prompt)}"
     if Path(task.spec.file).parent != PACKAGE_TASKS:
         key += "|" + hash_text(json.dumps([task.labels, task.spec.input_prefix, task.spec.prediction_prefix,
                                            task.description, sorted(ex.text for ex in task.train)]))
     return cached_max_examples(
-        Path(config.output_dir) / "_cache" / "max_context_examples.json", key,
+        Path(config.output_dir) / CACHE_DIR / "max_context_examples.json", key,
         lambda: max_examples_for_window(lm, task, window, icrl=config.icrl, omit_feedback=config.icrl_omit_feedback,
                                         template=config.system_prompt, extra_episodes=exemplars),
     )
@@ -145,7 +144,7 @@ def episode_budget(config: ExperimentConfig, lm: LanguageModel, task: Task, exem
 
 def hash_text(text: str | None) -> str:
     """Short stable hash of a custom system prompt (``default`` for the paper's), for cache keys."""
-    return "default" if text is None else hashlib.sha256(text.encode()).hexdigest()[:8]
+    return "default" if text is None else digest(text)[:8]
 
 
 def find_max_context_examples(model_name: str, task_name: str, max_window_tokens: int | None = None,

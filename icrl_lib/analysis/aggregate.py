@@ -9,14 +9,13 @@ training steps: runs of different lengths compare), ``spearman_rho`` (test accur
 measure, over ``test_points`` tests), and exploration collapse over the last ``COLLAPSE_WINDOW`` training predictions:
 ``distinct_labels``, ``label_entropy`` (bits) and ``top_label_share`` (share of the most predicted label).
 Over seeds (:func:`aggregate`, :func:`accuracy_curves`): the mean and a 95% interval that combines the test queries
-and the seeds (:func:`icrl_lib.stats.accuracy_interval`) for accuracies and shares, a t-interval over seeds for the
+and the seeds (:func:`icrl_lib.analysis.stats.accuracy_interval`) for accuracies and shares, a t-interval over seeds for the
 others. :func:`paired_differences` compares two methods on the same test queries and seeds. :func:`join_paper` puts
 the paper's published value beside ours. All tables are tidy (one value per row) and parquet-ready.
 """
 from __future__ import annotations
 
 import math
-from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -24,8 +23,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import stats
-from .methods import method_order
+from icrl_lib.analysis import stats
+from icrl_lib.paper.methods import method_order
+from icrl_lib.runs.tables import COLLAPSE_WINDOW, collapse_metrics
 
 CELL = ("model_name", "task_name", "method", "method_key", "paper_method", "paper_setting", "train_k", "test_k",
         "test_every")
@@ -33,7 +33,6 @@ SEED = ("seed", "training_seed", "test_seed")
 METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak", "gain", "regret", "regret_per_step", "spearman_rho",
            "distinct_labels", "label_entropy", "top_label_share")
 ACCURACY_METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak")
-COLLAPSE_WINDOW = 50  # training steps over which distinct predicted labels, their entropy and the top share are taken
 LEVEL = 0.95
 PAPER_RESULTS = Path(__file__).with_name("data") / "paper_results.csv"
 
@@ -57,7 +56,7 @@ def run_metrics(runs: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.Dat
     """One row per run: cell and seed columns, the paper's metrics, ``peak_step``, ``last_step``, ``test_points``,
     ``queries`` and ``train_steps``.
 
-    ``runs`` is ``results.load_runs`` (one row per test step), ``steps`` ``results.load_run_steps`` (for regret and
+    ``runs`` is ``load.read(...).tests`` (one row per test step), ``steps`` its ``steps`` (for regret and
     collapse)."""
     rows = []
     for run, tests in runs.sort_values("step").groupby("run", sort=True):
@@ -85,26 +84,6 @@ def run_metrics(runs: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.Dat
         for key in ("distinct_labels", "label_entropy", "top_label_share"):
             table[key] = table["run"].map({run: c[key] for run, c in collapse.items()}).astype(float)
     return table
-
-
-def label_entropy(labels) -> float:
-    """Shannon entropy (bits) of the empirical distribution of ``labels``; 0 when one label is always predicted."""
-    counts = np.array(list(Counter(labels).values()), dtype=float)
-    if counts.sum() == 0:
-        return float("nan")
-    p = counts / counts.sum()
-    return float(-(p * np.log2(p)).sum()) + 0.0  # + 0.0: no -0.0
-
-
-def collapse_metrics(predictions) -> dict[str, float]:
-    """Exploration collapse of a run's last training predictions: distinct labels, their entropy (bits) and the share
-    of the most predicted one (1.0: one label only, the paper's degeneration)."""
-    labels = [p for p in predictions if isinstance(p, str)]
-    if not labels:
-        return {"distinct_labels": math.nan, "label_entropy": math.nan, "top_label_share": math.nan}
-    counts = Counter(labels)
-    return {"distinct_labels": float(len(counts)), "label_entropy": label_entropy(labels),
-            "top_label_share": max(counts.values()) / len(labels)}
 
 
 BOUNDS = {"test_acc_step0": (0, 1), "test_acc_final": (0, 1), "test_acc_peak": (0, 1), "accuracy": (0, 1),
@@ -234,7 +213,7 @@ def side_vectors(results: pd.DataFrame) -> tuple[dict[int, list[float]], dict[in
 def difference(left: pd.DataFrame, right: pd.DataFrame, level: float = stats.LEVEL) -> stats.Estimate:
     """Accuracy of one side minus the other (``query_results`` rows of each): paired over queries where both tested
     the same ones (per seed; across seeds too when every seed has one test set), else unpaired; seeds paired where
-    both ran them (:mod:`icrl_lib.stats`)."""
+    both ran them (:mod:`icrl_lib.analysis.stats`)."""
     a, answers_a = side_vectors(left)
     b, answers_b = side_vectors(right)
     if not a or not b:

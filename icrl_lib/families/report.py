@@ -3,19 +3,24 @@ and the paper's findings checked on our numbers. The family notebooks (``noteboo
 few calls into this module; everything also works on partial results (whatever runs have finished)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
 import pandas as pd
 
-from . import plots, results, stats, verdicts
-from .aggregate import metric_text
-from .config import ExperimentConfig
-from .families import Arm, Family, configs, paper_coordinates
-from .storage import run_name
-from .sweep import Sweep
+
+from icrl_lib.analysis import aggregate, load, plots, stats, verdicts
+from icrl_lib.analysis.aggregate import metric_text
+from icrl_lib.analysis.coordinates import paper_coordinates
+from icrl_lib.families.spec import configs
+from icrl_lib.notebook import export_table, resolve_path, save_figures
+from icrl_lib.paper.families import Arm, Family
+from icrl_lib.runs.config import ExperimentConfig
+from icrl_lib.runs.store import ANALYSIS_DIR, run_name
+from icrl_lib.runs.tables import COLLAPSE_WINDOW
+from icrl_lib.sweeps.spec import Sweep
 
 RUNNING_WINDOW = 256  # the paper's appendix: running training accuracy over 256 steps
 
@@ -35,10 +40,6 @@ class Tables:
 
 def family_sweep(fam: Family, params: Mapping[str, Any]) -> tuple[Sweep, Mapping[str, Arm]]:
     """The sweep of ``fam`` for notebook ``params`` and the arm of each run folder name."""
-    from dataclasses import replace
-
-    from .notebook import resolve_path
-
     pairs = configs(fam, params)
     output_dir = str(resolve_path(params.get("output_dir") or "outputs"))
     pairs = [(a, replace(c, output_dir=output_dir)) for a, c in pairs]
@@ -51,14 +52,14 @@ def family_sweep(fam: Family, params: Mapping[str, Any]) -> tuple[Sweep, Mapping
 
 def collect(sweep: Sweep, arms: Mapping[str, Arm]) -> Tables:
     """The family's runs as tables, each labelled by its arm; runs not started yet are simply absent."""
-    tests, steps, predictions = results.load(Path(sweep.configs[0].output_dir), runs=arms)
+    tests, steps, predictions = load.read(Path(sweep.configs[0].output_dir), runs=arms)
     for table in (tests, steps):
         if not table.empty:
             table["method"] = table["run"].map(lambda r: arms[r].label)
-    per_run = results.run_metrics(tests, steps)
-    aggregated = results.aggregate(per_run)
+    per_run = aggregate.run_metrics(tests, steps)
+    aggregated = aggregate.aggregate(per_run)
     return Tables(tests, steps, predictions, per_run, aggregated.assign(arm=aggregated["method"]),
-                  results.accuracy_curves(tests), MappingProxyType({run_name(c): c for c in sweep.configs}))
+                  aggregate.accuracy_curves(tests), MappingProxyType({run_name(c): c for c in sweep.configs}))
 
 
 def arm_order(arms: Mapping[str, Arm]) -> list[str]:
@@ -99,7 +100,7 @@ def figures(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> dict[str, A
             title=f"Training accuracy over the last {RUNNING_WINDOW} steps (mean over seeds){sizes}")
         out["collapse"] = plots.facet_figure(
             _over_seeds(steps, "window_distinct_labels"), "window_distinct_labels", y_title="distinct labels",
-            title=f"Exploration: distinct labels predicted in the last {results.COLLAPSE_WINDOW} training steps{sizes}")
+            title=f"Exploration: distinct labels predicted in the last {COLLAPSE_WINDOW} training steps{sizes}")
     tokens = token_table(tables)
     if not tokens.empty and (tokens["train_tokens_per_step"] > 0).any():
         out["compute"] = plots.compute_figure(tokens[tokens["train_tokens_per_step"] > 0],
@@ -163,13 +164,13 @@ PAPER_WINDOW = 131072  # the paper's models' max_model_len (128K)
 
 def paper_vs_ours(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.DataFrame:
     """Per task, arm (the paper's order) and metric: our value (mean [95% interval], n seeds) per model next to the
-    paper's value per model for the arm's *actual* setting (:func:`icrl_lib.families.paper_coordinates`, within this
+    paper's value per model for the arm's *actual* setting (:func:`icrl_lib.analysis.coordinates.paper_coordinates`, within this
     family), with both sides' steps, test queries and window; "no paper counterpart" where the paper ran no such
     setting. Regret is per training step, so runs of different lengths compare."""
     if tables.aggregated.empty:
         return pd.DataFrame()
     order = {label: i for i, label in enumerate(arm_order(arms))}
-    paper = results.paper_results()
+    paper = aggregate.paper_results()
     paper = paper[paper["family"].isin(fam.paper_families)].drop_duplicates(["model", "task", "method", "setting",
                                                                              "metric"])
     ours = tables.aggregated[tables.aggregated["metric"].isin(COMPARED_METRICS)]
@@ -244,7 +245,7 @@ def _paper_text(row: Mapping[str, Any], task: str, metric: str) -> str:
 
 
 def verdict_table(fam: Family, tables: Tables, arms: Mapping[str, Arm], params: Mapping[str, Any]) -> pd.DataFrame:
-    """The paper's findings tested on these runs (:func:`icrl_lib.verdicts.evaluate`), for the knobs they ran."""
+    """The paper's findings tested on these runs (:func:`icrl_lib.analysis.verdicts.evaluate`), for the knobs they ran."""
     return verdicts.evaluate(fam, tables.per_run, tables.predictions, arms, params.get("knobs"))
 
 
@@ -268,11 +269,14 @@ def show_verdicts(fam: Family, table: pd.DataFrame) -> None:
               f"({'ρ ' if metric == 'spearman_rho' else ''}{values}, one run, 500 test queries: inconclusive)")
 
 
+def export_folder(fam: Family, params: Mapping[str, Any]) -> Path:
+    """Where a family notebook writes its figures and tables: ``export_dir``, else ``<output_dir>/_analysis/<family>``."""
+    return resolve_path(params.get("export_dir") or Path(params.get("output_dir") or "outputs") / ANALYSIS_DIR / fam.name)
+
+
 def export(fam: Family, figs: Mapping[str, Any], tables: Tables, extra: Mapping[str, pd.DataFrame],
            folder: str | Path) -> dict[str, Path]:
     """Every figure as HTML and every table as parquet + CSV under ``folder``; name -> path of what was written."""
-    from .notebook import export_table, save_figures
-
     paths = {f"figure {k}": v for k, v in save_figures(figs, folder).items()}
     for name, table in {"per_run": tables.per_run, "metrics": tables.aggregated, "curves": tables.curves,
                         **extra}.items():

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .models import LanguageModel
+from icrl_lib.engine.models import LanguageModel
 
 PREFILL_CHUNK = 2048  # tokens per forward when extending a prefix; bounds the attention scratch memory
 
@@ -150,6 +150,11 @@ class PrefixCachePool:
         self._clock = 0
         self._evictions_reported = 0
 
+    def settings(self) -> dict[str, int]:
+        """The pool's limits, as a run's meta.json records them."""
+        return {"budget_tokens": self.budget_tokens, "max_entries": self.max_entries,
+                "bytes_per_token": self.lm.kv_bytes_per_token}
+
     def report(self) -> dict[str, int]:
         """KV cache held now (entries, tokens) and evictions since the last report (each means recomputation)."""
         evictions, self._evictions_reported = self.stats.evictions - self._evictions_reported, self.stats.evictions
@@ -212,9 +217,6 @@ class PrefixCachePool:
             self.entries.remove(victim)
             self.stats.evictions += 1
 
-    def clear(self) -> None:
-        """Drop every cached prefix."""
-        self.entries.clear()
 
 
 def free_memory_bytes(lm: LanguageModel) -> int:

@@ -1,4 +1,4 @@
-"""Launchers: one interface, three engines, for the runs of a :class:`~icrl_lib.sweep.Sweep`.
+"""Launchers: one interface, three engines, for the runs of a :class:`~icrl_lib.sweeps.spec.Sweep`.
 
 - ``local``: N worker processes on this machine (``concurrent.futures`` with spawn). On a host with GPUs each worker
   owns one GPU (``CUDA_VISIBLE_DEVICES`` set before torch loads, so an 8B model never spreads over all GPUs); on
@@ -28,11 +28,11 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .config import ExperimentConfig
-from .errors import RunLockedError, UserError
-from .results import format_duration
-from .storage import atomic_write_text, run_name
-from .sweep import Sweep, failure_path, status, summary
+from icrl_lib.runs.config import ExperimentConfig
+from icrl_lib.errors import RunLockedError, UserError
+from icrl_lib.runs.progress import format_duration
+from icrl_lib.runs.store import atomic_write_text, run_name
+from icrl_lib.sweeps.spec import Sweep, failure_path, status, summary, time_left
 
 _MODELS: dict[tuple, Any] = {}  # per worker process: loaded models, reused by the runs it is given
 
@@ -52,7 +52,7 @@ def run_one(config_fields: dict[str, Any], sweep_folder: str) -> dict[str, Any]:
     try:
         with open(folder / "logs" / f"{name}.log", "a", encoding="utf-8") as log, \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            from .runner import run_experiment
+            from icrl_lib.runs.loop import run_experiment
 
             lm = _model(config)
             out["model_ready"] = time.time()
@@ -72,7 +72,7 @@ def run_one(config_fields: dict[str, Any], sweep_folder: str) -> dict[str, Any]:
 
 def _model(config: ExperimentConfig):
     """This worker's copy of ``config``'s model (loaded on first use; one per name, device and remote-code flag)."""
-    from .models import load_model
+    from icrl_lib.engine.models import load_model
 
     key = (config.model_name, config.device, config.trust_remote_code)
     if key not in _MODELS:
@@ -93,20 +93,13 @@ def run_sweep(sweep: Sweep, report: Callable[[str], None] = print, poll_seconds:
            f"(workers={sweep.workers}); logs in {sweep.folder / 'logs'}")
     for run in held["run"]:
         report(f"[sweep] {run}: held by another process, left to it")
-    started, finished = time.time(), 0
-    names = {run_name(c) for c in todo}
-    done_before = int(table.loc[table["run"].isin(names), "steps_done"].sum())  # resumed runs' logged steps
+    finished = 0
 
     def progress(outcome: dict) -> None:
-        # ETA from steps, not runs: a zero-shot run (one step) says little about a 10,000-step one.
         nonlocal finished
         finished += 1
-        now = status(sweep)
-        mine = now[now["run"].isin(names)]
-        done = int(mine["steps_done"].sum())
-        rate = (time.time() - started) / max(done - done_before, 1)  # seconds per step made by this launch
-        steps_left = max(int(mine["steps"].sum()) - done, 0)
-        left = f", ETA {format_duration(rate * steps_left)}" if finished < len(todo) else ""
+        seconds = time_left(sweep, status(sweep)) if finished < len(todo) else None
+        left = f", ETA {format_duration(seconds)}" if seconds is not None else ""
         error = f": {outcome['error']}" if outcome.get("error") else ""
         report(f"[sweep] {finished}/{len(todo)}{left} | {outcome['state']} {outcome['run']}{error}")
 

@@ -31,8 +31,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import UserError
-from .paths import find_file, project_root
+from icrl_lib.errors import UserError
+from icrl_lib.paths import find_file, project_root
 
 PACKAGE_TASKS = Path(__file__).with_name("task_registry")  # the shipped task files, one per registered name
 REVISION_PARQUET = "refs/convert/parquet"  # the hub's parquet conversion of every dataset (no loading scripts)

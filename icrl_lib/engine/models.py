@@ -11,11 +11,12 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from icrl_lib.errors import UserError
+from icrl_lib.paper.prompts import supports_system_role
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -39,16 +40,31 @@ EMBEDDED_MODELS = {
 
 
 @dataclass(frozen=True)
-class LanguageModel:
-    """A loaded causal LM with what ICRL needs to know about it."""
+class ModelFacts:
+    """What a run needs to know of its model before any weight is read: the tokenizer and what the chat template
+    and the model's config say (found once, by :func:`model_facts`)."""
 
     name: str
-    model: Any  # transformers PreTrainedModel
     tokenizer: Any  # transformers PreTrainedTokenizerBase
     eot_id: int  # end-of-turn token that closes an assistant message
     context_window: int  # maximum positions the model supports
     system_role: bool  # whether the chat template accepts a system message
-    device: str
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` exactly as written (chat templates already render BOS when they want one)."""
+        return encode(self.tokenizer, text)
+
+    def encode_batch(self, texts) -> list[list[int]]:
+        """:meth:`encode` for many texts in one tokenizer call (parallel in fast tokenizers)."""
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
+
+
+@dataclass(frozen=True)
+class LanguageModel(ModelFacts):
+    """A loaded causal LM: its facts plus the weights and where they run."""
+
+    model: Any = None  # transformers PreTrainedModel
+    device: str = "cpu"
     cache_arg: str = "past_key_values"  # forward() keyword of the KV cache ("cache" from transformers 5.24 on)
 
     @property
@@ -61,13 +77,6 @@ class LanguageModel:
         elem = next(self.model.parameters()).element_size()
         return 2 * cfg.num_hidden_layers * heads * head_dim * elem
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` exactly as written (chat templates already render BOS when they want one)."""
-        return encode(self.tokenizer, text)
-
-    def encode_batch(self, texts) -> list[list[int]]:
-        """:meth:`encode` for many texts in one tokenizer call (parallel in fast tokenizers)."""
-        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
@@ -153,8 +162,8 @@ def find_eot_id(tokenizer) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def _context_window(model, tokenizer) -> int:
-    cfg = getattr(model.config, "text_config", model.config)
+def _context_window(config, tokenizer) -> int:
+    cfg = getattr(config, "text_config", config)
     for key in ("max_position_embeddings", "n_positions", "seq_length"):
         value = getattr(cfg, key, None)
         if isinstance(value, int) and value > 0:
@@ -243,14 +252,18 @@ def _location(model_name: str, source: ModelSource, trust_remote_code: bool, tok
     return location, common
 
 
-def load_tokenizer(model_name: str, source: ModelSource, trust_remote_code: bool = False,
-                   hf_token: str | None = None) -> Any:
-    """The model's tokenizer alone (seconds, no weights): labels are checked with it before the model loads."""
-    from transformers import AutoTokenizer
+def model_facts(model_name: str, source: ModelSource, trust_remote_code: bool = False,
+                hf_token: str | None = None) -> ModelFacts:
+    """The model's tokenizer and facts, read from its tokenizer and config files alone (seconds, no weights): a run
+    is planned, and its labels checked, with these before the model loads."""
+    from transformers import AutoConfig, AutoTokenizer
 
     token = hf_token or os.environ.get("HF_TOKEN") or None
     location, common = _location(model_name, source, trust_remote_code, token)
-    return AutoTokenizer.from_pretrained(location, **common)
+    tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    config = AutoConfig.from_pretrained(location, **common)
+    return ModelFacts(model_name, tokenizer, find_eot_id(tokenizer), _context_window(config, tokenizer),
+                      supports_system_role(tokenizer))
 
 
 def load_model(
@@ -259,10 +272,10 @@ def load_model(
     trust_remote_code: bool = False,
     hf_token: str | None = None,
     source: ModelSource | None = None,
-    tokenizer: Any = None,
+    facts: ModelFacts | None = None,
 ) -> LanguageModel:
     """Load ``model_name``: an embedded alias, a hub id or a local folder (``source``: already resolved;
-    ``tokenizer``: already loaded by :func:`load_tokenizer`, as the run's preflight does).
+    ``facts``: already read by :func:`model_facts`, as a run's plan holds them).
 
     On CUDA the model is loaded with ``device_map="auto"`` in bf16 (fp16 where bf16 is unsupported); on CPU in
     fp32 (bf16 matmuls are several times slower on common CPUs). The token comes from ``hf_token`` or the
@@ -271,14 +284,12 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .prompts import supports_system_role
-
     device = resolve_device(device)
     avoid_cudnn_attention(device)
     token = hf_token or os.environ.get("HF_TOKEN") or None
     source = source or resolve_model(model_name, token)
     location, common = _location(model_name, source, trust_remote_code, token)
-    tokenizer = tokenizer or load_tokenizer(model_name, source, trust_remote_code, token)
+    facts = facts or model_facts(model_name, source, trust_remote_code, token)
     if device.startswith("cuda"):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         kwargs = {"dtype": dtype, "device_map": "auto" if device == "cuda" else device}
@@ -288,16 +299,8 @@ def load_model(
     if not device.startswith("cuda"):
         model.to(device)
     model.eval()
-    return LanguageModel(
-        name=model_name,
-        model=model,
-        tokenizer=tokenizer,
-        eot_id=find_eot_id(tokenizer),
-        context_window=_context_window(model, tokenizer),
-        system_role=supports_system_role(tokenizer),
-        device=str(next(model.parameters()).device),
-        cache_arg=cache_argument(model),
-    )
+    return LanguageModel(**{f.name: getattr(facts, f.name) for f in fields(ModelFacts)}, model=model,
+                         device=str(next(model.parameters()).device), cache_arg=cache_argument(model))
 
 
 def avoid_cudnn_attention(device: str) -> None:

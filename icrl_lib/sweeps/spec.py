@@ -1,15 +1,15 @@
 """Sweeps: many runs at once over methods, tasks, models and seeds, each one resumable run folder as ever.
 
 A sweep is a base config (fields, and/or config YAML files) times axes (lists of values), expanded into
-:class:`~icrl_lib.config.ExperimentConfig` values. It is data: a YAML file under ``params/sweeps/`` or a dict::
+:class:`~icrl_lib.runs.config.ExperimentConfig` values. It is data: a YAML file under ``params/sweeps/`` or a dict::
 
     name: demo                       # default: the file's stem
-    launcher: local                  # local | slurm | ray (see icrl_lib.launchers)
+    launcher: local                  # local | slurm | ray (see icrl_lib.sweeps.launchers)
     workers: 2                       # runs at once (local: processes; slurm: array parallelism; ray: tasks)
     configs: [params/grid/*/*.yaml]  # optional config files (globs, relative to the checkout), each a base
     base: {task_name: trec_coarse, train_k: 50}   # fields for every run (after the files)
     axes:                            # every combination, applied in this order
-      method: [explorative, approximate]          # keys of icrl_lib.methods: the method's fields
+      method: [explorative, approximate]          # keys of icrl_lib.paper.methods: the method's fields
       task_name: [trec_coarse, clinic150]         # any config field
       seeds: [100, 101, [102, 7, 7]]              # seed, training_seed, test_seed (an int sets all three)
       task: [{task_name: nlu, train_k: 8000}]     # a mapping of fields per value
@@ -25,17 +25,21 @@ from __future__ import annotations
 import glob
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
 import pandas as pd
+import yaml
 
-from .config import ExperimentConfig, read_yaml_mapping
-from .errors import UserError
-from .methods import BY_KEY, config_fields, name_run
-from .storage import holder, run_name
+from icrl_lib.runs.config import ExperimentConfig, read_yaml_mapping
+from icrl_lib.errors import UserError
+from icrl_lib.paper.methods import BY_KEY, config_fields, name_run
+from icrl_lib.paths import project_root, resolve_path
+from icrl_lib.runs.plan import Schedule
+from icrl_lib.runs.store import LOG_FILE, META_FILE, SWEEPS_DIR, TABLES_DIR, holder, run_dir, run_name
+from icrl_lib.tasks.sources import data_dir_param
 
 LAUNCHERS = ("local", "slurm", "ray")
 SWEEP_KEYS = ("name", "launcher", "workers", "configs", "base", "axes", "slurm", "ray")
@@ -55,10 +59,7 @@ class Sweep:
     @property
     def folder(self) -> Path:
         """``<output_dir>/_sweeps/<name>/``: failure records and per-run logs (of the first run's output_dir)."""
-        return Path(self.configs[0].output_dir) / "_sweeps" / self.name
-
-    def run_dir(self, config: ExperimentConfig) -> Path:
-        return Path(config.output_dir) / run_name(config)
+        return Path(self.configs[0].output_dir) / SWEEPS_DIR / self.name
 
 
 def load_sweep(source: str | Path | Mapping[str, Any], root: str | Path | None = None, **overrides: Any) -> Sweep:
@@ -66,8 +67,6 @@ def load_sweep(source: str | Path | Mapping[str, Any], root: str | Path | None =
 
     Relative paths (config files, output_dir) are resolved against ``root`` (default: the checkout). UserError
     names the file and key on any mistake, before anything runs."""
-    from .notebook import project_root, resolve_path
-
     label = str(source) if isinstance(source, (str, Path)) else "sweep"
     spec = dict(read_yaml_mapping(source) if isinstance(source, (str, Path)) else source)
     spec.update({k: v for k, v in overrides.items() if v is not None})
@@ -133,10 +132,6 @@ def _axis_fields(axis: str, value: Any, label: str) -> dict[str, Any]:
 
 
 def _resolved(config: ExperimentConfig, resolve_path) -> ExperimentConfig:
-    from dataclasses import replace
-
-    from .notebook import data_dir_param
-
     return replace(config, output_dir=str(resolve_path(config.output_dir)), data_dir=data_dir_param(config.data_dir))
 
 
@@ -146,9 +141,6 @@ def _as_list(value: Any) -> list:
 
 def filtered(sweep: Sweep, where: list[str]) -> Sweep:
     """The runs of ``sweep`` whose fields match every ``FIELD=VALUE`` (values compared as YAML scalars)."""
-    import yaml
-    from dataclasses import replace
-
     configs = list(sweep.configs)
     for condition in where:
         key, sep, text = condition.partition("=")
@@ -172,9 +164,9 @@ def status(sweep: Sweep) -> pd.DataFrame:
     Reads only the run folders and the sweep's failure records, so it works while another process runs the sweep."""
     rows = []
     for config in sweep.configs:
-        folder = sweep.run_dir(config)
-        meta = _json(folder / "meta.json") or {}
-        done_steps = _lines(folder / "steps.jsonl")
+        folder = run_dir(config)
+        meta = _json(folder / META_FILE) or {}  # the run's plan, as its runner recorded it
+        done_steps = _lines(folder / LOG_FILE)
         planned = meta.get("steps") if meta.get("train_size") == (0 if config.zero_shot else config.train_k) else None
         failure = _json(failure_path(sweep.folder, config))
         if holder(folder) is not None:
@@ -191,6 +183,33 @@ def status(sweep: Sweep) -> pd.DataFrame:
                      "error": (failure or {}).get("error") if state == "failed" else None, "run_dir": str(folder)})
     return pd.DataFrame(rows, columns=["run", "method", "task_name", "model_name", "seed", "state", "steps_done",
                                        "steps", "error", "run_dir"])
+
+
+def time_left(sweep: Sweep, table: pd.DataFrame) -> float | None:
+    """Seconds until the sweep's unfinished runs are done, from the steps its runs have logged: a training step and a
+    test step (the whole test set) are timed apart, and runs go ``workers`` at a time. None before any training
+    step has been timed (a zero-shot run's one test step says nothing of a 150-step run)."""
+    train, tests = [], []
+    for folder in table["run_dir"]:
+        try:
+            logged = pd.read_parquet(Path(folder) / TABLES_DIR / "steps.parquet", columns=["seconds", "tested"])
+        except (OSError, ValueError):
+            continue  # no test step written yet
+        train += logged.loc[~logged["tested"], "seconds"].tolist()
+        tests += logged.loc[logged["tested"], "seconds"].tolist()
+    if not train:
+        return None
+    per_train = float(pd.Series(train).mean())
+    per_test = max(float(pd.Series(tests).mean()) - per_train, 0.0) if tests else 0.0
+    left, runs = 0.0, 0
+    for config, row in zip(sweep.configs, table.to_dict("records")):
+        if row["state"] == "done":
+            continue
+        schedule = Schedule.of(config, budget=config.train_k)  # ICL: at most train_k steps
+        tests_left = sum(1 for s in schedule.test_steps if s >= row["steps_done"])
+        left += max(row["steps"] - row["steps_done"], 0) * per_train + tests_left * per_test
+        runs += 1
+    return left / max(1, min(sweep.workers, runs)) if runs else 0.0
 
 
 def summary(table: pd.DataFrame) -> str:

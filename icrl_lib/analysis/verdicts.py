@@ -1,7 +1,7 @@
-"""Verdicts on the paper's findings: each :class:`~icrl_lib.findings.Check` tested on our runs' per-query results
+"""Verdicts on the paper's findings: each :class:`~icrl_lib.paper.findings.Check` tested on our runs' per-query results
 (:func:`evaluate`) and on the paper's own published numbers (:func:`paper_evaluate`), one row per (finding, model,
 task) with the effect, its interval, n and the minimum detectable effect, and a verdict: supported, contradicted or
-inconclusive (:func:`icrl_lib.stats.verdict`), or "not measured" where an arm has not run.
+inconclusive (:func:`icrl_lib.analysis.stats.verdict`), or "not measured" where an arm has not run.
 
 Where one statement combines the cells of a finding ("supported on k of n tasks"), each cell's verdict is redrawn at
 the Bonferroni level for n (``verdict_adjusted``), so the combined statement keeps a 5% family-wise error.
@@ -16,10 +16,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import stats
-from .aggregate import COLLAPSE_WINDOW, difference, paper_results, query_results
-from .families import Arm, Family
-from .findings import MEASURES, Check
+from icrl_lib.analysis import stats
+from icrl_lib.analysis.aggregate import difference, paper_results, query_results
+from icrl_lib.runs.store import ANALYSIS_DIR
+from icrl_lib.runs.tables import COLLAPSE_WINDOW
+from icrl_lib.paper.families import FAMILIES, Arm, Family, family
+from icrl_lib.paper.findings import MEASURES, Check
 
 NOT_MEASURED = "not measured"
 CPU_VERDICTS = "outputs/verdicts_cpu.csv"  # the CPU profiles' verdicts (committed): the README's table is made from it
@@ -205,10 +207,10 @@ def summary(table: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFr
     beyond), with the sizes, and what the paper's own numbers show."""
     rows = []
     paper_text = paper_summary(paper) if paper is not None and not paper.empty else pd.Series(dtype=str)
-    for (family, finding), rows_ in table.groupby(["family", "finding"], sort=False):
+    for (name, finding), rows_ in table.groupby(["family", "finding"], sort=False):
         scoped = rows_[(rows_["scope"] == "paper") & (rows_["verdict"] != NOT_MEASURED)]
         beyond = rows_[(rows_["scope"] != "paper") & (rows_["verdict"] != NOT_MEASURED)]
-        rows.append({"family": family, "finding": finding,
+        rows.append({"family": name, "finding": finding,
                      "ours": _counts(scoped["verdict_adjusted"]) if len(scoped) else NOT_MEASURED,
                      "ours_beyond_the_paper": _counts(beyond["verdict"]) if len(beyond) else "",
                      "tasks": ", ".join(sorted(set(rows_.loc[rows_["verdict"] != NOT_MEASURED, "task_name"]))),
@@ -250,18 +252,14 @@ def markdown(summary_table: pd.DataFrame) -> str:
 
 def gather(outputs_dir: str | Path) -> pd.DataFrame:
     """Every family's exported verdict table under ``<outputs_dir>/_analysis/<family>/verdicts.parquet``, in the
-    order of :data:`~icrl_lib.families.FAMILIES`."""
-    from .families import FAMILIES
-
+    order of :data:`~icrl_lib.paper.families.FAMILIES`."""
     tables = [pd.read_parquet(path) for name in FAMILIES
-              for path in [Path(outputs_dir) / "_analysis" / name / "verdicts.parquet"] if path.is_file()]
+              for path in [Path(outputs_dir) / ANALYSIS_DIR / name / "verdicts.parquet"] if path.is_file()]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=COLUMNS)
 
 
 def overall(table: pd.DataFrame) -> pd.DataFrame:
     """:func:`summary` of a table that holds several families (each with its paper's numbers)."""
-    from .families import family
-
     parts = [summary(rows, paper_evaluate(family(name))) for name, rows in table.groupby("family", sort=False)]
     return pd.concat(parts, ignore_index=True) if parts else summary(table)
 

@@ -1,9 +1,12 @@
-"""Run folders: one process at a time, a crash-safe step log, side files written atomically. No pickle.
+"""Run folders, the one owner of their format: names, files, one process at a time, a crash-safe step log, side
+files written atomically. No pickle.
 
 ``<output_dir>/<run_name>/`` holds ``config.yaml`` (no secrets), ``data.json`` (fingerprint of the data used),
 ``steps.jsonl`` (one JSON object per completed step, each written with a single write + flush + fsync),
-``meta.json`` and ``tables/*.parquet``. The run name is readable and stable: the main parameters plus a hash of
-the config's :meth:`~icrl_lib.config.ExperimentConfig.identity`, so the same experiment always finds its folder.
+``meta.json`` (the run's plan and model facts), ``debug_prompts.txt``, ``tables/*.parquet`` and ``figures/``. Beside
+the run folders: ``_cache/`` (context capacities), ``_sweeps/`` and ``_analysis/``. The run name is readable and
+stable: the main parameters plus a hash of the config's :meth:`~icrl_lib.runs.config.ExperimentConfig.identity`,
+so the same experiment always finds its folder (:func:`run_dir` is the one rule).
 
 Guarantees: a process holds an exclusive lock on the folder (``.lock``, ``flock``) for the whole run, so a second
 process is refused with the holder's PID; the kernel drops the lock when the holder dies, even by ``kill -9``.
@@ -26,12 +29,22 @@ from typing import Any, Iterator
 
 import yaml
 
-from .config import ExperimentConfig, load_config, read_yaml_mapping
-from .errors import RunLockedError, UserError, os_error
-from .tasks import task_label
+from icrl_lib.runs.config import ExperimentConfig, load_config, read_yaml_mapping
+from icrl_lib.errors import RunLockedError, UserError, os_error
+from icrl_lib.runs.record import StepRecord
+from icrl_lib.tasks.task import task_label
 
 log = logging.getLogger("icrl")
-LOCK_FILE = ".lock"
+# The run folder's files, and the folders beside run folders in an output_dir.
+CONFIG_FILE, LOG_FILE, META_FILE, DATA_FILE = "config.yaml", "steps.jsonl", "meta.json", "data.json"
+DEBUG_FILE, LOCK_FILE, TABLES_DIR, FIGURES_DIR = "debug_prompts.txt", ".lock", "tables", "figures"
+CACHE_DIR, SWEEPS_DIR, ANALYSIS_DIR = "_cache", "_sweeps", "_analysis"
+DEBUG_SEPARATOR = "=" * 80 + "\n"  # between two prompts in debug_prompts.txt
+
+
+def digest(text: str) -> str:
+    """SHA-256 of ``text`` in hex: the one hash of run names, data fingerprints and cache keys."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def run_name(config: ExperimentConfig) -> str:
@@ -39,14 +52,24 @@ def run_name(config: ExperimentConfig) -> str:
     __icrl__t1__seed100-100-100__1a2b3c4d`` (zero-shot: ``...__zeroshot__t1__seed100-100__<hash>``)."""
     c = config
     model = c.model_name.strip("/").replace("/", "--")
-    digest = hashlib.sha256(json.dumps(c.identity(), sort_keys=True).encode()).hexdigest()[:8]
+    identity = digest(json.dumps(c.identity(), sort_keys=True))[:8]
     if c.zero_shot:
         parts = [task_label(c.task_name), model, "zeroshot" if c.icrl else "zeroshot-icl", f"t{c.temperature:g}",
-                 f"seed{c.seed}-{c.test_seed}", digest]
+                 f"seed{c.seed}-{c.test_seed}", identity]
     else:
         parts = [task_label(c.task_name), model, _strategy_label(c), "icrl" if c.icrl else "icl", f"t{c.temperature:g}",
-                 f"seed{c.seed}-{c.training_seed}-{c.test_seed}", digest]
+                 f"seed{c.seed}-{c.training_seed}-{c.test_seed}", identity]
     return "__".join(parts)
+
+
+def run_dir(config: ExperimentConfig) -> Path:
+    """``<output_dir>/<run_name>``: where the run of ``config`` lives (the one rule)."""
+    return Path(config.output_dir) / run_name(config)
+
+
+def run_folders(output_dir: str | os.PathLike) -> list[Path]:
+    """Every run folder under ``output_dir`` (those holding a config), sorted by name."""
+    return sorted(cfg.parent for cfg in Path(output_dir).glob(f"*/{CONFIG_FILE}"))
 
 
 def _strategy_label(c: ExperimentConfig) -> str:
@@ -56,13 +79,6 @@ def _strategy_label(c: ExperimentConfig) -> str:
     return label
 
 
-def _legacy_pattern(c: ExperimentConfig) -> str:
-    """Glob of the names icrl 0.1 gave this experiment (before identity(): hash over every result field)."""
-    mode = "zeroshot" if c.zero_shot else ("icrl" if c.icrl else "icl")
-    strategy = "*" if c.zero_shot else _strategy_label(c)
-    return "__".join([task_label(c.task_name), c.model_name.strip("/").replace("/", "--"), strategy, mode, f"t{c.temperature:g}",
-                      f"seed{c.seed}-*-{c.test_seed}" if c.zero_shot else f"seed{c.seed}-{c.training_seed}-{c.test_seed}",
-                      "*"])
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -143,6 +159,20 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def read_records(run_dir: str | os.PathLike) -> list[StepRecord]:
+    """A run's step log as typed records (:func:`read_log`); a record of the wrong shape is refused with the file and
+    line."""
+    path = Path(run_dir) / LOG_FILE
+    out = []
+    for number, raw in enumerate(read_log(path), start=1):
+        try:
+            out.append(StepRecord.from_json(raw))
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{path}: line {number}: malformed record ({type(err).__name__}: {err}); restore the file, "
+                            "or remove the run folder to start over") from None
+    return out
+
+
 def check_output_dir(output_dir: str | os.PathLike) -> Path:
     """Create ``output_dir`` if needed and prove it writable (before any model is loaded); UserError otherwise."""
     path = Path(output_dir)
@@ -171,10 +201,7 @@ class RunStore:
     def open(cls, config: ExperimentConfig) -> "RunStore":
         """Create the folder for ``config`` or reopen it to resume; refuse a folder held by another process or
         holding a different experiment. Use as a context manager (or call :meth:`close`) to release the lock."""
-        root = Path(config.output_dir)
-        path = root / run_name(config)
-        if not path.exists():
-            _adopt_legacy_folder(config, path)
+        path = run_dir(config)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -222,7 +249,7 @@ class RunStore:
         self._lock_cm, self._lock = cm, fh
 
     def _check_config(self) -> None:
-        saved = self.path / "config.yaml"
+        saved = self.path / CONFIG_FILE
         if not saved.is_file():
             atomic_write_text(saved, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
             return
@@ -247,7 +274,7 @@ class RunStore:
 
     @property
     def log_path(self) -> Path:
-        return self.path / "steps.jsonl"
+        return self.path / LOG_FILE
 
     def _drop_torn_tail(self) -> None:
         """Truncate a last line that a kill left without its newline, so appends start on a clean line."""
@@ -264,13 +291,13 @@ class RunStore:
         except OSError as err:
             raise os_error("repairing", self.log_path, err) from None
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every complete step record in order (see :func:`read_log`)."""
-        return read_log(self.log_path)
+    def records(self) -> list[StepRecord]:
+        """Every complete step record in order (see :func:`read_records`)."""
+        return read_records(self.path)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: StepRecord) -> None:
         """Append one step record durably (one write, flush, fsync)."""
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
+        line = json.dumps(record.to_json(), ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n"
         try:
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 fh.write(line)
@@ -279,6 +306,19 @@ class RunStore:
         except OSError as err:
             raise os_error("appending to", self.log_path, err, "the steps logged before are kept: fix the cause and "
                            "rerun the same command to resume") from None
+
+    def trim_debug_prompts(self, written: int) -> None:
+        """Keep exactly the first ``written`` debug prompts (those of the replayed steps), so a resume repeats none."""
+        path = self.path / DEBUG_FILE
+        if path.is_file():
+            entries = path.read_text(encoding="utf-8").split(DEBUG_SEPARATOR)
+            if len(entries) - 1 > written:
+                path.write_text("".join(e + DEBUG_SEPARATOR for e in entries[:written]), encoding="utf-8")
+
+    def write_debug_prompt(self, prompt: str) -> None:
+        """Append one full prompt to ``debug_prompts.txt``."""
+        with open(self.path / DEBUG_FILE, "a", encoding="utf-8") as fh:
+            fh.write(prompt + "\n" + DEBUG_SEPARATOR)
 
     def write_json(self, name: str, obj: Any) -> Path:
         """Write a small JSON side file atomically."""
@@ -316,7 +356,7 @@ def holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:
         except PermissionError:
             pass  # alive, owned by someone else
         return who
-    log_file = Path(run_dir) / "steps.jsonl"
+    log_file = Path(run_dir) / LOG_FILE
     recent = log_file.is_file() and time.time() - log_file.stat().st_mtime < 900
     return who if recent else None
 
@@ -327,26 +367,3 @@ def _holder(lock_path: Path) -> str:
     except OSError:
         text = ""
     return text.replace("pid", "process", 1) if text.startswith("pid ") else "another process"
-
-
-def _adopt_legacy_folder(config: ExperimentConfig, path: Path) -> None:
-    """Rename a folder that an earlier icrl named differently but that holds this very experiment."""
-    matches = []
-    for folder in sorted(path.parent.glob(_legacy_pattern(config))):
-        try:
-            if load_config(read_yaml_mapping(folder / "config.yaml")).identity() == config.identity():
-                matches.append(folder)
-        except (ValueError, OSError):
-            continue  # not a readable run folder of this experiment: leave it alone
-    if not matches:
-        return
-    # Several (the old names hashed train_k): keep the one with the longest log.
-    best = max(matches, key=lambda f: len(read_log(f / "steps.jsonl")))
-    try:
-        os.rename(best, path)
-    except OSError:
-        return  # another process adopted it first, or the name was taken meanwhile
-    log.warning("run folder %s was named by an earlier icrl version; renamed it to %s", best.name, path.name)
-    for other in matches:
-        if other != best:
-            log.warning("%s holds the same experiment (a shorter train_k); left as it is", other)

@@ -1,7 +1,7 @@
 """Tasks as immutable values: labels, train/test examples and prompt wording, built from a task file.
 
 ``task_name`` is a registered name (a task file shipped in ``icrl_lib/task_registry/``: the paper's ``banking77``,
-``clinic150``, ``trec_coarse``, ``trec_fine``, ``nlu``) or a path to a task file (:mod:`icrl_lib.task_files`).
+``clinic150``, ``trec_coarse``, ``trec_fine``, ``nlu``) or a path to a task file (:mod:`icrl_lib.tasks.files`).
 Variants are suffixes of either: ``<task>_top<k>`` keeps the k most frequent training labels (renumbered in id
 order) and ``<task>_unsemantic`` replaces label names by ``label_<1000 + id>``; they combine
 (``banking77_top10_unsemantic``, ``tickets.yaml_top5``). Building a variant never changes another task value (the
@@ -16,9 +16,10 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from .errors import UserError
-from .task_files import TaskSpec, is_task_path, read_spec, registered, task_file
-from .task_sources import HUB, SHARED_DATA, data_source, raw_splits, resolve_data_dir  # noqa: F401 (re-exported)
+from icrl_lib.errors import UserError
+from icrl_lib.tasks.files import TaskSpec, is_task_path, read_spec, registered, task_file
+from icrl_lib.tasks.sources import data_source, raw_splits
+from icrl_lib.tasks.trie import LabelTrie
 
 _VARIANT = re.compile(r"^(?P<base>.+?)(?P<rest>(?:_top\d+|_unsemantic)*)$", re.DOTALL)
 
@@ -193,14 +194,12 @@ def check_labels(task: Task, raws: list[str]) -> None:
                             f"({len(empty)} such); add them to drop_labels, or set allow_labels_without_examples")
 
 
-def check_label_tokens(task: Task, encode, eot_id: int, model_name: str) -> None:
-    """Labels whose token sequences (`` <label>`` + end-of-turn) are identical for the model cannot be told apart by
-    constrained decoding: UserError naming both and the task file, before the model loads (needs only its tokenizer).
-    """
-    from .generation import LabelTrie  # lazy: imports torch
-
+def check_label_tokens(task: Task, encode, eot_id: int, model_name: str) -> LabelTrie:
+    """The task's label trie under the model's tokenizer. Labels whose token sequences (`` <label>`` + end-of-turn)
+    are identical cannot be told apart by constrained decoding: UserError naming both and the task file, before the
+    model loads (it needs only the tokenizer)."""
     try:
-        LabelTrie.build(task.labels, encode, eot_id)
+        return LabelTrie.build(task.labels, encode, eot_id)
     except ValueError as err:
         raise UserError(f"{task.spec.file}: display_names: {err} for model_name {model_name!r}; give one of them "
                         "another display name") from None

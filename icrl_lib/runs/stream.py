@@ -2,15 +2,14 @@
 fingerprint that ties a run folder to them (so a resume on other data is refused)."""
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ExperimentConfig
-from .errors import UserError
-from .storage import RunStore
-from .tasks import Example, Task
+from icrl_lib.runs.config import ExperimentConfig
+from icrl_lib.errors import UserError
+from icrl_lib.runs.store import DATA_FILE, RunStore, digest
+from icrl_lib.tasks.task import Example, Task
 
 
 @dataclass(frozen=True)
@@ -39,26 +38,24 @@ def sample_data(config: ExperimentConfig, task: Task) -> RunData:
 
 def data_fingerprint(task: Task, data: RunData) -> dict[str, Any]:
     """Where the rows came from and a hash of each part actually used (training stream, exemplars, test set)."""
-    def digest(rows) -> str:
-        text = json.dumps([[ex.text, task.answer(ex)] for ex in rows], ensure_ascii=False)
-        return hashlib.sha256(text.encode()).hexdigest()
+    def rows_digest(rows) -> str:
+        return digest(json.dumps([[ex.text, task.answer(ex)] for ex in rows], ensure_ascii=False))
 
-    return {"source": task.source, "train_steps": len(data.stream), "train": digest(data.stream),
-            "exemplars": digest(data.exemplars), "test": digest(data.test), "test_size": len(data.test)}
+    return {"source": task.source, "train_steps": len(data.stream), "train": rows_digest(data.stream),
+            "exemplars": rows_digest(data.exemplars), "test": rows_digest(data.test), "test_size": len(data.test)}
 
 
-def check_data(store: RunStore, task: Task, data: RunData) -> None:
-    """Record the data fingerprint of a new run; refuse to resume a run on other data (another data_dir, or an
-    edited dataset). A longer stream (larger train_k) must begin with the logged one."""
-    new = data_fingerprint(task, data)
-    old = store.read_json("data.json")
+def check_data(store: RunStore, task: Task, data: RunData, new: dict[str, Any]) -> None:
+    """Record the data fingerprint ``new`` of a new run; refuse to resume a run on other data (another data_dir, or
+    an edited dataset). A longer stream (larger train_k) must begin with the logged one."""
+    old = store.read_json(DATA_FILE)
     if old is not None:
         try:
             n = int(old["train_steps"])
             same_prefix = data_fingerprint(task, RunData((), data.stream[:n], ()))["train"] == old["train"]
             differ = [k for k in ("exemplars", "test") if old[k] != new[k]] + ([] if same_prefix else ["training stream"])
         except (KeyError, TypeError, ValueError):
-            raise UserError(f"{store.path / 'data.json'}: damaged; restore it, or remove the run folder to start "
+            raise UserError(f"{store.path / DATA_FILE}: damaged; restore it, or remove the run folder to start "
                             "over") from None
         if differ:
             raise UserError(f"data: {store.path} was run on other data ({', '.join(differ)} differ): it used "
@@ -66,4 +63,4 @@ def check_data(store: RunStore, task: Task, data: RunData) -> None:
                             "or another output_dir")
         if n >= len(data.stream):
             return
-    store.write_json("data.json", new)
+    store.write_json(DATA_FILE, new)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import UserError, os_error
+from icrl_lib.errors import UserError, os_error
 
 # Fields that change what an experiment computes; the others (where it runs, how it reports) may differ on resume.
 NON_RESULT_FIELDS = frozenset({"verbose", "output_dir", "data_dir", "device", "fast", "batch_size", "log_every",
@@ -95,8 +95,8 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         """Names and ranges, checked before any data or model is loaded."""
-        from .strategies import check_parameters
-        from .tasks import parse_task_name
+        from icrl_lib.paper.strategies import check_parameters
+        from icrl_lib.tasks.task import parse_task_name
 
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])

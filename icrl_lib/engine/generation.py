@@ -18,40 +18,15 @@ Two execution paths give the same distribution and, given the same draws, the sa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Callable, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from .kvcache import (PackedRow, PrefixCachePool, common_prefix_length, default_cache_budget, extend_cache,
+from icrl_lib.engine.kvcache import (PackedRow, PrefixCachePool, common_prefix_length, default_cache_budget, extend_cache,
                       new_cache, packed_token_budget)
-from .models import LanguageModel
-
-
-@dataclass(frozen=True)
-class LabelTrie:
-    """Token sequences of `` <label>`` + end-of-turn for every label, as a trie of allowed next tokens."""
-
-    labels: tuple[str, ...]
-    sequences: tuple[tuple[int, ...], ...]
-    children: Mapping[tuple[int, ...], tuple[int, ...]]  # node (tokens so far) -> sorted allowed next tokens
-    leaves: Mapping[tuple[int, ...], int]  # complete sequence -> label index
-
-    @classmethod
-    def build(cls, labels: Sequence[str], encode: Callable[[str], list[int]], eot_id: int) -> "LabelTrie":
-        """Tokenize `` label`` (leading space, as the model writes it after the prefix) and add the end-of-turn."""
-        sequences = tuple(tuple(encode(" " + label)) + (eot_id,) for label in labels)
-        leaves: dict[tuple[int, ...], int] = {}
-        children: dict[tuple[int, ...], set[int]] = {}
-        for index, seq in enumerate(sequences):
-            if seq in leaves:
-                raise ValueError(f"labels {labels[leaves[seq]]!r} and {labels[index]!r} tokenize identically")
-            leaves[seq] = index
-            for depth in range(len(seq)):
-                children.setdefault(seq[:depth], set()).add(seq[depth])
-        frozen = {node: tuple(sorted(nxt)) for node, nxt in children.items()}
-        return cls(tuple(labels), sequences, MappingProxyType(frozen), MappingProxyType(leaves))
+from icrl_lib.tasks.trie import LabelTrie
+from icrl_lib.engine.models import LanguageModel
 
 
 def choose_token(logits: torch.Tensor | None, allowed: tuple[int, ...], temperature: float, u: float
@@ -105,10 +80,10 @@ class TokenCounter:
 class LabelPredictor:
     """Predicts labels for prompts with constrained decoding over ``labels``."""
 
-    def __init__(self, lm: LanguageModel, labels: Sequence[str], temperature: float, fast: bool = True,
+    def __init__(self, lm: LanguageModel, trie: LabelTrie, temperature: float, fast: bool = True,
                  batch_size: int | None = None, cache_budget_tokens: int | None = None, max_cached_contexts: int = 9):
         self.lm = lm
-        self.trie = LabelTrie.build(labels, lm.encode, lm.eot_id)
+        self.trie = trie  # the run plan's (tasks.task.check_label_tokens)
         self.temperature = float(temperature)
         self.fast = fast
         self.batch_size = batch_size
@@ -217,43 +192,3 @@ class LabelPredictor:
             logits = extend_cache(self.lm, cache, node[before:])
             self.tokens.computed += len(node) - before
             self.tokens.generated += len(node) - before
-
-
-def label_logprobs(predictor: LabelPredictor, prompt: str, cached: bool = True) -> dict[str, float]:
-    """Exact log-probability of every label under ``predictor``'s constrained decoding at its temperature (> 0).
-
-    ``cached=True`` encodes the prompt once and scores every label sequence packed on top of it;
-    ``cached=False`` recomputes prompt + label for each label. Both must agree (tested).
-    """
-    if predictor.temperature == 0:
-        raise ValueError("temperature: label probabilities need temperature > 0 (0 is greedy decoding)")
-    ids = predictor.lm.encode(prompt)
-    seqs = predictor.trie.sequences
-    if cached:
-        cache = new_cache(predictor.lm)
-        first = extend_cache(predictor.lm, cache, ids)
-        row = PackedRow(len(ids))
-        tokens = [t for s in seqs for t in s[:-1]]
-        owners = [i for i, s in enumerate(seqs) for _ in s[:-1]]
-        logits = row.forward(predictor.lm, cache, tokens, owners, range(len(tokens))) if tokens else None
-        per_label, start = [], 0
-        for s in seqs:
-            rows = [first] + [logits[start + d] for d in range(len(s) - 1)]
-            start += len(s) - 1
-            per_label.append(rows)
-    else:
-        per_label = []
-        for s in seqs:
-            with torch.inference_mode():
-                out = predictor.lm.model(input_ids=torch.tensor([ids + list(s[:-1])], device=predictor.lm.model.device))
-            full = out.logits[0].float()
-            per_label.append([full[len(ids) - 1 + d] for d in range(len(s))])
-    result = {}
-    for label, s, rows in zip(predictor.trie.labels, seqs, per_label):
-        total = 0.0
-        for d, logits in enumerate(rows):
-            allowed = predictor.trie.children[s[:d]]
-            lp = torch.log_softmax(logits[list(allowed)].double() / predictor.temperature, dim=0)
-            total += float(lp[allowed.index(s[d])])
-        result[label] = total
-    return result

@@ -2,7 +2,7 @@
 
 Every reader returns ``(text, raw label)`` pairs in file order and names the file and line (or row) of a bad value.
 Rows are cut into train/test here when the source has no test split (datasets' ``train_test_split``, as the paper
-did for nlu). Nothing here knows label ids: that is :mod:`icrl_lib.tasks`.
+did for nlu). Nothing here knows label ids: that is :mod:`icrl_lib.tasks.task`.
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import UserError, os_error
-from .task_files import REVISION_PARQUET, TaskSpec
+from icrl_lib.errors import UserError, os_error
+from icrl_lib.paths import resolve_path
+from icrl_lib.tasks.files import REVISION_PARQUET, TaskSpec
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside this checkout
 HUB = "hub"  # data_dir / $ICRL_DATA_DIR value that forces loading from the Hugging Face hub
@@ -187,3 +188,8 @@ def _raw_splits(spec: TaskSpec, mirror_root: str | None, _stamps: tuple[int, ...
     numbered = datasets.Dataset.from_dict({"i": list(range(len(train)))}).train_test_split(
         test_size=spec.test_fraction, seed=spec.split_seed)
     return tuple(train[i] for i in numbered["train"]["i"]), tuple(train[i] for i in numbered["test"]["i"])
+
+
+def data_dir_param(data_dir: str | None) -> str | None:
+    """A notebook's ``data_dir`` parameter: a folder resolved against the checkout, or ``"hub"`` / None as given."""
+    return str(resolve_path(data_dir)) if data_dir and data_dir != HUB else data_dir

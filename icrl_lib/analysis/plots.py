@@ -1,7 +1,7 @@
-"""Plotly figures of ICRL runs, drawn from the tables of :mod:`icrl_lib.results`.
+"""Plotly figures of ICRL runs, drawn from the tables of :mod:`icrl_lib.analysis.load`.
 
-Every function takes a tidy DataFrame (``steps_table`` / ``tests_table`` of one run, or ``load_runs`` /
-``load_run_steps`` over many) and returns a ``plotly.graph_objects.Figure``; nothing here reads files or runs
+Every function takes a tidy DataFrame (``steps_table`` / ``tests_table`` of one run, or ``load.read``
+tables over many) and returns a ``plotly.graph_objects.Figure``; nothing here reads files or runs
 a model. ``by`` names the column whose values become separate lines (e.g. ``"method"`` or ``"run"``); ``None``
 draws one line. :func:`save_html` writes a figure as one self-contained HTML file that opens offline.
 """
@@ -14,8 +14,9 @@ from typing import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from .methods import color_of, method_order, styles
-from .results import final_steps, require_columns, run_column, token_totals
+from icrl_lib.analysis.styles import color_of, styles
+from icrl_lib.paper.methods import method_order
+from icrl_lib.analysis.load import final_steps, require_columns, run_column, token_totals
 
 _LAYOUT = dict(template="plotly_white", hovermode="x unified", legend_title_text="")
 _require = require_columns
@@ -155,10 +156,10 @@ def main_comparison_figure(runs: pd.DataFrame, *, task: str, model: str | None =
     """The paper's main plot for one task: test accuracy over steps, one line per run name (method and settings),
     the mean over seeds with its 95% interval as a band and n in the legend (``aggregate.accuracy_curves``).
 
-    ``runs`` is ``results.load_runs`` (one row per test step). Zero-shot and ICL are references, drawn the paper's
+    ``runs`` is ``load.read(...).tests`` (one row per test step). Zero-shot and ICL are references, drawn the paper's
     way: a dashed horizontal line at their last value (ICL: the upper bound) across the steps of the others.
     """
-    from .aggregate import accuracy_curves
+    from icrl_lib.analysis.aggregate import accuracy_curves
 
     _require(runs, ["task_name", "model_name", "method", "step", "accuracy"], "main_comparison_figure")
     curves = accuracy_curves(_select(runs, task, model, methods))

@@ -1,0 +1,81 @@
+"""What a run shows the model: the history of episodes, the strategy's state, and the rendered context and prompts.
+
+A :class:`ContextBuilder` is the one place where a step's context is drawn (``select``, seeded with ``seed + step``
+as the paper's code) and turned into text (``context``, ``prompt``); the loop, the replay check and the benchmarks
+use it. It needs the model's tokenizer (chat template), not its weights.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt
+from icrl_lib.paper.strategies import Selection, make_strategy
+from icrl_lib.runs.plan import RunPlan
+from icrl_lib.runs.record import ContextRecord, StepRecord
+
+
+def flip_coin(seed: int, step: int) -> float:
+    """The paper's coin for flipped feedback: the first uniform draw of default_rng(seed + step)."""
+    return float(np.random.default_rng(seed + step).random())
+
+
+def shown_feedback(plan: RunPlan, step: int, reward: int) -> tuple[int, bool]:
+    """(feedback shown, flipped): the reward, inverted when ``icrl_flip_feedback`` and the step's coin says so."""
+    c = plan.config
+    flipped = bool(c.icrl_flip_feedback and flip_coin(c.seed, step) < c.icrl_flip_feedback_prob)
+    return (1 - reward if flipped else reward), flipped
+
+
+class ContextBuilder:
+    """History, strategy state and rendering of one run."""
+
+    def __init__(self, plan: RunPlan):
+        c = plan.config
+        self.plan = plan
+        self.strategy = None if plan.budget == 0 else make_strategy(
+            c.context_strategy_name, max_examples=plan.budget, p_keep=c.context_p_keep, max_contexts=c.max_contexts,
+            sampling=c.approximate_context_sampling_method)
+        self.state = self.strategy.initial_state() if self.strategy else None
+        self.history: list[Episode] = []
+
+    def select(self, step: int) -> Selection | None:
+        """The episodes of ``step``'s context (advances the strategy: call once per step, in order)."""
+        if self.strategy is None:
+            return None
+        feedbacks = [e.feedback for e in self.history]
+        selection, self.state = self.strategy.select(self.state, feedbacks, self.plan.config.seed + step)
+        return selection
+
+    def episodes(self, selection: Selection | None) -> list[Episode]:
+        """The exemplars, then the selected past episodes."""
+        return [*self.plan.exemplars, *([self.history[i] for i in selection.indices] if selection else [])]
+
+    def record(self, selection: Selection | None, episodes: Sequence[Episode]) -> ContextRecord:
+        """What the step's log line says of its context."""
+        return ContextRecord(tuple(selection.indices) if selection else (),
+                             selection.context_index if selection else None,
+                             tuple(selection.context_lengths) if selection and selection.context_lengths else None,
+                             len(episodes), sum(1 for e in episodes if e.feedback == 1))
+
+    def _messages(self, episodes: Sequence[Episode], query: str | None) -> list[dict[str, str]]:
+        c, model = self.plan.config, self.plan.model
+        return build_messages(self.plan.system, episodes, query, icrl=c.icrl,
+                              prediction_prefix=self.plan.task.prediction_prefix, omit_feedback=c.icrl_omit_feedback,
+                              system_role=model.system_role)
+
+    def context(self, episodes: Sequence[Episode]) -> str:
+        """The context's text alone: the prefix every prompt of this step shares (and the KV cache reuses)."""
+        return render_context(self.plan.model.tokenizer, self._messages(episodes, None))
+
+    def prompt(self, episodes: Sequence[Episode], query: str) -> str:
+        """The prompt for ``query`` on this context, ending with the prediction prefix."""
+        return render_prompt(self.plan.model.tokenizer, self._messages(episodes, query),
+                             self.plan.task.prediction_prefix)
+
+    def remember(self, record: StepRecord) -> None:
+        """Add the step's training episode (with the feedback it showed) to the history."""
+        if record.train is not None:
+            t = record.train
+            self.history.append(Episode(t.input, t.answer, t.prediction, t.feedback))

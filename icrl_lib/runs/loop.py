@@ -1,0 +1,166 @@
+"""The ICRL experiment loop (the paper's ``run_experiment.py``), resumable step by step: prepare once, then loop.
+
+:func:`run_experiment` prepares the run's plan (:mod:`icrl_lib.runs.plan`: everything a user can get wrong fails
+there, before any folder is locked or weight read), locks the run folder, checks the logged steps against the plan
+(:mod:`icrl_lib.runs.replay`), loads the model and computes the steps not yet logged. Each step: the strategy draws
+the context (seeded with ``seed + step``); ICRL predicts the next training input, gets reward 1/0 and shows it
+(possibly flipped) as feedback; ICL records the gold label. At the plan's test steps the whole test set is
+predicted on that same context. Every completed step is one fsynced line in ``steps.jsonl``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from icrl_lib.engine.generation import LabelPredictor
+from icrl_lib.engine.models import LanguageModel, load_model
+from icrl_lib.errors import RunInterrupted
+from icrl_lib.runs.config import ExperimentConfig
+from icrl_lib.runs.context import ContextBuilder, shown_feedback
+from icrl_lib.runs.plan import RunPlan, prepare
+from icrl_lib.runs.progress import Progress
+from icrl_lib.runs.record import StepRecord, TestRecord, TrainRecord
+from icrl_lib.runs.replay import replay
+from icrl_lib.runs.store import META_FILE, RunStore
+from icrl_lib.runs.stream import check_data
+from icrl_lib.runs.tables import steps_table, tests_table, write_tables
+
+log = logging.getLogger("icrl")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished (or resumed-and-finished) run leaves behind."""
+
+    run_dir: Path
+    records: list[StepRecord]
+    max_context_examples: int  # episodes a context may hold besides the exemplars
+
+    @property
+    def steps(self):
+        """The steps table (``runs.tables.steps_table``)."""
+        return steps_table(self.records)
+
+    @property
+    def tests(self):
+        """The tests table (``runs.tables.tests_table``)."""
+        return tests_table(self.records)
+
+
+def run_experiment(config: ExperimentConfig, progress: bool | None = True, lm: LanguageModel | None = None) -> RunResult:
+    """Run (or resume, or extend) one experiment; ``progress`` True = tqdm bar, False = a line every ``log_every``
+    steps. ``lm``: a model already loaded in this process (sweep workers reuse one)."""
+    return run(prepare(config, lm), progress, lm)
+
+
+def run(plan: RunPlan, progress: bool | None = True, lm: LanguageModel | None = None) -> RunResult:
+    """Run the steps of ``plan`` that its run folder does not hold yet."""
+    _show_verbose_logs(plan.config)
+    with RunStore.open(plan.config) as store:
+        check_data(store, plan.task, plan.data, dict(plan.fingerprint))
+        records = store.records()
+        print(f"[icrl] run folder: {store.path} ({len(records)} steps logged)", flush=True)
+        builder = ContextBuilder(plan)
+        replay(plan, records, builder, store.log_path)
+        store.trim_debug_prompts(min(sum(r.model_calls for r in records), plan.config.debug_k))
+        if len(records) >= plan.schedule.steps:
+            write_tables(store.path, records)
+            return RunResult(store.path, records, plan.budget)
+        lm = lm or load_model(plan.config.model_name, plan.config.device, plan.config.trust_remote_code,
+                              source=plan.source, facts=plan.model)
+        stepper = Stepper(plan, lm, builder, store, debug_left=plan.config.debug_k - sum(r.model_calls for r in records))
+        store.write_json(META_FILE, {**plan.summary(), "kv_cache": stepper.predictor.pool.settings(),
+                                     "device": lm.device})
+        return RunResult(store.path, stepper.run(records, progress), plan.budget)
+
+
+def _show_verbose_logs(config: ExperimentConfig) -> None:
+    if config.verbose and not logging.getLogger().handlers and not log.handlers:
+        # In a notebook nothing configures logging, and INFO records would vanish: show them on stderr.
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+class Stepper:
+    """Computes a run's steps on a loaded model: context, training prediction, test predictions, the record."""
+
+    def __init__(self, plan: RunPlan, lm: LanguageModel, builder: ContextBuilder, store: RunStore, debug_left: int):
+        c = plan.config
+        self.plan, self.lm, self.builder, self.store, self.debug_left = plan, lm, builder, store, debug_left
+        # One cache entry per approximate context (they only grow, so each is extended in place) plus one spare.
+        self.predictor = LabelPredictor(lm, plan.trie, c.temperature, fast=c.fast, batch_size=c.batch_size,
+                                        max_cached_contexts=max(9, (c.max_contexts or 0) + 1))
+        self.test_queries = [plan.task.format_input(ex) for ex in plan.data.test]
+
+    def run(self, records: list[StepRecord], progress: bool | None) -> list[StepRecord]:
+        """Compute the steps after ``records``; tables are rewritten at every test step and at the end, so a long or
+        killed run can be analysed while it runs. Ctrl-C ends with :class:`RunInterrupted` (resumable)."""
+        records = list(records)
+        reporter = Progress(self.plan, len(records), bool(progress), records)
+        step = len(records)
+        try:
+            for step in range(len(records), self.plan.schedule.steps):
+                rec, train_seconds, test_seconds = self.step(step)
+                self.store.append(rec)
+                records.append(rec)
+                self.builder.remember(rec)
+                if rec.test is not None:
+                    write_tables(self.store.path, records)
+                reporter.update(rec, train_seconds, test_seconds)
+                if self.plan.config.verbose:
+                    log.info("step %d: %s", step, {k: rec.to_json()[k] for k in ("context", "train", "tokens")})
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"interrupted at step {step} of {self.plan.schedule.steps}: {len(records)} steps are "
+                                 f"logged in {self.store.log_path}; rerun the same command to resume") from None
+        finally:
+            reporter.close()
+        return records
+
+    def step(self, step: int) -> tuple[StepRecord, float, float]:
+        """One step's record, and the seconds its training part and its test part took."""
+        started = time.perf_counter()
+        selection = self.builder.select(step)
+        episodes = self.builder.episodes(selection)
+        context = self.builder.context(episodes)
+        train = None if self.plan.config.zero_shot else self._train(step, episodes, context)
+        train_tokens = self.predictor.tokens.take()  # the training prompt alone: the paper's compute measure
+        tested = time.perf_counter()
+        test = self._test(step, episodes, context) if step in self.plan.schedule.test_steps else None
+        test_tokens = self.predictor.tokens.take()
+        done = time.perf_counter()
+        rec = StepRecord(step, self.builder.record(selection, episodes), train, test,
+                         {k: train_tokens[k] + test_tokens[k] for k in train_tokens}, train_tokens,
+                         self.predictor.pool.report(), round(done - started, 4))
+        return rec, tested - started, done - tested
+
+    def _train(self, step: int, episodes, context: str) -> TrainRecord:
+        ex = self.plan.data.stream[step]
+        query, answer = self.plan.task.format_input(ex), self.plan.task.answer(ex)
+        if not self.plan.config.icrl:  # ICL: the gold label joins the history, nothing is predicted
+            return TrainRecord(step, query, answer)
+        prompt = self.builder.prompt(episodes, query)
+        self._debug([prompt])
+        pred = self.predictor.predict([prompt], self.plan.config.seed + step, stream=0, context=context)[0]
+        reward = int(pred.label == answer)
+        feedback, flipped = shown_feedback(self.plan, step, reward)
+        return TrainRecord(step, query, answer, pred.label, reward, feedback, flipped, pred.logprob)
+
+    def _test(self, step: int, episodes, context: str) -> TestRecord:
+        prompts = [self.builder.prompt(episodes, q) for q in self.test_queries]
+        self._debug(prompts[:1])
+        labels = tuple(p.label for p in self.predictor.predict(prompts, self.plan.config.seed + step, stream=1,
+                                                                 context=context))
+        answers = self.plan.test_answers
+        return TestRecord(labels, answers, float(np.mean([p == a for p, a in zip(labels, answers)])))
+
+    def _debug(self, prompts: list[str]) -> None:
+        for prompt in prompts[: max(self.debug_left, 0)]:
+            log.info("model call prompt:\n%s", prompt)
+            self.store.write_debug_prompt(prompt)
+            self.debug_left -= 1

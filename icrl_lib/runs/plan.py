@@ -1,0 +1,148 @@
+"""Prepare once: a config becomes a frozen, weight-free :class:`RunPlan` before any folder is locked or weight read.
+
+The plan holds everything a run is decided by: the validated config, its run folder, the task and the rows it uses
+(with their fingerprint), the model's tokenizer facts, the label trie, the context budget, the schedule of test
+steps (with the paper's ICL stop rule) and where the code came from. ``icrl check``, the runner, the sweep status and
+the launchers read it; nothing in it is computed twice. Everything a user can get wrong fails here, in one line
+naming the parameter or file (UserError).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+from icrl_lib.engine.models import LanguageModel, ModelFacts, ModelSource, model_facts, resolve_model
+from icrl_lib.paper.prompts import Episode, system_prompt
+from icrl_lib.paths import project_root
+from icrl_lib.runs.config import ExperimentConfig
+from icrl_lib.runs.store import check_output_dir, run_dir
+from icrl_lib.runs.stream import RunData, data_fingerprint, sample_data
+from icrl_lib.runs.window import episode_budget
+from icrl_lib.tasks.task import Task, check_label_tokens, load_task
+from icrl_lib.tasks.trie import LabelTrie
+
+
+def test_schedule(steps: int, test_every: int) -> tuple[int, ...]:
+    """The test steps: step 0, every step with (step + 1) % test_every == 0, and the last step (sorted, unique)."""
+    return tuple(sorted({0, steps - 1} | {s for s in range(steps) if (s + 1) % test_every == 0}))
+
+
+test_schedule.__test__ = False  # a library function, not a test, when a test module imports it
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How many steps a run makes and at which of them it tests."""
+
+    steps: int
+    test_steps: tuple[int, ...]
+
+    @classmethod
+    def of(cls, config: ExperimentConfig, budget: int) -> "Schedule":
+        """Zero-shot: one test at step 0. ICL stops, as the paper's runs did, at the first test step at or after
+        its context holds ``budget`` gold pairs. Otherwise every training step, tested per :func:`test_schedule`."""
+        steps = 1 if config.zero_shot else config.train_k
+        tests = test_schedule(steps, config.test_every)
+        if not config.icrl and not config.zero_shot:
+            steps = min([s for s in tests if s >= budget], default=steps - 1) + 1
+            tests = tuple(s for s in tests if s < steps)
+        return cls(steps, tests)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the results came from: the code's revision (and whether it had local changes) and the versions."""
+
+    icrl: str
+    revision: str | None  # git commit of the checkout, None outside one
+    dirty: bool | None  # uncommitted changes in the checkout
+    python: str
+    torch: str
+    transformers: str
+
+    def line(self) -> str:
+        """One line for the top of an executed notebook."""
+        code = "no git checkout" if self.revision is None else \
+            f"commit {self.revision[:10]}{' + local changes' if self.dirty else ''}"
+        return (f"icrl {self.icrl} ({code}); python {self.python}, torch {self.torch}, "
+                f"transformers {self.transformers}")
+
+
+@lru_cache(maxsize=1)
+def provenance() -> Provenance:
+    """This process's :class:`Provenance` (git is asked once; versions come from package metadata, no import)."""
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    root, revision, dirty = project_root(), None, None
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return Provenance(version("icrl_lib"), revision, dirty, platform.python_version(), version("torch"),
+                      version("transformers"))
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A run, decided: everything the loop needs except the model's weights."""
+
+    config: ExperimentConfig
+    run_dir: Path
+    task: Task
+    data: RunData
+    fingerprint: Mapping[str, Any]  # data.json: where the rows came from and hashes of each part used
+    source: ModelSource | None  # where the weights load from (None: a loaded model was given)
+    model: ModelFacts
+    trie: LabelTrie
+    budget: int  # episodes a context may hold besides the exemplars
+    schedule: Schedule
+    system: str  # the system prompt's text
+    exemplars: tuple[Episode, ...]  # gold exemplars shown at the start of every context
+    provenance: Provenance
+
+    @property
+    def test_answers(self) -> tuple[str, ...]:
+        return tuple(self.task.answer(ex) for ex in self.data.test)
+
+    def summary(self) -> dict[str, Any]:
+        """The plan as ``meta.json`` records it (the sweep status reads the schedule from there)."""
+        return {"max_context_examples": self.budget, "steps": self.schedule.steps,
+                "test_steps": list(self.schedule.test_steps), "train_size": len(self.data.stream),
+                "test_size": len(self.data.test), "exemplars": len(self.data.exemplars),
+                "model": {"name": self.model.name, "context_window": self.model.context_window,
+                          "eot_id": self.model.eot_id, "system_role": self.model.system_role},
+                "provenance": vars(self.provenance)}
+
+
+def prepare(config: ExperimentConfig, lm: LanguageModel | None = None) -> RunPlan:
+    """The plan of ``config`` (``lm``: an already loaded model, whose facts are used). Checks, in order: the config,
+    that output_dir is writable, that ``model_name`` resolves, the task file, the data and its sizes, that the labels
+    tokenize apart; then the context budget (cached per output_dir) and the schedule."""
+    config.validate()
+    check_output_dir(config.output_dir)
+    if config.hf_token:
+        os.environ["HF_TOKEN"] = config.hf_token  # for this process only; never written anywhere
+    source = None if lm is not None else resolve_model(config.model_name, config.hf_token)
+    task = load_task(config.task_name, config.data_dir)
+    data = sample_data(config, task)
+    facts = lm if lm is not None else model_facts(config.model_name, source, config.trust_remote_code, config.hf_token)
+    trie = check_label_tokens(task, facts.encode, facts.eot_id, config.model_name)
+    budget = 0 if config.zero_shot else episode_budget(config, facts, task, len(data.exemplars))
+    exemplars = tuple(Episode(task.format_input(e), task.answer(e), task.answer(e) if config.icrl else None,
+                              1 if config.icrl else None) for e in data.exemplars)
+    return RunPlan(config, run_dir(config), task, data, data_fingerprint(task, data), source, facts, trie, budget,
+                   Schedule.of(config, budget), system_prompt(config.icrl, task.description, config.system_prompt),
+                   exemplars, provenance())
