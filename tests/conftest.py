@@ -1,9 +1,13 @@
-"""Shared fixtures: the real offline datasets beside the checkout (../shared/data) or ICRL_DATA_DIR."""
+"""Shared fixtures: the real offline datasets (../shared/data or ICRL_DATA_DIR), the real embedded model, and the
+tiny random-weight model that carries the mechanics tests; markers keep `make test-fast` honest."""
 from __future__ import annotations
 
 import pytest
 
-from icrl_lib.tasks.task import SHARED_DATA, resolve_data_dir
+from icrl_lib.tasks.sources import SHARED_DATA, resolve_data_dir
+from tests.helpers import save_tiny_model, small
+
+MARKERS = {"lm": "model", "tiny": "tiny", "tiny_reference": "tiny", "data_dir": "data"}  # fixture -> its marker
 
 
 @pytest.fixture(scope="session")
@@ -27,22 +31,43 @@ def lm():
     return load_model()
 
 
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """The tiny model, saved once per session as a local model folder and loaded once: ``tiny.name`` is the folder
+    (a ``model_name`` subprocesses can load), ``tiny`` the loaded model (in-process runs reuse it)."""
+    from icrl_lib.engine.models import load_model
+
+    folder = save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+    return load_model(str(folder), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny, tmp_path_factory):
+    """The one shared reference run of the mechanics tests (kill, Ctrl-C, lock, full disk, launchers compare
+    against it): 30 explorative steps on the committed support-tickets task."""
+    from icrl_lib.runs.loop import run_experiment
+
+    config = small(tmp_path_factory.mktemp("reference"), model_name=tiny.name)
+    return run_experiment(config, progress=False, lm=tiny)
+
+
 @pytest.fixture(autouse=True)
-def _model_marker_is_honest(request, monkeypatch):
-    """`make test-fast` deselects `model` tests: a test that loads the model without the marker fails here."""
-    if request.node.get_closest_marker("model") is not None:
+def _markers_are_honest(request, monkeypatch):
+    """`make test-fast` deselects `model`, `tiny` and `data` tests: a test that uses one of their fixtures without the
+    marker, or loads the real model unmarked, fails here."""
+    for fixture, marker in MARKERS.items():
+        if fixture in request.fixturenames:
+            assert request.node.get_closest_marker(marker) is not None, \
+                f"{request.node.nodeid} uses {fixture}: mark it @pytest.mark.{marker}"
+    if request.node.get_closest_marker("model") is not None or request.node.get_closest_marker("tiny") is not None:
         return
-    message = f"{request.node.nodeid} loads the embedded model: mark it @pytest.mark.model"
-    assert "lm" not in request.fixturenames, message
+    message = f"{request.node.nodeid} loads a model: mark it @pytest.mark.model (or tiny)"
 
     def refuse(*args, **kwargs):
         raise AssertionError(message)
 
     from icrl_lib.engine import models
+    from icrl_lib.runs import loop, window
 
-    from icrl_lib.runs import loop as runner
-
-    from icrl_lib.runs import window
-
-    for module in (models, runner, window):
+    for module in (models, loop, window):
         monkeypatch.setattr(module, "load_model", refuse)

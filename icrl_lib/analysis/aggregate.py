@@ -34,7 +34,7 @@ METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak", "gain", "regret"
            "distinct_labels", "label_entropy", "top_label_share")
 ACCURACY_METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak")
 LEVEL = 0.95
-PAPER_RESULTS = Path(__file__).with_name("data") / "paper_results.csv"
+PAPER_RESULTS = Path(__file__).parents[1] / "data" / "paper_results.csv"
 
 
 def t_interval(values) -> tuple[float, float, float, int]:

@@ -1,6 +1,6 @@
 """Task files: one YAML file declares a classification task (data source, columns, labels, prompt wording).
 
-The five paper tasks are such files, shipped in ``icrl_lib/task_registry/``; ``task_name`` is one of their names or a path
+The five paper tasks are such files, shipped in ``icrl_lib/tasks/registry/``; ``task_name`` is one of their names or a path
 to a user's file (``examples/support_tickets/task.yaml``). Reading a file checks every field and names it with the
 file in any error, before data or a model is touched. Fields (see the README, "Your own task")::
 
@@ -34,7 +34,7 @@ import yaml
 from icrl_lib.errors import UserError
 from icrl_lib.paths import find_file, project_root
 
-PACKAGE_TASKS = Path(__file__).with_name("task_registry")  # the shipped task files, one per registered name
+PACKAGE_TASKS = Path(__file__).with_name("registry")  # the shipped task files, one per registered name
 REVISION_PARQUET = "refs/convert/parquet"  # the hub's parquet conversion of every dataset (no loading scripts)
 DISPLAY_STYLES = ("as_is", "words")
 FILE_FORMATS = (".csv", ".jsonl", ".parquet")

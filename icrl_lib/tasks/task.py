@@ -1,6 +1,6 @@
 """Tasks as immutable values: labels, train/test examples and prompt wording, built from a task file.
 
-``task_name`` is a registered name (a task file shipped in ``icrl_lib/task_registry/``: the paper's ``banking77``,
+``task_name`` is a registered name (a task file shipped in ``icrl_lib/tasks/registry/``: the paper's ``banking77``,
 ``clinic150``, ``trec_coarse``, ``trec_fine``, ``nlu``) or a path to a task file (:mod:`icrl_lib.tasks.files`).
 Variants are suffixes of either: ``<task>_top<k>`` keeps the k most frequent training labels (renumbered in id
 order) and ``<task>_unsemantic`` replaces label names by ``label_<1000 + id>``; they combine

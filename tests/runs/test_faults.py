@@ -1,15 +1,14 @@
 """Concurrency, faults and bad input: each becomes a clear one-line refusal or a correct result.
 
 Real parts only: subprocesses for locks, kills, Ctrl-C and a file-size limit (a full disk as the kernel reports it),
-real files for damaged data and run folders, the real embedded model where a run is needed.
+real files for damaged data and run folders; runs on the tiny random-weight model (the mechanics do not depend on
+the weights).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,53 +20,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from icrl_lib.analysis import load as results
-from icrl_lib.runs.config import ExperimentConfig, build_parser, load_config
+from icrl_lib.analysis import load
 from icrl_lib.errors import RunLockedError, UserError
 from icrl_lib.paper.prompts import ICL_SYSTEM_PROMPT, ICRL_SYSTEM_PROMPT
+from icrl_lib.runs.config import ExperimentConfig, build_parser, load_config
 from icrl_lib.runs.loop import run_experiment
+from icrl_lib.runs.record import StepRecord
 from icrl_lib.runs.store import RunStore, atomic_write_text, run_name
-from icrl_lib.tasks.task import load_task
+from icrl_lib.runs.tables import test_distribution_table, tests_table, window_collapse
 from icrl_lib.runs.window import cached_max_examples
-from test_runner import assert_same_run, small
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "icrl_lib", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, **kw)
-
-
-def argv_of(config: ExperimentConfig) -> list[str]:
-    """``icrl run`` flags that rebuild ``config``."""
-    out = ["run"]
-    for key, value in config.to_dict().items():
-        if isinstance(value, bool):
-            out.append(f"--{key}" if value else f"--no-{key}")
-        elif value is not None:
-            out.append(f"--{key}={value}")
-        elif key == "test_k":
-            out.append("--test_k=None")
-    return out
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, code: int = 2) -> str:
-    """Exit ``code``, no traceback, and one ``error:`` line on stderr holding every needle."""
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
-
-
-def trec_copy(data_dir: Path, tmp_path: Path, name: str = "data") -> Path:
-    """A private copy of the TREC data folder, to damage."""
-    root = tmp_path / name
-    shutil.copytree(data_dir / "trec", root / "trec")
-    return root
+from icrl_lib.tasks.task import load_task
+from tests.helpers import ROOT, argv_of, assert_one_line_error, assert_same_run, cli, small, trec_copy
 
 
 # --- 1. one process per run folder ------------------------------------------------------------------------------
@@ -100,11 +63,10 @@ def test_a_held_run_folder_is_refused_with_the_holders_pid_until_it_dies(tmp_pat
     RunStore.open(config).close()  # released by close()
 
 
-@pytest.mark.model
-def test_two_processes_started_together_one_runs_the_other_is_refused(tmp_path, data_dir, lm):
-    kw = dict(train_k=24, test_every=12)
-    reference = run_experiment(small(tmp_path / "ref", data_dir, **kw), progress=False, lm=lm)
-    config = small(tmp_path / "both", data_dir, **kw)
+@pytest.mark.tiny
+def test_two_processes_started_together_one_runs_the_other_is_refused(tmp_path, tiny, tiny_reference):
+    reference = tiny_reference
+    config = small(tmp_path / "both", model_name=tiny.name)
     argv = [sys.executable, "-m", "icrl_lib", *argv_of(config)]
     procs = [subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -141,19 +103,21 @@ def test_side_files_are_merged_under_a_lock_and_written_atomically(tmp_path):
 
 def test_a_damaged_max_context_cache_is_ignored_with_a_warning_and_rebuilt(tmp_path, caplog):
     cache = tmp_path / "max_context_examples.json"
-    cache.write_text('{"v2|m|t": 3')  # truncated by a crash or a full disk
-    assert cached_max_examples(cache, "v2|m|t", lambda: 11) == 11
-    assert "damaged" in caplog.text and json.loads(cache.read_text()) == {"v2|m|t": 11}
-    assert cached_max_examples(cache, "v2|m|t", lambda: 1 / 0) == 11  # now read from the cache
+    cache.write_text('{"m|t": 3')  # truncated by a crash or a full disk
+    assert cached_max_examples(cache, "m|t", lambda: 11) == 11
+    assert "damaged" in caplog.text and json.loads(cache.read_text()) == {"m|t": 11}
+    assert cached_max_examples(cache, "m|t", lambda: 1 / 0) == 11  # now read from the cache
 
 
 # --- 2. data source and log records checked on resume ------------------------------------------------------------
 
-@pytest.mark.model
-def test_resume_on_other_data_or_a_doctored_log_is_refused(tmp_path, data_dir, lm):
+@pytest.mark.tiny
+@pytest.mark.data
+def test_resume_on_other_data_is_refused_and_writes_nothing(tmp_path, data_dir, tiny):
+    """(A doctored log is refused by the replay check: tests/runs/test_plan.py, without a model.)"""
     a = trec_copy(data_dir, tmp_path, "a")
-    config = small(tmp_path, a, train_k=6, test_every=3)
-    first = run_experiment(config, progress=False, lm=lm)
+    config = small(tmp_path, a, model_name=tiny.name, train_k=6, test_every=3)
+    first = run_experiment(config, progress=False, lm=tiny)
     assert json.loads((first.run_dir / "data.json").read_text())["source"] == f"local:{(a / 'trec').resolve()}"
     # Another copy whose training rows are in another order: the shuffled stream differs.
     b = trec_copy(data_dir, tmp_path, "b")
@@ -161,19 +125,8 @@ def test_resume_on_other_data_or_a_doctored_log_is_refused(tmp_path, data_dir, l
     (b / "trec" / "train.jsonl").write_text("".join(lines[1:] + lines[:1]))
     moved = ExperimentConfig.from_dict({**config.to_dict(), "data_dir": str(b), "train_k": 8})
     with pytest.raises(UserError, match=r"was run on other data \(training stream differ\).*" + str(b / "trec")):
-        run_experiment(moved, progress=False, lm=lm)
-    # The log itself: a record that parses but holds an impossible value, then one from other data.
-    log = first.run_dir / "steps.jsonl"
-    original = log.read_text().splitlines()
-    extended = ExperimentConfig.from_dict({**config.to_dict(), "train_k": 8})
-    for line, edit, message in [(2, ("prediction", "not a label"), "line 2: prediction 'not a label' is not a label"),
-                                (4, ("input", "Question: edited?"), "line 4: the logged training input differs")]:
-        records = [json.loads(x) for x in original]
-        records[line - 1]["train"][edit[0]] = edit[1]
-        log.write_text("".join(json.dumps(r) + "\n" for r in records))
-        with pytest.raises(UserError, match=message):
-            run_experiment(extended, progress=False, lm=lm)
-    assert log.read_text().count("\n") == 6  # refusals write nothing
+        run_experiment(moved, progress=False, lm=tiny)
+    assert (first.run_dir / "steps.jsonl").read_text().count("\n") == 6  # the refusal wrote nothing
 
 
 # --- 3. finite floats ---------------------------------------------------------------------------------------------
@@ -219,12 +172,11 @@ def test_output_dir_that_is_a_file_or_unwritable_is_one_line(tmp_path):
                           f"output_dir: writing in {unwritable} failed")
 
 
-@pytest.mark.model
-def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path, data_dir, lm):
+@pytest.mark.tiny
+def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path, tiny, tiny_reference):
     """RLIMIT_FSIZE makes the kernel refuse writes past a size (EFBIG), as a full disk refuses them (ENOSPC)."""
-    kw = dict(train_k=30, test_every=10)
-    reference = run_experiment(small(tmp_path / "ref", data_dir, **kw), progress=False, lm=lm)
-    config = small(tmp_path / "full", data_dir, **kw)
+    reference = tiny_reference
+    config = small(tmp_path / "full", model_name=tiny.name)
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000))
@@ -236,12 +188,13 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_after(tmp_path, data_dir, l
     assert_one_line_error(proc, f"{folder}/", "failed: ", "File too large", "rerun the same command to resume")
     done = (folder / "steps.jsonl").read_text().count("\n")
     assert 0 < done < 30
-    resumed = run_experiment(config, progress=False, lm=lm)
+    resumed = run_experiment(config, progress=False, lm=tiny)
     assert_same_run(resumed.records, reference.records)
 
 
 # --- 6. damaged files ---------------------------------------------------------------------------------------------
 
+@pytest.mark.data
 def test_damaged_data_files_are_named_with_their_line(tmp_path, data_dir):
     root = trec_copy(data_dir, tmp_path)
     train = root / "trec" / "train.jsonl"
@@ -286,8 +239,9 @@ def fake_run(folder: Path, n: int) -> Path:
     """A run folder with ``n`` well-formed records (no model)."""
     folder.mkdir(parents=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(ExperimentConfig(task_name="trec_coarse").to_dict()))
-    records = [{"step": i, "context": {"size": i, "positive": i}, "train": {"prediction": "human", "answer": "human",
-                "reward": 1, "feedback": 1, "flipped": False}, "tokens": {"prompt": 10, "computed": 2},
+    records = [{"step": i, "context": {"size": i, "positive": i}, "train": {
+                "example": i, "input": "Question: ?", "prediction": "human", "answer": "human", "reward": 1,
+                "feedback": 1, "flipped": False}, "tokens": {"prompt": 10, "computed": 2},
                 "test": {"predictions": ["human"], "answers": ["human"], "accuracy": 1.0} if i % 10 == 0 else None}
                for i in range(n)]
     (folder / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -298,20 +252,23 @@ def test_the_analysis_loader_drops_a_torn_last_line_and_refuses_a_corrupt_middle
     log = fake_run(tmp_path / "runs" / "a", 30)
     with open(log, "a") as fh:
         fh.write('{"step": 30, "tor')
-    assert len(results.load_run_steps(tmp_path / "runs")) == 30
+    assert len(load.read(tmp_path / "runs").steps) == 30
     lines = log.read_text().splitlines(keepends=True)
     log.write_text("".join(lines[:4] + ["{not json\n"] + lines[5:]))
     with pytest.raises(UserError, match=f"{log}: line 5 is corrupt"):
-        results.load_runs(tmp_path / "runs")
+        load.read(tmp_path / "runs")
+    log.write_text("".join(lines[:4] + ['{"step": 4}\n'] + lines[5:]))  # JSON, but not a step record
+    with pytest.raises(UserError, match=f"{log}: line 5: malformed record"):
+        load.read(tmp_path / "runs")
 
 
 # --- 9 + 10. kills, Ctrl-C, debug prompts, secrets in params files -------------------------------------------------
 
-@pytest.mark.model
-def test_ctrl_c_is_one_line_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, data_dir, lm):
-    kw = dict(train_k=20, test_every=10, debug_k=4)
-    reference = run_experiment(small(tmp_path / "ref", data_dir, **kw), progress=False, lm=lm)
-    config = small(tmp_path / "int", data_dir, **kw)
+@pytest.mark.tiny
+def test_ctrl_c_is_one_line_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny):
+    kw = dict(model_name=tiny.name, train_k=200, test_every=100, debug_k=4)
+    reference = run_experiment(small(tmp_path / "ref", **kw), progress=False, lm=tiny)
+    config = small(tmp_path / "int", **kw)
     folder = Path(config.output_dir) / reference.run_dir.name
     # A test session started in the background (`make test &`) inherits SIGINT ignored, and so would the child:
     # give it the default disposition, as a terminal's Ctrl-C finds it.
@@ -319,15 +276,15 @@ def test_ctrl_c_is_one_line_and_the_resumed_run_equals_an_uninterrupted_one(tmp_
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600  # a loaded machine (CI neighbours) can take minutes to import and load the model
-    while not (folder / "steps.jsonl").exists() or (folder / "steps.jsonl").read_text().count("\n") < 3:
+    while not (folder / "steps.jsonl").exists() or (folder / "steps.jsonl").read_text().count("\n") < 30:
         assert proc.poll() is None, "the run ended before it could be interrupted"
-        assert time.time() < deadline, "no 3 steps logged in 600 s: nothing to interrupt mid-run"
-        time.sleep(0.1)
+        assert time.time() < deadline, "no 30 steps logged in 600 s: nothing to interrupt mid-run"
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert_one_line_error(subprocess.CompletedProcess([], proc.returncode, "", err), "interrupted at step",
                           "rerun the same command to resume", code=130)
-    resumed = run_experiment(config, progress=False, lm=lm)
+    resumed = run_experiment(config, progress=False, lm=tiny)
     assert_same_run(resumed.records, reference.records)
     # debug_prompts.txt holds the first debug_k model calls once, as in the uninterrupted run
     assert (folder / "debug_prompts.txt").read_text() == (reference.run_dir / "debug_prompts.txt").read_text()
@@ -346,30 +303,31 @@ def test_an_hf_token_in_a_params_file_is_refused_before_papermill_runs(tmp_path)
 
 # --- found while reproducing the paper -----------------------------------------------------------------------------
 
-@pytest.mark.model
-def test_exemplars_count_against_an_explicit_max_context_examples(tmp_path, data_dir, lm):
+@pytest.mark.tiny
+def test_exemplars_count_against_an_explicit_max_context_examples(tmp_path, tiny):
     """The paper: max(0, max_context_examples - len(exemplars)) episodes besides the exemplars."""
-    common = dict(max_context_examples=8, exemplars_per_label=1, context_p_keep=1.0, train_k=12, test_every=3)
-    icrl = run_experiment(small(tmp_path / "icrl", data_dir, context_strategy_name="random_biased_end", **common),
-                          progress=False, lm=lm)
-    assert icrl.max_context_examples == 2  # 8 - 6 exemplars (one per trec_coarse label)
-    assert max(r["context"]["size"] for r in icrl.records) == 8 and icrl.records[-1]["context"]["size"] == 8
-    icl = run_experiment(small(tmp_path / "icl", data_dir, icrl=False, context_strategy_name="random_unbiased",
-                               **common), progress=False, lm=lm)
+    common = dict(model_name=tiny.name, max_context_examples=8, exemplars_per_label=1, context_p_keep=1.0, train_k=12,
+                  test_every=3)
+    icrl = run_experiment(small(tmp_path / "icrl", context_strategy_name="random_biased_end", **common),
+                          progress=False, lm=tiny)
+    assert icrl.max_context_examples == 2  # 8 - 6 exemplars (one per support team)
+    assert max(r.context.size for r in icrl.records) == 8 and icrl.records[-1].context.size == 8
+    icl = run_experiment(small(tmp_path / "icl", icrl=False, context_strategy_name="random_unbiased", **common),
+                         progress=False, lm=tiny)
     assert len(icl.records) == 3  # tests at 0, 2, ...: 2 is the first test step with 2 episodes
 
 
-@pytest.mark.model
-def test_zero_shot_is_step_0_of_icrl_and_ignores_training_fields(tmp_path, data_dir, lm):
-    result = run_experiment(small(tmp_path, data_dir, max_context_examples=0, test_k=3, debug_k=1), progress=False,
-                            lm=lm)
+@pytest.mark.tiny
+def test_zero_shot_is_step_0_of_icrl_and_ignores_training_fields(tmp_path, tiny):
+    result = run_experiment(small(tmp_path, model_name=tiny.name, max_context_examples=0, test_k=3, debug_k=1),
+                            progress=False, lm=tiny)
     prompt = (result.run_dir / "debug_prompts.txt").read_text()
     assert ICRL_SYSTEM_PROMPT in prompt
     assert "__zeroshot__" in result.run_dir.name and "random_unbiased" not in result.run_dir.name
-    same = small(tmp_path, data_dir, max_context_examples=0, test_k=3, context_strategy_name="random_biased_end",
-                 context_p_keep=1.0, train_k=99, training_seed=1)
+    same = small(tmp_path, model_name=tiny.name, max_context_examples=0, test_k=3,
+                 context_strategy_name="random_biased_end", context_p_keep=1.0, train_k=99, training_seed=1)
     assert run_name(same) == result.run_dir.name
-    icl_prompt = small(tmp_path, data_dir, max_context_examples=0, test_k=3, icrl=False)
+    icl_prompt = small(tmp_path, model_name=tiny.name, max_context_examples=0, test_k=3, icrl=False)
     assert "__zeroshot-icl__" in run_name(icl_prompt) and ICL_SYSTEM_PROMPT != ICRL_SYSTEM_PROMPT
 
 
@@ -393,43 +351,30 @@ def test_one_experiment_has_one_run_folder_whatever_the_number_types(tmp_path):
     assert run_name(from_yaml) == run_name(from_cli) == run_name(from_notebook)
 
 
-def test_a_run_folder_named_by_icrl_0_1_is_found_and_renamed(tmp_path):
-    config = ExperimentConfig(task_name="trec_coarse", context_p_keep=1, output_dir=str(tmp_path))
-    # icrl 0.1 hashed every result field (train_k included) and kept context_p_keep as given (an int from YAML)
-    fields = {**config.result_fields(), "context_p_keep": 1}
-    old = tmp_path / ("trec_coarse__smollm2-135m-instruct__random_unbiased_only_positive_p1__icrl__t1__seed100-100-100__"
-                      + hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8])
-    old.mkdir()
-    (old / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "context_p_keep": 1}))
-    (old / "steps.jsonl").write_text('{"step": 0}\n')
-    assert old.name != run_name(config)
-    with RunStore.open(config) as store:
-        assert store.path.name == run_name(config) and not old.exists()
-        assert (store.path / "steps.jsonl").read_text() == '{"step": 0}\n'
-
-
-@pytest.mark.model
-def test_a_larger_train_k_extends_the_run_and_progress_shows_an_eta(tmp_path, data_dir, lm, capsys):
-    kw = dict(test_every=5, debug_k=3)
-    fresh = run_experiment(small(tmp_path / "fresh", data_dir, train_k=20, **kw), progress=False, lm=lm)
-    short = run_experiment(small(tmp_path / "ext", data_dir, train_k=10, **kw), progress=False, lm=lm)
+@pytest.mark.tiny
+def test_a_larger_train_k_extends_the_run_and_progress_shows_an_eta(tmp_path, tiny, capsys):
+    kw = dict(model_name=tiny.name, test_every=5, debug_k=3)
+    fresh = run_experiment(small(tmp_path / "fresh", train_k=20, **kw), progress=False, lm=tiny)
+    short = run_experiment(small(tmp_path / "ext", train_k=10, **kw), progress=False, lm=tiny)
     out = capsys.readouterr().out
     assert out.index(f"[icrl] run folder: {short.run_dir}") < out.index("[icrl] step 1/10")
-    assert "ETA" in out and ("steps/s" in out or "s/step" in out)
-    longer = run_experiment(small(tmp_path / "ext", data_dir, train_k=20, **kw), progress=False, lm=lm)
+    # The ETA counts training steps and test steps apart: step 1 already knows both (step 0 is a test step).
+    first = next(line for line in out.splitlines() if line.startswith("[icrl] step 1/10"))
+    assert ", tests " in first and " s each, ETA " in first and "ETA -" not in first
+    longer = run_experiment(small(tmp_path / "ext", train_k=20, **kw), progress=False, lm=tiny)
     assert longer.run_dir == short.run_dir and len(longer.records) == 20
     assert_same_run(longer.records, fresh.records)
     assert (longer.run_dir / "debug_prompts.txt").read_text() == (fresh.run_dir / "debug_prompts.txt").read_text()
     assert yaml.safe_load((longer.run_dir / "config.yaml").read_text())["train_k"] == 20
     with pytest.raises(UserError, match="train_k: .* holds a run of train_k=20; train_k=10 would stop inside it"):
-        run_experiment(small(tmp_path / "ext", data_dir, train_k=10, **kw), progress=False, lm=lm)
+        run_experiment(small(tmp_path / "ext", train_k=10, **kw), progress=False, lm=tiny)
 
 
 # --- collapse metrics -----------------------------------------------------------------------------------------------
 
 def test_collapse_metrics_by_hand():
     predictions = pd.Series([None, "a", "b", None, "a", "a", "c"])
-    table = results.window_collapse(predictions, window=3)
+    table = window_collapse(predictions, window=3)
     # windows over the non-null predictions: - | a | ab | ab | aba | baa | aac
     assert table["window_distinct_labels"].tolist()[1:] == [1, 2, 2, 2, 2, 2]
     third = -(2 / 3 * math.log2(2 / 3) + 1 / 3 * math.log2(1 / 3))  # 0.918 bits
@@ -438,12 +383,12 @@ def test_collapse_metrics_by_hand():
 
 
 def test_test_prediction_distribution_by_hand():
-    records = [{"step": 4, "context": {"size": 1}, "test": {"predictions": ["x", "x", "y", "z"],
-                                                            "answers": ["x", "y", "y", "y"], "accuracy": 0.5}}]
-    dist = results.test_distribution_table(records)
+    records = [StepRecord.from_json({"step": 4, "context": {"size": 1}, "train": None, "test": {
+        "predictions": ["x", "x", "y", "z"], "answers": ["x", "y", "y", "y"], "accuracy": 0.5}})]
+    dist = test_distribution_table(records)
     assert dist.to_dict("records") == [
         {"step": 4, "label": "x", "count": 2, "share": 0.5, "gold_share": 0.25},
         {"step": 4, "label": "y", "count": 1, "share": 0.25, "gold_share": 0.75},
         {"step": 4, "label": "z", "count": 1, "share": 0.25, "gold_share": 0.0}]
-    tests = results.tests_table(records)
+    tests = tests_table(records)
     assert tests[["distinct_predictions", "prediction_entropy"]].values.tolist() == [[3, 1.5]]

@@ -1,0 +1,119 @@
+"""The paper's metrics per run and their aggregates over seeds, against hand-computed values; paired differences;
+the paper's published numbers and the join on them; token tables."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from icrl_lib.analysis import aggregate, load
+
+
+def synthetic_runs() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two methods x three seeds on one task; tests at steps 0, 9, 19 with 10 queries each."""
+    tests, steps = [], []
+    accuracies = {("A", 1): [0.1, 0.5, 0.4], ("A", 2): [0.2, 0.6, 0.8], ("A", 3): [0.0, 0.4, 0.6],
+                  ("B", 1): [0.1, 0.2, 0.2], ("B", 2): [0.2, 0.3, 0.3], ("B", 3): [0.0, 0.1, 0.4]}
+    regrets = {("A", 1): 12, ("A", 2): 8, ("A", 3): 10, ("B", 1): 15, ("B", 2): 14, ("B", 3): 16}
+    for (method, seed), accs in accuracies.items():
+        cell = {"run": f"{method}{seed}", "model_name": "m", "task_name": "t", "method": method, "method_key": None,
+                "paper_method": None, "paper_setting": None, "train_k": 20, "test_k": 10, "test_every": 10,
+                "seed": seed, "training_seed": seed, "test_seed": seed}
+        tests += [{**cell, "step": step, "accuracy": acc, "n": 10} for step, acc in zip((0, 9, 19), accs)]
+        steps.append({**cell, "step": 19, "regret": float(regrets[method, seed])})
+    return pd.DataFrame(tests), pd.DataFrame(steps)
+
+
+def test_run_metrics_and_their_aggregate_by_hand():
+    tests, steps = synthetic_runs()
+    per_run = aggregate.run_metrics(tests, steps).set_index("run")
+    a2 = per_run.loc["A2"]
+    assert (a2.test_acc_step0, a2.test_acc_final, a2.test_acc_peak, a2.peak_step, a2.regret) == (0.2, 0.8, 0.8, 19, 8)
+    assert a2.gain == pytest.approx(0.6)  # final minus the run's own step 0
+    assert per_run.loc["A1", "peak_step"] == 9 and per_run.loc["A1", "spearman_rho"] == pytest.approx(0.5)
+    assert per_run.loc["A2", "spearman_rho"] == pytest.approx(1.0)
+    table = aggregate.aggregate(per_run.reset_index()).set_index(["method", "metric"])
+    final = table.loc[("A", "test_acc_final")]
+    # finals 0.4, 0.8, 0.6 of 10 queries each. Queries: Agresti-Coull centre (6 + 2) / 14, variance c(1-c)/14, 9 df;
+    # seeds: variance 0.04 / 3, 2 df; Welch-Satterthwaite df for their sum.
+    centre = 8 / 14
+    v_query, v_seed = centre * (1 - centre) / 14, 0.04 / 3
+    df = (v_query + v_seed) ** 2 / (v_query ** 2 / 9 + v_seed ** 2 / 2)
+    half = scipy_stats.t.ppf(0.975, df) * math.sqrt(v_query + v_seed)
+    assert (final["mean"], final["n"], final["interval"]) == (pytest.approx(0.6), 3, "Agresti-Coull over queries + seeds")
+    assert (final["low"], final["high"]) == (pytest.approx(centre - half), pytest.approx(centre + half))
+    regret = table.loc[("B", "regret")]
+    assert (regret["mean"], regret["low"], regret["high"]) == (
+        pytest.approx(15), pytest.approx(15 - 4.302652729911275 / math.sqrt(3)),
+        pytest.approx(15 + 4.302652729911275 / math.sqrt(3)))
+    assert table.loc[("A", "test_acc_peak"), "peak_step"] == pytest.approx((9 + 19 + 19) / 3)
+    assert table.loc[("A", "regret_per_step"), "mean"] == pytest.approx(10)  # one logged training step per run here
+
+
+def test_one_seed_gets_an_interval_over_the_test_queries_and_equal_seeds_never_a_zero_width_one():
+    tests, steps = synthetic_runs()
+    one = tests[tests["run"] == "A1"]
+    curve = aggregate.accuracy_curves(one).set_index("step")
+    # accuracy 0.5 on 10 queries: centre 7/14, variance 0.25/14, t(0.975, 9) = 2.262157
+    assert curve.loc[9, "interval"] == "Agresti-Coull over queries + seeds" and curve.loc[9, "n"] == 1
+    half = 2.2621571627409915 * math.sqrt(0.25 / 14)
+    assert (curve.loc[9, "low"], curve.loc[9, "high"]) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
+    per_run = aggregate.run_metrics(one, steps)
+    assert math.isnan(aggregate.aggregate(per_run).set_index("metric").loc["regret", "low"])
+    equal = pd.concat([one, one.assign(run="A1b", seed=9)])  # two seeds, the same accuracy at every step
+    twice = aggregate.accuracy_curves(equal).set_index("step")
+    assert twice.loc[0, "n"] == 2 and twice.loc[0, "low"] == 0 and twice.loc[0, "high"] > 0.2  # 0.1 of 10: not [0.1, 0.1]
+
+
+def test_paired_differences_on_shared_queries_and_seeds():
+    """A minus B on the same 10 test queries, seeds 1 and 2: per-query differences (Agresti-Min) plus seed noise."""
+    tests, steps = synthetic_runs()
+    tests = tests[tests["seed"] < 3]
+    per_run = aggregate.run_metrics(tests, steps)
+    correct = {("A", 1): [1] * 4 + [0] * 6, ("A", 2): [1] * 8 + [0] * 2, ("B", 1): [0, 1] + [0] * 8,
+               ("B", 2): [1] * 3 + [0] * 7}
+    predictions = pd.DataFrame([{"run": f"{m}{s}", "step": 19, "example": i, "answer": f"a{i}", "correct": bool(c)}
+                                for (m, s), cs in correct.items() for i, c in enumerate(cs)])
+    diff = aggregate.paired_differences(per_run, predictions, "A", "B").iloc[0]
+    assert diff["effect"] == pytest.approx((0.4 - 0.1 + 0.8 - 0.3) / 2) and diff["n_seeds"] == 2
+    assert diff["n_queries"] == 10 and diff["low"] < diff["effect"] < diff["high"] and diff["mde"] > 0
+    assert diff["interval"] == "paired over queries and seeds"
+
+
+def test_the_papers_numbers_ship_with_the_package_and_join_on_a_known_cell():
+    paper = aggregate.paper_results()
+    assert len(paper) == 1226 and {"family", "model", "task", "method", "setting", "metric", "value"} <= set(paper)
+    ours = pd.DataFrame([{"model_name": "meta-llama/Meta-Llama-3.1-8B-Instruct", "task_name": "banking77",
+                          "paper_method": "explorative", "paper_setting": "", "metric": "test_acc_final", "mean": 0.61},
+                         {"model_name": "smollm2-135m-instruct", "task_name": "banking77",
+                          "paper_method": "explorative", "paper_setting": "", "metric": "test_acc_final", "mean": 0.05}])
+    joined = aggregate.join_paper(ours)
+    assert joined["paper_value"].iloc[0] == pytest.approx(0.660) and joined["paper_section"].iloc[0] == "3.1"
+    assert math.isnan(joined["paper_value"].iloc[1])  # the paper never ran this model
+
+
+def test_token_comparison_per_step_with_a_note_where_no_ratio_exists():
+    usage = pd.DataFrame({"task_name": ["t", "t", "u"], "model_name": ["m"] * 3,
+                          "method_key": ["explorative", "approximate", "explorative"],
+                          "train_computed_tokens": [3000.0, 300.0, 100.0], "steps": [10, 10, 10]})
+    table = load.method_token_comparison(usage).set_index("task_name")
+    assert (table.loc["t", "explorative"], table.loc["t", "approximate"], table.loc["t", "ratio"]) == (300, 30, 10)
+    assert table.loc["t", "note"] == "" and table.loc["u", "note"] == "no approximate run here"
+    assert pd.isna(table.loc["u", "ratio"])
+
+
+def test_paired_differences_pair_each_seed_on_its_own_test_set():
+    """Sweeps give every seed its own test set (test_seed = seed): the arms still pair per seed."""
+    tests, steps = synthetic_runs()
+    tests = tests[tests["seed"] < 3]
+    per_run = aggregate.run_metrics(tests, steps)
+    correct = {("A", 1): [1] * 4 + [0] * 6, ("A", 2): [1] * 8 + [0] * 2, ("B", 1): [0, 1] + [0] * 8,
+               ("B", 2): [1] * 3 + [0] * 7}
+    predictions = pd.DataFrame([{"run": f"{m}{s}", "step": 19, "example": i, "answer": f"s{s}q{i}", "correct": bool(c)}
+                                for (m, s), cs in correct.items() for i, c in enumerate(cs)])
+    diff = aggregate.paired_differences(per_run, predictions, "A", "B").iloc[0]
+    assert diff["interval"] == "paired over each seed's queries and seeds" and diff["effect"] == pytest.approx(0.4)
+    other = predictions.assign(answer=predictions["answer"] + predictions["run"])  # no query shared: unpaired
+    assert aggregate.paired_differences(per_run, other, "A", "B").iloc[0]["interval"].startswith("unpaired")

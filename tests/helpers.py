@@ -1,0 +1,253 @@
+"""Shared test helpers: run configs on the tiny and the real model, run comparisons, the CLI in a subprocess,
+exact label log-probabilities, and synthetic family runs for the verdict tests."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from icrl_lib.analysis import aggregate
+from icrl_lib.paper.families import Family
+from icrl_lib.paper.findings import Check
+from icrl_lib.runs.config import ExperimentConfig
+from icrl_lib.runs.record import StepRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+TICKETS = str(ROOT / "params" / "tasks" / "support_tickets" / "task.yaml")  # a committed task: no ../shared/data
+
+
+# --- runs ---------------------------------------------------------------------------------------------------------
+
+def small(tmp_path, data_dir=None, **kw) -> ExperimentConfig:
+    """A short explorative run: on trec_coarse with ``data_dir``, else on the committed support-tickets task."""
+    base = dict(task_name="trec_coarse" if data_dir else TICKETS, context_strategy_name="random_unbiased_only_positive",
+                context_p_keep=0.5, max_context_examples=8, train_k=30, test_every=15, test_k=10, debug_k=0, seed=3,
+                training_seed=4, test_seed=5, data_dir=str(data_dir) if data_dir else None,
+                output_dir=str(tmp_path / "out"))
+    base.update(kw)
+    return ExperimentConfig.from_dict(base)
+
+
+def as_json(records) -> list[dict]:
+    """Typed step records (or their JSON objects) as JSON objects."""
+    return [r.to_json() if isinstance(r, StepRecord) else json.loads(json.dumps(r)) for r in records]
+
+
+def strip_measurements(records, logprob_digits: int | None = None, logprob: bool = True) -> list[dict]:
+    """Wall time and computed tokens depend on what the KV cache held, not on the experiment; log-probabilities
+    from differently shaped forwards agree to float precision only (rounded, or dropped with ``logprob=False``)."""
+    out = []
+    for rec in as_json(records):
+        rec.pop("seconds")
+        rec.pop("cache")
+        rec["tokens"].pop("computed")
+        rec["tokens"].pop("generated")
+        for key in ("computed", "generated"):  # the training prompt's share of the same measurements
+            (rec.get("train_tokens") or {}).pop(key, None)
+        if rec["train"] and rec["train"]["logprob"] is not None:
+            if not logprob:
+                rec["train"].pop("logprob")
+            elif logprob_digits is not None:
+                rec["train"]["logprob"] = round(rec["train"]["logprob"], logprob_digits)
+        out.append(rec)
+    return out
+
+
+def assert_same_run(a, b) -> None:
+    """The resume guarantee: identical decisions; log-probabilities equal to 1e-4 (relative)."""
+    assert strip_measurements(a, logprob=False) == strip_measurements(b, logprob=False)
+    for x, y in zip(as_json(a), as_json(b)):
+        if x["train"] and x["train"]["logprob"] is not None:
+            assert x["train"]["logprob"] == pytest.approx(y["train"]["logprob"], rel=1e-4, abs=1e-6)
+
+
+def cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """``python -m icrl_lib <args>`` from the checkout."""
+    return subprocess.run([sys.executable, "-m", "icrl_lib", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def argv_of(config: ExperimentConfig) -> list[str]:
+    """``icrl run`` flags that rebuild ``config``."""
+    out = ["run"]
+    for key, value in config.to_dict().items():
+        if isinstance(value, bool):
+            out.append(f"--{key}" if value else f"--no-{key}")
+        elif value is not None:
+            out.append(f"--{key}={value}")
+        elif key == "test_k":
+            out.append("--test_k=None")
+    return out
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, code: int = 2) -> str:
+    """Exit ``code``, no traceback, and one ``error:`` line on stderr holding every needle."""
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def trec_copy(data_dir: Path, tmp_path: Path, name: str = "data") -> Path:
+    """A private copy of the TREC mirror (to damage or edit)."""
+    root = tmp_path / name
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(data_dir / "trec", root / "trec")
+    return root
+
+
+# --- the tiny model -------------------------------------------------------------------------------------------------
+
+def save_tiny_model(folder: Path) -> Path:
+    """A 2-layer random-weight Llama (hidden size 32) with the embedded SmolLM2 tokenizer and chat template, saved as
+    a local model folder: every mechanics test runs on it in a fraction of the real model's time."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from icrl_lib.engine.models import model_facts, resolve_model
+
+    tokenizer = model_facts("smollm2-135m-instruct", resolve_model("smollm2-135m-instruct")).tokenizer
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# --- exact label probabilities (what constrained sampling draws from) ----------------------------------------------
+
+def label_logprobs(predictor, prompt: str, cached: bool = True) -> dict[str, float]:
+    """Exact log-probability of every label under ``predictor``'s constrained decoding at its temperature (> 0).
+
+    ``cached=True`` encodes the prompt once and scores every label sequence packed on top of it;
+    ``cached=False`` recomputes prompt + label for each label. Both must agree (tested).
+    """
+    import torch
+
+    from icrl_lib.engine.kvcache import PackedRow, extend_cache, new_cache
+
+    if predictor.temperature == 0:
+        raise ValueError("temperature: label probabilities need temperature > 0 (0 is greedy decoding)")
+    ids = predictor.lm.encode(prompt)
+    seqs = predictor.trie.sequences
+    if cached:
+        cache = new_cache(predictor.lm)
+        first = extend_cache(predictor.lm, cache, ids)
+        row = PackedRow(len(ids))
+        tokens = [t for s in seqs for t in s[:-1]]
+        owners = [i for i, s in enumerate(seqs) for _ in s[:-1]]
+        logits = row.forward(predictor.lm, cache, tokens, owners, range(len(tokens))) if tokens else None
+        per_label, start = [], 0
+        for s in seqs:
+            rows = [first] + [logits[start + d] for d in range(len(s) - 1)]
+            start += len(s) - 1
+            per_label.append(rows)
+    else:
+        per_label = []
+        for s in seqs:
+            with torch.inference_mode():
+                out = predictor.lm.model(input_ids=torch.tensor([ids + list(s[:-1])], device=predictor.lm.model.device))
+            full = out.logits[0].float()
+            per_label.append([full[len(ids) - 1 + d] for d in range(len(s))])
+    result = {}
+    for label, s, rows in zip(predictor.trie.labels, seqs, per_label):
+        total = 0.0
+        for d, logits in enumerate(rows):
+            allowed = predictor.trie.children[s[:d]]
+            lp = torch.log_softmax(logits[list(allowed)].double() / predictor.temperature, dim=0)
+            total += float(lp[allowed.index(s[d])])
+        result[label] = total
+    return result
+
+
+# --- synthetic family runs for the verdict tests ------------------------------------------------------------------
+
+QUERIES = 100  # the CPU profiles' test size
+STEPS = 150
+TEST_STEPS = tuple(sorted({0, STEPS - 1} | {s for s in range(STEPS) if (s + 1) % 15 == 0}))  # 11 points: rho works
+ANSWERS = [f"label {i % 7}" for i in range(QUERIES)]
+
+
+def correct(first: int, count: int) -> np.ndarray:
+    """0/1 over the queries: ``count`` correct ones starting at query ``first`` (wrapping)."""
+    out = np.zeros(QUERIES)
+    out[[(first + i) % QUERIES for i in range(count)]] = 1
+    return out
+
+
+def _curve(shape: str) -> list[np.ndarray]:
+    """Per test step the correct queries of a test-accuracy curve: rising, falling or a fixed zig-zag (rho ~ 0.3)."""
+    n = len(TEST_STEPS)
+    if shape == "rising":
+        counts = np.linspace(10, 60, n)
+    elif shape == "falling":
+        counts = np.linspace(60, 10, n)
+    else:
+        counts = [30, 20, 35, 25, 40, 22, 38, 28, 30, 26, 36][:n]
+    return [correct(7 * i, int(c)) for i, c in enumerate(counts)]
+
+
+def _training(kind: str) -> list[str]:
+    """150 training predictions whose last 50 are collapsed (one label 90%), diverse (all distinct) or 30% one label."""
+    last = {"collapsed": ["label 0"] * 45 + [f"label {i}" for i in range(1, 6)],
+            "diverse": [f"label {i}" for i in range(50)],
+            "third": ["label 0"] * 15 + [f"label {i}" for i in range(1, 36)]}[kind]
+    return [f"label {i % 40}" for i in range(STEPS - 50)] + last
+
+
+def tables(fam: Family, check: Check, effect: str, seeds=(100,), knobs=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per_run, predictions) of every arm of ``fam`` on one model and task (``clinic150`` plus the family's suffix),
+    with ``check``'s sides set so that its difference is ``effect``: "reversed" (far from the claim, the other
+    way) or "none" (the two sides equal in expectation, with disagreeing queries)."""
+    (left_arm, left_measure), (right_arm, right_measure) = check.sides
+    low, high = {"greater": (10, 60), "less": (60, 10), "within": (70, 10)}[check.kind]
+    tests, steps, predictions = [], [], []
+    for arm in fam.arms(knobs):
+        zero_shot = arm.fields.get("max_context_examples") == 0
+        for seed in seeds:
+            run = f"{arm.label}|{seed}"
+            curve = _curve("zigzag")
+            training = _training("third")
+            if check.measure == "rho" and arm.label in (left_arm, right_arm):
+                side_is_left = arm.label == left_arm
+                if effect == "reversed":
+                    wanted_up = check.kind == "less"  # the claim says left's rho is greater: make it fall
+                    curve = _curve("rising" if wanted_up == side_is_left else "falling")
+            elif check.measure == "top_share" and arm.label in (left_arm, right_arm):
+                if effect == "reversed":
+                    left_high = check.kind == "less"
+                    training = _training("collapsed" if left_high == (arm.label == left_arm) else "diverse")
+            elif check.measure in ("final", "step0"):
+                for label, measure, count, start in ((left_arm, left_measure, low, 0), (right_arm, right_measure, high,
+                                                                                        0)):
+                    if arm.label != label:
+                        continue
+                    if effect == "none":  # equal rates, disagreeing on 30 queries: no effect, real noise
+                        count, start = 30, (0 if (label, measure) == (left_arm, left_measure) else 15)
+                    index = 0 if measure == "step0" or zero_shot else len(TEST_STEPS) - 1
+                    curve[index] = correct(start, count)
+            points = [(0, curve[0])] if zero_shot else list(zip(TEST_STEPS, curve))
+            base = {"run": run, "method": arm.label, "model_name": "m", "task_name": "clinic150" + fam.task_suffix,
+                    "seed": seed, "training_seed": seed, "test_seed": 100, "train_k": STEPS, "test_k": QUERIES,
+                    "test_every": 15}
+            tests += [{**base, "step": s, "accuracy": float(c.mean()), "n": QUERIES} for s, c in points]
+            predictions += [{"run": run, "step": s, "example": i, "answer": ANSWERS[i], "correct": bool(c[i])}
+                            for s, c in points for i in range(QUERIES)]
+            if not zero_shot:
+                steps += [{**base, "step": s, "prediction": p, "reward": float(s % 3 == 0)}
+                          for s, p in enumerate(training)]
+    tests, steps = pd.DataFrame(tests), pd.DataFrame(steps)
+    steps["regret"] = (steps["reward"] == 0).groupby(steps["run"]).cumsum().astype(float)
+    return aggregate.run_metrics(tests, steps), pd.DataFrame(predictions)
