@@ -75,10 +75,10 @@ test-fast: setup
 	$(PY) -m pytest tests -m "not model" -q
 
 # JupyterLab on the checkout (notebooks/ and outputs/ both reachable), opened on notebooks/; the pre-save hook keeps
-# a merely opened notebook byte-identical. Jupyter refuses to run as root unless told: --allow-root only then.
-JUPYTER_HOOK := --FileContentsManager.pre_save_hook=icrl_lib.notebook.jupyter_pre_save_hook
+# a merely opened notebook byte-identical, the post-save hook keeps `git status` clean after saving outputs. Jupyter refuses to run as root unless told: --allow-root only then.
+JUPYTER_HOOKS := --FileContentsManager.pre_save_hook=icrl_lib.notebook.jupyter_pre_save_hook --FileContentsManager.post_save_hook=icrl_lib.notebook.jupyter_post_save_hook
 lab: setup
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(JUPYTER_HOOK) \
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(JUPYTER_HOOKS) \
 	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # A sweep: every run not done yet, locally (WORKERS processes; one per GPU), on Slurm or on Ray (LAUNCHER=...).

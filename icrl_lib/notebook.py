@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -19,9 +20,10 @@ from icrl_lib.analysis import plots
 from icrl_lib.paper import methods
 from icrl_lib.paths import find_file, project_root, resolve_path
 from icrl_lib.runs.plan import provenance
-from icrl_lib.runs.store import ANALYSIS_DIR, FIGURES_DIR
+from icrl_lib.runs.store import ANALYSIS_DIR, FIGURES_DIR, model_label
 from icrl_lib.runs.tables import COLLAPSE_WINDOW
 from icrl_lib.tasks.sources import data_dir_param
+from icrl_lib.tasks.task import task_label
 
 PARAMS_FILE_ENV = "ICRL_PARAMS_FILE"
 SECRET_FIELDS = ("hf_token",)  # never notebook parameters
@@ -176,7 +178,7 @@ def export_comparison_figures(runs: pd.DataFrame, steps: pd.DataFrame, folder: s
     figures = {}
     if not runs.empty:
         for (model, task), _ in runs.groupby(["model_name", "task_name"], sort=True):
-            name = f"comparison__{task}__{str(model).replace('/', '--')}"
+            name = f"comparison__{task_label(task)}__{model_label(str(model))}"
             figures[name] = plots.main_comparison_figure(runs, task=task, model=model)
     if not steps.empty and "regret" in steps.columns and steps["regret"].notna().any():
         figures["regret_bars"] = plots.regret_bar_figure(steps)
@@ -195,6 +197,25 @@ def jupyter_pre_save_hook(model: dict, **_: Any) -> None:
             model["content"].get("metadata", {}).pop(key, None)
 
 
+def jupyter_post_save_hook(model: dict, os_path: str, contents_manager: Any = None, **_: Any) -> None:
+    """A Jupyter post-save hook (``make lab`` installs it): after a notebook is saved with outputs, git sees a file of
+    another size and reports it modified without asking the nbstripout filter, though ``git diff`` is empty. When the
+    filtered content equals git's index, ``git add`` only refreshes the index entry's size and time (the same blob),
+    so ``git status`` stays clean; a notebook with real changes is left as it is."""
+    if model.get("type") != "notebook":
+        return
+    path = Path(os_path)
+    try:
+        unchanged = subprocess.run(["git", "diff", "--quiet", "--", path.name], cwd=path.parent, timeout=30,
+                                   capture_output=True).returncode == 0
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", path.name], cwd=path.parent, timeout=30,
+                                 capture_output=True).returncode == 0
+        if unchanged and tracked:
+            subprocess.run(["git", "add", "--", path.name], cwd=path.parent, timeout=30, capture_output=True)
+    except (OSError, subprocess.SubprocessError):
+        pass  # not a git checkout, or no git: nothing to keep clean
+
+
 def comparison_browser(runs: pd.DataFrame):
     """ipywidgets: model and task dropdowns plus one checkbox per run name, redrawing the main comparison. The
     checkboxes wrap onto as many rows as they need (every one stays on screen at any width), each as wide as its
@@ -211,12 +232,8 @@ def comparison_browser(runs: pd.DataFrame):
     def redraw(*_):
         chosen = [box.description for box in boxes if box.value]
         rows = runs[(runs["model_name"] == model.value) & (runs["task_name"] == task.value)]
-        with out:
-            out.clear_output(wait=True)
-            if rows.empty:
-                print(f"no runs of {task.value} with {model.value}")
-            else:
-                show_in_widget(plots.main_comparison_figure(rows, task=task.value, model=model.value, methods=chosen))
+        show_in_widget(out, f"no runs of {task.value} with {model.value}" if rows.empty else
+                       plots.main_comparison_figure(rows, task=task.value, model=model.value, methods=chosen))
 
     for widget in (model, task, *boxes):
         widget.observe(redraw, names="value")
@@ -225,11 +242,18 @@ def comparison_browser(runs: pd.DataFrame):
     return widgets.VBox([widgets.HBox([model, task]), wrapped, out], layout=widgets.Layout(width="100%"))
 
 
-def show_in_widget(figure) -> None:
-    """Show a plotly figure inside an ipywidgets ``Output``: as the plotly mimetype only. The ``notebook``
-    renderer's HTML+JavaScript inside an Output widget never completes under nbclient, so papermill and nbval
-    would wait forever; widget contents are not exported anyway, the figures shown outside widgets are."""
-    figure.show(renderer="plotly_mimetype")
+def show_in_widget(out, content) -> None:
+    """Replace what the ipywidgets ``Output`` ``out`` shows with ``content``: a plotly figure (as the plotly mimetype
+    only) or a line of text. The outputs are set as the widget's state, not captured with ``with out:`` and
+    ``clear_output``: under nbclient (papermill, nbval) captured output could leave a cell waiting forever, so a
+    headless run hung; widget contents are not exported anyway, the figures shown outside widgets are."""
+    import plotly.io as pio
+
+    if isinstance(content, str):
+        out.outputs = ({"output_type": "stream", "name": "stdout", "text": content + "\n"},)
+        return
+    bundle = pio.renderers["plotly_mimetype"].to_mimebundle(content.to_dict())
+    out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
 def header(static: bool | None = None) -> str:

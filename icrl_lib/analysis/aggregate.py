@@ -270,4 +270,5 @@ def join_paper(table: pd.DataFrame) -> pd.DataFrame:
                                   "setting": "paper_setting", "value": "paper_value", "step": "paper_step",
                                   "section": "paper_section"})
     keys = ["model_name", "task_name", "paper_method", "paper_setting", "metric"]
-    return table.merge(paper[[*keys, "paper_value", "paper_step", "paper_section"]], on=keys, how="left")
+    ours = table.astype({k: object for k in keys})  # a run the paper has no counterpart for: None, never NaN
+    return ours.merge(paper[[*keys, "paper_value", "paper_step", "paper_section"]], on=keys, how="left")

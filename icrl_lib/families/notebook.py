@@ -136,11 +136,9 @@ def show_figures(figures: Mapping[str, Any], curves: pd.DataFrame, references=()
     out = widgets.Output()
 
     def redraw(*_):
-        with out:
-            out.clear_output(wait=True)
-            show_in_widget(plots.facet_figure(
-                curves[curves["model_name"] == choice.value], "mean", percent=True, references=references,
-                title=f"{choice.value}: test accuracy (mean over seeds, 95% interval)", y_title="test accuracy"))
+        show_in_widget(out, plots.facet_figure(
+            curves[curves["model_name"] == choice.value], "mean", percent=True, references=references,
+            title=f"{choice.value}: test accuracy (mean over seeds, 95% interval)", y_title="test accuracy"))
 
     choice.observe(redraw, names="value")
     redraw()

@@ -47,11 +47,16 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def model_label(model_name: str) -> str:
+    """A model name as part of a file name (hub ids and folders: ``/`` becomes ``--``)."""
+    return model_name.strip("/").replace("/", "--")
+
+
 def run_name(config: ExperimentConfig) -> str:
     """Readable, stable folder name, e.g. ``trec_coarse__smollm2-135m-instruct__random_unbiased_only_positive_p0.1
     __icrl__t1__seed100-100-100__1a2b3c4d`` (zero-shot: ``...__zeroshot__t1__seed100-100__<hash>``)."""
     c = config
-    model = c.model_name.strip("/").replace("/", "--")
+    model = model_label(c.model_name)
     identity = digest(json.dumps(c.identity(), sort_keys=True))[:8]
     if c.zero_shot:
         parts = [task_label(c.task_name), model, "zeroshot" if c.icrl else "zeroshot-icl", f"t{c.temperature:g}",

@@ -117,3 +117,9 @@ def test_paired_differences_pair_each_seed_on_its_own_test_set():
     assert diff["interval"] == "paired over each seed's queries and seeds" and diff["effect"] == pytest.approx(0.4)
     other = predictions.assign(answer=predictions["answer"] + predictions["run"])  # no query shared: unpaired
     assert aggregate.paired_differences(per_run, other, "A", "B").iloc[0]["interval"].startswith("unpaired")
+
+
+def test_runs_without_a_paper_counterpart_join_to_nothing():
+    ours = pd.DataFrame([{"model_name": "m", "task_name": "banking77", "paper_method": None, "paper_setting": None,
+                          "metric": "test_acc_final", "mean": 0.1}])
+    assert aggregate.join_paper(ours)["paper_value"].isna().all()

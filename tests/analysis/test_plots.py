@@ -176,7 +176,7 @@ def test_empty_figure_carries_message():
 
 
 def test_collapse_figure_draws_distinct_labels_and_entropy():
-    from icrl_lib.analysis.load import window_collapse
+    from icrl_lib.runs.tables import window_collapse
 
     steps = pd.DataFrame({"step": [0, 1, 2, 3], "prediction": ["a", "b", "b", "b"]})
     steps = pd.concat([steps, window_collapse(steps["prediction"], window=2)], axis=1)

@@ -4,23 +4,15 @@ paper's numbers show; and the verdict table, its summary and the README's table 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from icrl_lib.paper import families
-
-from icrl_lib.paper import findings
-
-from icrl_lib.analysis import stats
-
-from icrl_lib.analysis import verdicts
-from icrl_lib.analysis.load import paper_results
-
-import synthetic
-
-ROOT = Path(__file__).resolve().parents[1]
+from icrl_lib.analysis import stats, verdicts
+from icrl_lib.analysis.aggregate import paper_results
+from icrl_lib.paper import families, findings
+from tests import helpers as synthetic
+from tests.helpers import ROOT
 CHECKS = [(name, check) for name, fam in families.FAMILIES.items() for check in fam.checks()]
 CPU_KNOBS = {"context_window": {"window": [400, 800]}}  # knob-dependent labels, as the CPU profile runs them
 

@@ -1,4 +1,5 @@
-"""Constrained decoding and the KV-cache fast path, on the real embedded model and real TREC/Banking77 data."""
+"""Constrained decoding and the KV-cache fast path (mechanics: on the tiny random-weight model, whose label
+probabilities are far from degenerate, with the committed support-tickets task)."""
 from __future__ import annotations
 
 import math
@@ -7,17 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from icrl_lib.engine.generation import LabelPredictor, LabelTrie, choose_token, label_logprobs
+from icrl_lib.engine.generation import LabelPredictor, choose_token
 from icrl_lib.engine.kvcache import PrefixCachePool, extend_cache, new_cache
 from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
 from icrl_lib.tasks.task import load_task
-
-pytestmark = pytest.mark.model
+from icrl_lib.tasks.trie import LabelTrie
+from tests.helpers import TICKETS, label_logprobs
 
 
 @pytest.fixture(scope="module")
-def trec(data_dir):
-    return load_task("trec_coarse", data_dir)
+def trec():
+    """The committed support-tickets task: six teams, several of them two-token names (a trie with branching)."""
+    return load_task(TICKETS)
+
+
+def predictor(lm, task, temperature, **kw) -> LabelPredictor:
+    return LabelPredictor(lm, LabelTrie.build(task.labels, lm.encode, lm.eot_id), temperature, **kw)
 
 
 def make_prompts(lm, task, n_context: int, n_queries: int, icrl: bool = True):
@@ -36,13 +42,17 @@ def make_prompts(lm, task, n_context: int, n_queries: int, icrl: bool = True):
     return [render(task.format_input(ex)) for ex in train[n_context:]], render(None)
 
 
-def test_end_of_turn_comes_from_the_template(lm):
+@pytest.mark.tiny
+def test_end_of_turn_comes_from_the_template(tiny):
+    lm = tiny
     assert lm.tokenizer.convert_ids_to_tokens(lm.eot_id) == "<|im_end|>"
     rendered = lm.tokenizer.apply_chat_template([{"role": "assistant", "content": "X"}], tokenize=False)
     assert "X<|im_end|>" in rendered
 
 
-def test_trie_allows_exactly_the_label_sequences(lm, trec):
+@pytest.mark.tiny
+def test_trie_allows_exactly_the_label_sequences(tiny, trec):
+    lm = tiny
     trie = LabelTrie.build(trec.labels, lm.encode, lm.eot_id)
     # Walk every path of the trie: the complete paths are exactly the labels' token sequences.
     complete, stack = set(), [()]
@@ -70,25 +80,29 @@ def test_choose_token_takes_logits_on_the_gpu():
         assert choose_token(logits.cuda(), allowed, 1.0, u) == choose_token(logits, allowed, 1.0, u)
 
 
-@pytest.mark.parametrize("task_name,n_context", [("trec_coarse", 6), ("banking77", 4)])
-def test_cached_label_probabilities_equal_uncached(lm, data_dir, task_name, n_context):
-    task = load_task(task_name, data_dir)
+@pytest.mark.tiny
+@pytest.mark.parametrize("n_context", [0, 6])
+def test_cached_label_probabilities_equal_uncached(tiny, trec, n_context):
+    lm = tiny
+    task = trec
     prompts, _ = make_prompts(lm, task, n_context, 2)
-    predictor = LabelPredictor(lm, task.labels, temperature=1.0)
+    scorer = predictor(lm, task, 1.0)
     for prompt in prompts:
-        cached = label_logprobs(predictor, prompt, cached=True)
-        uncached = label_logprobs(predictor, prompt, cached=False)
+        cached = label_logprobs(scorer, prompt, cached=True)
+        uncached = label_logprobs(scorer, prompt, cached=False)
         assert sum(math.exp(v) for v in cached.values()) == pytest.approx(1.0, abs=1e-5)  # fp32 logits
         a = np.array([cached[k] for k in task.labels])
         b = np.array([uncached[k] for k in task.labels])
         np.testing.assert_allclose(np.exp(a), np.exp(b), atol=1e-4)  # probabilities within 1e-4
 
 
+@pytest.mark.tiny
 @pytest.mark.parametrize("temperature", [1.0, 0.0])
-def test_fast_path_predictions_equal_full_recompute(lm, trec, temperature):
+def test_fast_path_predictions_equal_full_recompute(tiny, trec, temperature):
+    lm = tiny
     prompts, context = make_prompts(lm, trec, 8, 12)
-    fast = LabelPredictor(lm, trec.labels, temperature, fast=True, batch_size=5)  # 3 packed chunks
-    slow = LabelPredictor(lm, trec.labels, temperature, fast=False)
+    fast = predictor(lm, trec, temperature, fast=True, batch_size=5)  # 3 packed chunks
+    slow = predictor(lm, trec, temperature, fast=False)
     a = fast.predict(prompts, seed=123, stream=1, context=context)
     b = slow.predict(prompts, seed=123, stream=1, context=context)
     assert [p.label for p in a] == [p.label for p in b]
@@ -99,12 +113,14 @@ def test_fast_path_predictions_equal_full_recompute(lm, trec, temperature):
     assert ta["prompt"] == tb["prompt"] and ta["computed"] < tb["computed"] / 3
 
 
-def test_sampling_frequencies_match_trie_probabilities(lm, trec):
+@pytest.mark.tiny
+def test_sampling_frequencies_match_trie_probabilities(tiny, trec):
+    lm = tiny
     prompts, _ = make_prompts(lm, trec, 3, 1)
-    predictor = LabelPredictor(lm, trec.labels, temperature=1.0)
-    probs = {k: math.exp(v) for k, v in label_logprobs(predictor, prompts[0]).items()}
+    sampler = predictor(lm, trec, 1.0)
+    probs = {k: math.exp(v) for k, v in label_logprobs(sampler, prompts[0]).items()}
     n = 600
-    draws = predictor.predict(prompts * n, seed=2024, stream=1)  # independent draw per query index
+    draws = sampler.predict(prompts * n, seed=2024, stream=1)  # independent draw per query index
     freq = {k: sum(p.label == k for p in draws) / n for k in trec.labels}
     for label, p in probs.items():
         sd = math.sqrt(p * (1 - p) / n)
@@ -112,15 +128,20 @@ def test_sampling_frequencies_match_trie_probabilities(lm, trec):
     assert len({p.label for p in draws}) > 1  # the prompt is not degenerate, so the test can fail
 
 
-def test_same_seed_same_predictions_and_streams_differ(lm, trec):
+@pytest.mark.tiny
+def test_same_seed_same_predictions_and_streams_differ(tiny, trec):
+    lm = tiny
     prompts, context = make_prompts(lm, trec, 4, 6)
-    predictor = LabelPredictor(lm, trec.labels, 1.0)
-    first = [p.label for p in predictor.predict(prompts, seed=5, stream=1, context=context)]
-    again = [p.label for p in predictor.predict(prompts, seed=5, stream=1, context=context)]
-    assert first == again
+    sampler = predictor(lm, trec, 1.0)
+    first = [p.label for p in sampler.predict(prompts, seed=5, stream=1, context=context)]
+    again = [p.label for p in sampler.predict(prompts, seed=5, stream=1, context=context)]
+    other = [p.label for p in sampler.predict(prompts, seed=5, stream=0, context=context)]
+    assert first == again and first != other  # a stream of its own: training and test draws never coincide
 
 
-def test_incrementally_extended_cache_equals_encoding_from_scratch(lm, trec):
+@pytest.mark.tiny
+def test_incrementally_extended_cache_equals_encoding_from_scratch(tiny, trec):
+    lm = tiny
     prompts, _ = make_prompts(lm, trec, 10, 1)
     ids = lm.encode(prompts[0])
     cuts = [len(ids) // 4, len(ids) // 2, len(ids) - 1]
@@ -137,7 +158,9 @@ def test_incrementally_extended_cache_equals_encoding_from_scratch(lm, trec):
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_pool_reuses_the_longest_common_prefix_and_respects_its_budget(lm, trec):
+@pytest.mark.tiny
+def test_pool_reuses_the_longest_common_prefix_and_respects_its_budget(tiny, trec):
+    lm = tiny
     prompts, _ = make_prompts(lm, trec, 6, 2)
     a, b = lm.encode(prompts[0]), lm.encode(prompts[1])
     shared = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)

@@ -5,24 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 
-from icrl_lib.paper import families
-
-from icrl_lib.families import notebook as family_notebook
-
 from icrl_lib import notebook
-
-from icrl_lib.families import report
-from icrl_lib.runs.config import read_yaml_mapping
+from icrl_lib.analysis.aggregate import paper_results
 from icrl_lib.errors import UserError
-from icrl_lib.analysis.load import paper_results
-
-ROOT = Path(__file__).resolve().parents[1]
+from icrl_lib.families import notebook as family_notebook
+from icrl_lib.families import report, spec
+from icrl_lib.paper import families
+from icrl_lib.runs.config import read_yaml_mapping
+from tests.helpers import ROOT
 NOT_RUNNABLE = {"gemini-1.5-flash-8b"}  # an API model of the paper: not a transformers checkpoint
 VALUES_ONLY = {"zero_shot", "compute"}  # paper families whose numbers the family shows but whose arms it does not run
 
@@ -33,7 +28,7 @@ def test_paper_params_expand_to_exactly_the_papers_settings(name):
     exemplars), models and tasks of params/families/<name>/paper.yaml are those of paper_results.csv."""
     fam = families.family(name)
     params = read_yaml_mapping(ROOT / "params" / "families" / name / "paper.yaml")
-    pairs = families.configs(fam, params)
+    pairs = spec.configs(fam, params)
     paper = paper_results()
     rows = paper[paper["family"].isin(set(fam.paper_families) - VALUES_ONLY)]
     assert {(a.paper_method, a.paper_setting) for a, _ in pairs} == set(zip(rows["method"], rows["setting"]))
@@ -60,24 +55,24 @@ def test_arms_are_built_from_the_method_table():
 def test_family_parameters_are_checked_before_anything_runs():
     fam = families.family("exploration")
     with pytest.raises(UserError, match="knobs: exploration has no knob 'K'; allowed: p_keep, temperature"):
-        families.configs(fam, {"knobs": {"K": [1]}})
+        spec.configs(fam, {"knobs": {"K": [1]}})
     with pytest.raises(UserError, match="arms: exploration has no arm"):
-        families.configs(fam, {"arms": ["explorative ICRL"]})
+        spec.configs(fam, {"arms": ["explorative ICRL"]})
     with pytest.raises(UserError, match="arm_overrides: exploration has no arm"):
-        families.configs(fam, {"arm_overrides": {"naive": {"temperature": 1.0}}})
+        spec.configs(fam, {"arm_overrides": {"naive": {"temperature": 1.0}}})
     with pytest.raises(UserError, match="unknown parameter"):
-        families.configs(fam, {"modles": []})
+        spec.configs(fam, {"modles": []})
     with pytest.raises(UserError, match="family: unknown 'mian'; allowed: main"):
         families.family("mian")
     with pytest.raises(UserError, match=r"seeds: each must be an int .*got \[\[100, 100, 100\]\]"):
-        families.configs(fam, {"seeds": [[100, 100, 100]]})
+        spec.configs(fam, {"seeds": [[100, 100, 100]]})
     with pytest.raises(UserError, match="max_context_examples: no value for task 'banking77'"):
-        families.configs(fam, {"tasks": ["banking77"], "max_context_examples": {"clinic150": 16}})
+        spec.configs(fam, {"tasks": ["banking77"], "max_context_examples": {"clinic150": 16}})
 
 
 def test_every_arm_and_seed_tests_the_same_queries_and_sizes_may_differ_per_task():
     """Seeds vary contexts, sampling and the training order; the test set is one, so arms and seeds pair per query."""
-    pairs = families.configs(families.family("abstract_labels"), {
+    pairs = spec.configs(families.family("abstract_labels"), {
         "tasks": ["trec_coarse", "clinic150"], "seeds": [100, 101], "test_seed": 7,
         "max_context_examples": {"trec_coarse": 22, "clinic150": 166}})
     assert {(c.seed, c.training_seed) for _, c in pairs} == {(100, 100), (101, 101)}
@@ -88,7 +83,7 @@ def test_every_arm_and_seed_tests_the_same_queries_and_sizes_may_differ_per_task
 
 def test_an_arms_own_fields_win_over_the_sizes():
     """Zero-shot stays zero-shot when a params file sets max_context_examples (the bug this pins merged it)."""
-    pairs = families.configs(families.family("main"), {"max_context_examples": 32, "tasks": ["trec_coarse"]})
+    pairs = spec.configs(families.family("main"), {"max_context_examples": 32, "tasks": ["trec_coarse"]})
     configs = {a.label: c for a, c in pairs}
     assert configs["zero-shot"].max_context_examples == 0 and configs["naive ICRL"].max_context_examples == 32
     assert len({c.context_strategy_name for c in configs.values()}) == 5  # ICL, naive, naive+, explorative, approx.
@@ -112,13 +107,13 @@ def test_the_committed_family_notebook_is_the_generated_one(name, tmp_path):
         [(c.cell_type, c.source, c.get("id")) for c in generated.cells], "run `make family-notebooks`"
     assert generated.metadata["kernelspec"]["name"] == "python3"
     for which in ("paper", "cpu", "ci"):  # every params file is a valid set of this notebook's parameters
-        params = notebook.merge_parameters(families.PARAMETERS, read_yaml_mapping(
+        params = notebook.merge_parameters(spec.PARAMETERS, read_yaml_mapping(
             ROOT / "params" / "families" / name / f"{which}.yaml"), which)
-        assert families.configs(families.family(name), params)
+        assert spec.configs(families.family(name), params)
 
 
 def test_the_ci_override_is_applied_only_when_asked(monkeypatch):
-    base = dict(families.PARAMETERS)
+    base = dict(spec.PARAMETERS)
     assert family_notebook.parameters("main", base, env={}) == base
     ci = family_notebook.parameters("main", base, env={"ICRL_FAMILY_PARAMS": "ci"})
     assert ci["train_k"] == 4 and ci["output_dir"] == "outputs/_ci"

@@ -63,6 +63,7 @@ def test_provenance_names_the_revision_and_the_versions():
     (lambda r: dataclasses.replace(r, context=dataclasses.replace(r.context, indices=(0, 1, 2))),
      "the context differs from what the strategy draws"),
 ])
+@pytest.mark.tiny
 def test_replay_refuses_a_doctored_record_with_file_and_line_without_a_model(tmp_path, tiny, tiny_reference, doctor,
                                                                                problem):
     plan = prepare(small(tmp_path, model_name=tiny.name))

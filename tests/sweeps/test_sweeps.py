@@ -121,6 +121,7 @@ def test_local_launcher_runs_a_sweep_and_one_broken_run_fails_alone(tmp_path, ti
 @pytest.mark.tiny
 @pytest.mark.parametrize("launcher, options", [("slurm", {"slurm": {"cluster": "local"}}), ("ray", {})],
                          ids=["submitit-local", "ray-local"])
+@pytest.mark.tiny
 def test_slurm_and_ray_launchers_give_the_same_records(tmp_path, tiny, launcher, options):
     path = sweep_file(tmp_path, name=launcher, launcher=launcher, workers=2, **options,
                       base={**TINY, "model_name": tiny.name, "output_dir": str(tmp_path / "out")},

@@ -18,21 +18,22 @@ import yaml
 
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.errors import UserError
-from icrl_lib.engine.models import encode, find_eot_id, load_tokenizer, resolve_model
+from icrl_lib.engine.models import encode, find_eot_id
 from icrl_lib.paper.prompts import Episode, build_messages, render_prompt, supports_system_role, system_prompt
-from icrl_lib.runs.loop import preflight, run_experiment
+from icrl_lib.runs.loop import run_experiment
+from icrl_lib.runs.plan import prepare
 from icrl_lib.runs.store import run_name
 from icrl_lib.tasks.task import check_label_tokens, load_task
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TICKETS = ROOT / "params" / "tasks" / "support_tickets"
 REFERENCE = json.loads((ROOT / "tests" / "data" / "paper_tasks_reference.json").read_text(encoding="utf-8"))
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    """The embedded model's tokenizer alone (no weights are loaded)."""
-    return load_tokenizer("smollm2-135m-instruct", resolve_model("smollm2-135m-instruct"))
+@pytest.fixture
+def tokenizer(tiny):
+    """The embedded model's tokenizer (the tiny model shares it; the paper's prompts do not depend on weights)."""
+    return tiny.tokenizer
 
 
 def _task_summary(task, tokenizer) -> dict:
@@ -52,10 +53,12 @@ def _task_summary(task, tokenizer) -> dict:
             "prompt_2_episodes": render_prompt(tokenizer, messages, task.prediction_prefix)}
 
 
+@pytest.mark.data
+@pytest.mark.tiny
 @pytest.mark.parametrize("name", list(REFERENCE))
 def test_paper_task_files_equal_the_code_they_replaced(data_dir, tokenizer, name):
     task = load_task(name, data_dir)
-    assert Path(task.spec.file).parent == ROOT / "icrl_lib" / "task_registry"
+    assert Path(task.spec.file).parent == ROOT / "icrl_lib" / "tasks" / "registry"
     assert _task_summary(task, tokenizer) == REFERENCE[name]
 
 
@@ -72,6 +75,7 @@ def _write_task(folder: Path, **fields) -> Path:
     return path
 
 
+@pytest.mark.data
 def test_the_example_task(data_dir):
     task = load_task("params/tasks/support_tickets/task.yaml")
     rows = pd.read_csv(TICKETS / "tickets.csv")
@@ -158,6 +162,7 @@ def test_bad_task_files_name_the_field_and_the_file_before_any_model(tmp_path, c
     assert "\n" not in text.replace("\\n", "")
 
 
+@pytest.mark.tiny
 def test_labels_that_tokenize_alike_are_refused_with_the_tokenizer_alone(tmp_path, tokenizer):
     """A real tokenizer that lowercases (as BERT-style ones do): 'Billing' and 'billing' become one sequence. The
     model folder holds a config and that tokenizer but no weights, so reaching the model would fail otherwise."""
@@ -171,21 +176,22 @@ def test_labels_that_tokenize_alike_are_refused_with_the_tokenizer_alone(tmp_pat
     config = ExperimentConfig(model_name=str(model), task_name=str(path), train_k=4, test_k=2,
                               output_dir=str(tmp_path / "out"))
     with pytest.raises(UserError, match=r"labels 'Billing' and 'billing' tokenize identically for model_name") as err:
-        preflight(config)
+        prepare(config)
     assert str(path) in str(err.value) and not any((tmp_path / "out").iterdir())  # no run folder
     task = load_task(str(_write_task(tmp_path / "fine")))
     check_label_tokens(task, lambda t: encode(tokenizer, t), find_eot_id(tokenizer),
                        "smollm2-135m-instruct")  # distinct labels pass
 
 
-@pytest.mark.model
-def test_a_csv_task_runs_icrl_end_to_end_on_the_embedded_model(tmp_path, lm):
-    config = ExperimentConfig(task_name="params/tasks/support_tickets/task.yaml",
+@pytest.mark.tiny
+def test_a_csv_task_runs_icrl_end_to_end(tmp_path, tiny):
+    lm = tiny
+    config = ExperimentConfig(model_name=lm.name, task_name="params/tasks/support_tickets/task.yaml",
                               context_strategy_name="approximate_only_positive", max_contexts=4, approximate_context_sampling_method="uniform",
                               context_p_keep=0.5, train_k=6,
                               test_every=3, test_k=4, output_dir=str(tmp_path))
     result = run_experiment(config, progress=False, lm=lm)
-    assert result.run_dir.name.startswith("support_tickets__smollm2-135m-instruct__approximate_only_positive")
+    assert result.run_dir.name.startswith("support_tickets__") and "__approximate_only_positive" in result.run_dir.name
     assert result.steps["step"].tolist() == list(range(6))
     labels = set(load_task(config.task_name).labels)
     assert set(result.steps["prediction"]) <= labels
@@ -193,7 +199,8 @@ def test_a_csv_task_runs_icrl_end_to_end_on_the_embedded_model(tmp_path, lm):
 
 
 def test_family_params_take_a_task_file():
-    from icrl_lib.paper.families import configs, family
+    from icrl_lib.families.spec import configs
+    from icrl_lib.paper.families import family
 
     pairs = configs(family("abstract_labels"), {"tasks": ["params/tasks/support_tickets/task.yaml"], "seeds": [1]})
     assert {c.task_name for _, c in pairs} == {"params/tasks/support_tickets/task.yaml_unsemantic"}

@@ -13,8 +13,9 @@ import pytest
 
 from icrl_lib.tasks import sources as task_sources
 
-from icrl_lib.tasks import task as tasks
-from icrl_lib.tasks.task import Example, load_task, parse_task_name, resolve_data_dir
+from icrl_lib.tasks.sources import resolve_data_dir
+from tests.helpers import ROOT
+from icrl_lib.tasks.task import Example, load_task, parse_task_name
 
 # task -> (dataset folder, label field, input prefix, prediction prefix)
 LAYOUT = {
@@ -62,6 +63,7 @@ def _pairs(task, rows) -> list[tuple[str, str]]:
     return [(ex.text, task.answer(ex)) for ex in rows]
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("name", list(LAYOUT))
 def test_rows_labels_and_formatting(data_dir, name):
     task = load_task(name, data_dir)
@@ -76,6 +78,7 @@ def test_rows_labels_and_formatting(data_dir, name):
     assert (task.prediction_prefix, task.description, task.name) == (prediction_prefix, "", name)
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("name", list(LAYOUT))
 def test_display_names_match_labels_json(data_dir, name):
     folder, field, _, _ = LAYOUT[name]
@@ -85,6 +88,7 @@ def test_display_names_match_labels_json(data_dir, name):
     assert load_task(name, data_dir).labels == expected
 
 
+@pytest.mark.data
 def test_spot_display_names(data_dir):
     assert "oos" not in load_task("clinic150", data_dir).labels
     fine = load_task("trec_fine", data_dir).labels
@@ -95,6 +99,7 @@ def test_spot_display_names(data_dir):
     assert all(label == label.lower() and "_" not in label and "?" not in label for label in banking)
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("k,seed", [(None, 100), (-1, 3), (50, 100), (0, 1)])
 def test_sampling_equals_global_random_shuffle(data_dir, k, seed):
     task = load_task("trec_coarse", data_dir)
@@ -109,6 +114,7 @@ def test_sampling_equals_global_random_shuffle(data_dir, k, seed):
     assert task.sample_test(k, seed) == tuple(test[:n])
 
 
+@pytest.mark.data
 def test_sampling_leaves_global_rng_alone(data_dir):
     task = load_task("trec_coarse", data_dir)
     random.seed(7)
@@ -119,6 +125,7 @@ def test_sampling_leaves_global_rng_alone(data_dir):
     assert random.random() == expected
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("per_label", [1, 3])
 def test_exemplars(data_dir, per_label):
     task = load_task("trec_fine", data_dir)
@@ -140,6 +147,7 @@ def test_exemplars(data_dir, per_label):
     assert task.sample_train(20, 5, exemplars_per_label=per_label) == (exemplars, stream[:20])
 
 
+@pytest.mark.data
 def test_top_k_against_counter(data_dir):
     rows = _jsonl(data_dir / "banking77" / "train.jsonl")
     test_rows = _jsonl(data_dir / "banking77" / "test.jsonl")
@@ -152,6 +160,7 @@ def test_top_k_against_counter(data_dir):
     assert {ex.label for ex in task.train} == {ex.label for ex in task.test} == set(range(10))
 
 
+@pytest.mark.data
 def test_unsemantic_and_combined(data_dir):
     plain = load_task("trec_coarse", data_dir)
     uns = load_task("trec_coarse_unsemantic", data_dir)
@@ -165,6 +174,7 @@ def test_unsemantic_and_combined(data_dir):
     assert parse_task_name("trec_fine") == ("trec_fine", None, False)
 
 
+@pytest.mark.data
 def test_task_values_are_independent(data_dir):
     plain_before = load_task("banking77", data_dir)
     load_task("banking77_unsemantic", data_dir)
@@ -180,17 +190,20 @@ def test_task_values_are_independent(data_dir):
 
 @pytest.mark.parametrize("bad", ["bankin77", "banking77_top0", "banking77_top999", "", "Banking77",
                                  "banking77_top10_top5", "nlu_top69"])
+@pytest.mark.data
 def test_bad_names(data_dir, bad):
     with pytest.raises(ValueError, match="task_name") as err:
         load_task(bad, data_dir)
     assert all(name in str(err.value) for name in ("banking77", "clinic150", "nlu", "trec_coarse", "trec_fine"))
 
 
+@pytest.mark.data
 def test_top_k_beyond_labels_present(data_dir):
     with pytest.raises(ValueError, match="task_name.*only 64"):
         load_task("nlu_top65", data_dir)
 
 
+@pytest.mark.data
 def test_bad_sampling_arguments(data_dir):
     task = load_task("trec_coarse", data_dir)
     with pytest.raises(ValueError, match="k:"):
@@ -214,6 +227,7 @@ def test_missing_data(tmp_path):
     assert str(tmp_path / "banking77" / "test.jsonl") in str(err.value)
 
 
+@pytest.mark.data
 def test_data_dir_from_environment(data_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("ICRL_DATA_DIR", str(data_dir))
     assert resolve_data_dir(None) == data_dir
@@ -222,10 +236,11 @@ def test_data_dir_from_environment(data_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("ICRL_DATA_DIR", "hub")
     assert resolve_data_dir(None) is None and resolve_data_dir("hub") is None
     monkeypatch.delenv("ICRL_DATA_DIR")
-    beside = Path(tasks.__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the checkout
+    beside = ROOT.parent / "shared" / "data"  # ../shared/data beside the checkout
     assert resolve_data_dir(None) == (beside if beside.is_dir() else None)
 
 
+@pytest.mark.data
 def test_hub_path_gives_identical_tasks(data_dir, monkeypatch):
     """The hub is unreachable here: serve the local rows through a fake load_dataset and compare both paths."""
     import datasets
