@@ -23,12 +23,13 @@ out_nb = outputs/$(if $(filter params/%,$(1)),$(subst /,__,$(patsubst params/%,%
 # (which writes language_info) or executing it leaves `git status` clean.
 NBSTRIP := $(abspath $(VENV))/bin/nbstripout --keep-id --extra-keys "metadata.language_info metadata.papermill cell.metadata.papermill"
 
-.PHONY: help setup run test test-fast experiment lab sweep grid family family-notebooks verdicts grid-params strip git-filter
+.PHONY: help setup run test test-fast lint experiment lab sweep grid family family-notebooks verdicts grid-params strip git-filter
 
 help:
 	@echo "make run                         quickstart experiment (params/quickstart.yaml) -> outputs/"
 	@echo "make test                        unit tests + notebooks (nbval, tiny params/ci.yaml): what CI runs"
-	@echo "make test-fast                   the tests that load no model (~3 min, for the edit-test loop)"
+	@echo "make test-fast                   the tests that need no model and no ../shared/data (the edit-test loop)"
+	@echo "make lint                        ruff check (make test runs it first)"
 	@echo "make experiment PARAMS=params/x.yaml   one run headless -> outputs/x.ipynb + outputs/<run>/"
 	@echo "make sweep SWEEP=params/sweeps/x.yaml [LAUNCHER=local|slurm|ray] [WORKERS=N]   many runs at once"
 	@echo "make grid [LAUNCHER=..] [WORKERS=N]  the paper's 40-run grid as one sweep (GPU + hub models)"
@@ -68,11 +69,15 @@ experiment: setup
 	$(PY) -m papermill notebooks/icrl_experiment.ipynb $(call out_nb,$(PARAMS)) -f $(PARAMS) -p headless True --log-output
 	@$(PY) -c 'import sys; from icrl_lib.notebook import print_summary; print_summary(*sys.argv[1:])' $(PARAMS) $(call out_nb,$(PARAMS))
 
-test: setup
+test: setup lint
 	ICRL_PARAMS_FILE=params/ci.yaml ICRL_FAMILY_PARAMS=ci $(PY) -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600
 
+# The edit-test loop: no model (neither the tiny one nor the embedded one) and no ../shared/data.
 test-fast: setup
-	$(PY) -m pytest tests -m "not model" -q
+	$(PY) -m pytest tests -m "not model and not tiny and not data" -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 # JupyterLab on the checkout (notebooks/ and outputs/ both reachable), opened on notebooks/; the pre-save hook keeps
 # a merely opened notebook byte-identical, the post-save hook keeps `git status` clean after saving outputs. Jupyter refuses to run as root unless told: --allow-root only then.

@@ -13,6 +13,7 @@ import tempfile
 import time
 
 from common import forward_timer, load_bench_model, machine, parser
+
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.loop import run_experiment
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 import torch
-
 from common import forward_timer, load_bench_model, machine, parser
+
 from icrl_lib.engine.generation import LabelPredictor
 from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
 from icrl_lib.tasks.task import load_task
@@ -34,9 +34,11 @@ def main() -> None:
     def render(query):
         msgs = build_messages(system, episodes, query, icrl=True, prediction_prefix=task.prediction_prefix,
                               system_role=lm.system_role)
-        return render_prompt(lm.tokenizer, msgs, task.prediction_prefix) if query else render_context(lm.tokenizer, msgs)
+        return (render_prompt(lm.tokenizer, msgs, task.prediction_prefix) if query
+                else render_context(lm.tokenizer, msgs))
 
-    for i, ex in enumerate(stream):  # grow a real ICRL context (gold predictions, alternating feedback) to the size asked
+    # grow a real ICRL context (gold predictions, alternating feedback) to the size asked
+    for i, ex in enumerate(stream):
         if len(lm.encode(render(None))) >= args.context_tokens:
             break
         episodes.append(Episode(task.format_input(ex), task.answer(ex), task.answer(ex), i % 2))

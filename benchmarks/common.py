@@ -15,7 +15,8 @@ def machine() -> str:
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
-        device = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+        device = (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                  f"torch threads {torch.get_num_threads()}")
     return f"{device}; torch {torch.__version__}; python {platform.python_version()}"
 
 
@@ -57,8 +58,15 @@ def load_bench_model(model_name: str, layers: int | None = None, tokenizer: str 
     ``tokenizer`` (``save_bench_tokenizer``: the 98 MB GGUF need not travel to a GPU machine). ``layers`` shrinks
     it for a smoke test on CPU; ``dtype`` (``float32``, ``bfloat16``) overrides bf16 on GPU, fp32 on CPU.
     """
-    from icrl_lib.engine.models import (DEFAULT_MODEL, LanguageModel, avoid_cudnn_attention, cache_argument, find_eot_id,
-                                 load_model, resolve_device)
+    from icrl_lib.engine.models import (
+        DEFAULT_MODEL,
+        LanguageModel,
+        avoid_cudnn_attention,
+        cache_argument,
+        find_eot_id,
+        load_model,
+        resolve_device,
+    )
     from icrl_lib.paper.prompts import supports_system_role
 
     if model_name != RANDOM_LLAMA:
@@ -108,5 +116,6 @@ def parser(doc: str, task_name: str) -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                     help=f"{RANDOM_LLAMA} only: weights and activations (default: bfloat16 on GPU, float32 on CPU)")
     ap.add_argument("--task_name", default=task_name)
-    ap.add_argument("--data_dir", default=None, help="local data folder (default: as icrl_lib.tasks.task.resolve_data_dir)")
+    ap.add_argument("--data_dir", default=None,
+                    help="local data folder (default: as icrl_lib.tasks.task.resolve_data_dir)")
     return ap

@@ -24,7 +24,9 @@ def _max_examples(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="icrl max-examples", description="Most episodes whose worst-case prompt "
                                      "fits 95%% of a token window (the paper's find_max_examples_given_max_window.py).")
     parser.add_argument("--model_name", default="smollm2-135m-instruct", help="embedded alias, hub id or local folder")
-    parser.add_argument("--task_name", required=True, help="task, e.g. banking77, clinic150_top10 or a task file params/tasks/support_tickets/task.yaml")
+    parser.add_argument("--task_name", required=True,
+                        help="task, e.g. banking77, clinic150_top10 or a task file "
+                             "params/tasks/support_tickets/task.yaml")
     parser.add_argument("--max_window_tokens", type=int, default=None, help="window in tokens (default: the model's)")
     parser.add_argument("--data_dir", default=None, help="local data folder or 'hub' (default: $ICRL_DATA_DIR, else "
                         "../shared/data beside the checkout if present, else the hub)")

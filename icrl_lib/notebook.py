@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -73,7 +74,8 @@ def params_file(env: Mapping[str, str] | None = None) -> Path | None:
 
 
 def checked_parameters(path: str | os.PathLike, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``params`` (default: the experiment notebook's) overridden by the YAML file ``path`` (see :func:`merge_parameters`)."""
+    """``params`` (default: the experiment notebook's) overridden by the YAML file ``path`` (see
+    :func:`merge_parameters`)."""
     params = experiment_parameter_defaults() if params is None else params
     return merge_parameters(params, load_yaml_mapping(path), str(path))
 
@@ -86,8 +88,8 @@ def merge_parameters(params: Mapping[str, Any], overrides: Mapping[str, Any], so
     unknown = sorted(set(overrides) - set(params))
     if unknown:
         raise UserError(f"{source}: unknown parameter(s) {unknown}; allowed: {sorted(params)}"
-                        + ("; hf_token comes from the HF_TOKEN environment variable, never from a params file (papermill "
-                           "would write it into the executed notebook)" if "hf_token" in unknown else ""))
+                        + ("; hf_token comes from the HF_TOKEN environment variable, never from a params file "
+                           "(papermill would write it into the executed notebook)" if "hf_token" in unknown else ""))
     return {**params, **overrides}
 
 
@@ -288,7 +290,8 @@ def _static_images_work() -> bool:
     if importlib.util.find_spec("kaleido") is None:
         return False
     if not os.environ.get("BROWSER_PATH"):
-        found = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+        found = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
+                     None)
         if found is None:
             return False
         os.environ["BROWSER_PATH"] = found

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from icrl_lib.runs.config import config_from_argv, load_config
 from icrl_lib.paper.methods import name_run
+from icrl_lib.runs.config import config_from_argv, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ROOT / "tests" / "data" / "paper_readme_commands.txt"
@@ -61,7 +61,8 @@ def test_paper_parser_defaults():
     config = config_from_argv(naive_clinic)
     assert config.test_k is None  # the whole test split
     assert config.max_context_examples is None  # as many as fit the window
-    assert config.max_contexts is None and config_from_argv(naive_clinic + ["--max_contexts", "-1"]).max_contexts is None
+    assert (config.max_contexts is None
+            and config_from_argv(naive_clinic + ["--max_contexts", "-1"]).max_contexts is None)
 
 
 @pytest.mark.parametrize("flags,needle", [

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from icrl_lib import notebook
-from icrl_lib.runs.config import ExperimentConfig, load_config
 from icrl_lib.paper.families import FAMILIES
+from icrl_lib.runs.config import ExperimentConfig, load_config
 from icrl_lib.runs.store import model_label
 from icrl_lib.tasks.task import load_task
 
@@ -58,7 +58,8 @@ def cell_parameters(path: Path) -> dict[str, tuple[str, object]]:
     out = {}
     for node in ast.parse(parameters_cell(path)).body:
         assert isinstance(node, ast.AnnAssign) and node.value is not None, ast.dump(node)
-        annotation = node.annotation.value if isinstance(node.annotation, ast.Constant) else ast.unparse(node.annotation)
+        annotation = (node.annotation.value if isinstance(node.annotation, ast.Constant)
+                      else ast.unparse(node.annotation))
         out[node.target.id] = (annotation, ast.literal_eval(node.value))
     return out
 

@@ -9,16 +9,16 @@ training steps: runs of different lengths compare), ``spearman_rho`` (test accur
 measure, over ``test_points`` tests), and exploration collapse over the last ``COLLAPSE_WINDOW`` training predictions:
 ``distinct_labels``, ``label_entropy`` (bits) and ``top_label_share`` (share of the most predicted label).
 Over seeds (:func:`aggregate`, :func:`accuracy_curves`): the mean and a 95% interval that combines the test queries
-and the seeds (:func:`icrl_lib.analysis.stats.accuracy_interval`) for accuracies and shares, a t-interval over seeds for the
-others. :func:`paired_differences` compares two methods on the same test queries and seeds. :func:`join_paper` puts
-the paper's published value beside ours. All tables are tidy (one value per row) and parquet-ready.
+and the seeds (:func:`icrl_lib.analysis.stats.accuracy_interval`) for accuracies and shares, a t-interval over seeds
+for the others. :func:`paired_differences` compares two methods on the same test queries and seeds. :func:`join_paper`
+puts the paper's published value beside ours. All tables are tidy (one value per row) and parquet-ready.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -263,8 +263,8 @@ def join_paper(table: pd.DataFrame) -> pd.DataFrame:
     (and ``paper_step``, ``paper_section``) where the paper reports that cell: the same model, task and setting
     (``families.paper_coordinates``). A number the paper prints twice is taken from its first section, a table
     before a figure."""
-    paper = paper_results().sort_values(["section", "source"], key=lambda s: s.map(_section_order) if s.name == "section"
-                                        else s != "T")
+    paper = paper_results().sort_values(["section", "source"],
+                                        key=lambda s: s.map(_section_order) if s.name == "section" else s != "T")
     paper = paper.drop_duplicates(["model", "task", "method", "setting", "metric"])
     paper = paper.rename(columns={"model": "model_name", "task": "task_name", "method": "paper_method",
                                   "setting": "paper_setting", "value": "paper_value", "step": "paper_step",

@@ -2,7 +2,7 @@
 ``results.ipynb`` share."""
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 from icrl_lib.paper.families import FAMILIES
 from icrl_lib.runs.config import ExperimentConfig
@@ -13,7 +13,7 @@ SETTING_FIELDS = ("context_strategy_name", "temperature", "context_p_keep", "max
                   "approximate_context_sampling_method", "exemplars_per_label", "max_window_tokens", "system_prompt")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _paper_grid() -> tuple[tuple[str, str, str, str, tuple], ...]:
     """(family, task suffix, paper method, paper setting, setting fields) of every arm the paper ran."""
     out = []

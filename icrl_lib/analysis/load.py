@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -15,8 +16,7 @@ from icrl_lib.analysis.coordinates import paper_coordinates
 from icrl_lib.paper.methods import key_of, name_run
 from icrl_lib.runs.config import ExperimentConfig, read_yaml_mapping
 from icrl_lib.runs.store import CONFIG_FILE, META_FILE, read_records, run_folders
-from icrl_lib.runs.tables import (require_columns, run_column, steps_table, test_predictions_table,
-                                  tests_table)
+from icrl_lib.runs.tables import require_columns, run_column, steps_table, test_predictions_table, tests_table
 
 CONFIG_COLUMNS = ("model_name", "task_name", "context_strategy_name", "context_p_keep", "temperature", "icrl",
                   "max_context_examples", "max_contexts", "approximate_context_sampling_method", "seed",
@@ -147,8 +147,8 @@ def method_token_comparison(usage: pd.DataFrame, methods: tuple[str, str] = ("ex
         per = {m: group.loc[group["method_key"] == m, "per_step"].mean() for m in methods}
         missing = [m for m in methods if m not in set(group["method_key"])]
         note = (f"no {' or '.join(missing)} run here" if missing else
-                "runs logged before training and test tokens were counted apart: rerun them" if any(pd.isna(v) for v in
-                                                                                                    per.values()) else "")
+                "runs logged before training and test tokens were counted apart: rerun them"
+                if any(pd.isna(v) for v in per.values()) else "")
         ratio = per[methods[0]] / per[methods[1]] if not note and per[methods[1]] else None
         rows.append({**dict(zip(keys, cell if isinstance(cell, tuple) else (cell,))), **per, "ratio": ratio,
                      "note": note})

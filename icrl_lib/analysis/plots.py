@@ -8,15 +8,15 @@ draws one line. :func:`save_html` writes a figure as one self-contained HTML fil
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 
+from icrl_lib.analysis.load import final_steps, require_columns, run_column, token_totals
 from icrl_lib.analysis.styles import color_of, styles
 from icrl_lib.paper.methods import method_order
-from icrl_lib.analysis.load import final_steps, require_columns, run_column, token_totals
 
 _LAYOUT = dict(template="plotly_white", hovermode="x unified", legend_title_text="")
 _require = require_columns
@@ -301,7 +301,8 @@ def facet_figure(table: pd.DataFrame, y: str, *, title: str, y_title: str, perce
                 shown.add(method)
                 if method in references or (len(line) == 1 and last > 0):
                     fig.add_trace(go.Scatter(x=[0, last], y=[line[y].iloc[-1]] * 2, mode="lines",
-                                             line=dict(color=color_of(method, names), dash="dash"), **style), row=r, col=c)
+                                             line=dict(color=color_of(method, names), dash="dash"), **style),
+                                  row=r, col=c)
                     continue
                 if "low" in line and line["low"].notna().any():
                     fig.add_trace(_band(line["step"], line["low"], line["high"], color_of(method, names), method),

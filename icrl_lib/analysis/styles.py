@@ -2,7 +2,7 @@
 dashed in that colour, other names from a palette, and no two lines of one figure alike."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from icrl_lib.paper.methods import METHODS, base_method
 

@@ -10,18 +10,19 @@ the Bonferroni level for n (``verdict_adjusted``), so the combined statement kee
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from icrl_lib.analysis import stats
 from icrl_lib.analysis.aggregate import difference, paper_results, query_results
-from icrl_lib.runs.store import ANALYSIS_DIR
-from icrl_lib.runs.tables import COLLAPSE_WINDOW
 from icrl_lib.paper.families import FAMILIES, Arm, Family, family
 from icrl_lib.paper.findings import MEASURES, Check
+from icrl_lib.runs.store import ANALYSIS_DIR
+from icrl_lib.runs.tables import COLLAPSE_WINDOW
 
 NOT_MEASURED = "not measured"
 CPU_VERDICTS = "outputs/verdicts_cpu.csv"  # the CPU profiles' verdicts (committed): the README's table is made from it
@@ -64,7 +65,8 @@ def _side(check_side: tuple[str, str], runs: pd.DataFrame, final: pd.DataFrame, 
 
 
 def _estimate(check: Check, left, right, level: float) -> stats.Estimate:
-    if left is None or right is None or (isinstance(left, list) and not left) or (isinstance(right, list) and not right):
+    if (left is None or right is None or (isinstance(left, list) and not left)
+            or (isinstance(right, list) and not right)):
         return stats.NAN_ESTIMATE
     if check.measure == "rho":
         return stats.correlation_difference(left, right, level)
@@ -154,7 +156,8 @@ def paper_values(fam: Family) -> pd.DataFrame:
     paper = paper_results()
     rows = paper[paper["family"].isin(fam.paper_families)].drop_duplicates(["model", "task", "method", "setting",
                                                                              "metric"])
-    rows = rows.assign(arm=[by_coords[k].label if k in by_coords else None for k in zip(rows["method"], rows["setting"])])
+    rows = rows.assign(arm=[by_coords[k].label if k in by_coords else None
+                            for k in zip(rows["method"], rows["setting"])])
     rows = rows.dropna(subset=["arm"])
     zero_shot = {a.label for a in by_coords.values() if a.fields.get("max_context_examples") == 0}
     finals = rows[rows["arm"].isin(zero_shot) & (rows["metric"] == "test_acc_step0")].assign(metric="test_acc_final")
@@ -235,8 +238,8 @@ def view(table: pd.DataFrame) -> pd.DataFrame:
                      for _, r in table.iterrows()],
         mde=[points(r, "mde").lstrip("+") for _, r in table.iterrows()],
         n=[f"{int(r['n_queries'])} q × {int(r['n_seeds'])} s" if r["n_seeds"] else "–" for _, r in table.iterrows()])
-    return shown[["finding", "model_name", "task_name", "scope", "claim", "effect", "interval_95", "n", "mde", "verdict",
-                  "verdict_adjusted", "tasks_supported", "note"]]
+    return shown[["finding", "model_name", "task_name", "scope", "claim", "effect", "interval_95", "n", "mde",
+                  "verdict", "verdict_adjusted", "tasks_supported", "note"]]
 
 
 def markdown(summary_table: pd.DataFrame) -> str:

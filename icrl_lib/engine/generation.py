@@ -17,16 +17,23 @@ Two execution paths give the same distribution and, given the same draws, the sa
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from icrl_lib.engine.kvcache import (PackedRow, PrefixCachePool, common_prefix_length, default_cache_budget, extend_cache,
-                      new_cache, packed_token_budget)
-from icrl_lib.tasks.trie import LabelTrie
+from icrl_lib.engine.kvcache import (
+    PackedRow,
+    PrefixCachePool,
+    common_prefix_length,
+    default_cache_budget,
+    extend_cache,
+    new_cache,
+    packed_token_budget,
+)
 from icrl_lib.engine.models import LanguageModel
+from icrl_lib.tasks.trie import LabelTrie
 
 
 def choose_token(logits: torch.Tensor | None, allowed: tuple[int, ...], temperature: float, u: float
@@ -90,7 +97,8 @@ class LabelPredictor:
         self.tokens = TokenCounter()
         self.pool = PrefixCachePool(lm, cache_budget_tokens or default_cache_budget(lm), max_cached_contexts)
 
-    def predict(self, prompts: Sequence[str], seed: int, stream: int = 0, context: str | None = None) -> list[Prediction]:
+    def predict(self, prompts: Sequence[str], seed: int, stream: int = 0,
+                context: str | None = None) -> list[Prediction]:
         """Sample one label per prompt. ``context`` (the prompt text without the query) marks the reusable prefix."""
         ids = self.lm.encode_batch(prompts)
         self.tokens.prompt += sum(len(x) for x in ids)

@@ -157,8 +157,8 @@ def find_eot_id(tokenizer) -> int:
     if ids and ids[0] in special:
         return int(ids[0])
     if tokenizer.eos_token_id is None:
-        raise ValueError("cannot tell the end-of-turn token: the chat template ends assistant turns with no special token "
-                         "and the tokenizer has no eos_token")
+        raise ValueError("cannot tell the end-of-turn token: the chat template ends assistant turns with no special "
+                         "token and the tokenizer has no eos_token")
     return int(tokenizer.eos_token_id)
 
 

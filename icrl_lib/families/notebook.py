@@ -3,8 +3,9 @@ parameters (with the ``ICRL_FAMILY_PARAMS`` override that CI uses) and how they 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -50,9 +51,11 @@ def build(name: str):
     params = "\n".join(f"{key}: {_annotation(kind)} = {default!r}  # {help_}"
                        for key, (default, kind, help_) in PARAMETER_HELP.items())
     cells = [
-        md(f"# {fam.title}\n\n**The question.** {fam.question}\n\n**The paper's finding** ({fam.paper}). {fam.finding}\n\n"
+        md(f"# {fam.title}\n\n**The question.** {fam.question}\n\n"
+           f"**The paper's finding** ({fam.paper}). {fam.finding}\n\n"
            f"Run it: `make family F={name}` (the embedded model on a CPU, `params/families/{name}/cpu.yaml`), or "
-           f"`papermill notebooks/family_{name}.ipynb outputs/family_{name}.ipynb -f params/families/{name}/paper.yaml` "
+           f"`papermill notebooks/family_{name}.ipynb outputs/family_{name}.ipynb "
+           f"-f params/families/{name}/paper.yaml` "
            "(the paper's models and sizes, for GPUs). Runs are resumable run folders: re-executing finishes what is "
            "missing, and every table and figure below works on whatever has finished."),
         code("from icrl_lib import notebook\n"
@@ -62,7 +65,8 @@ def build(name: str):
              "from icrl_lib.sweeps import launchers\n\n"
              "notebook.header()  # the code's revision and versions; figures that survive export\n"
              "_before_parameters = set(globals()) - set(spec.PARAMETERS)"),
-        code(f"# The family's arms and the values it sweeps are data in icrl_lib.paper.families; these are sizes and places.\n{params}",
+        code("# The family's arms and the values it sweeps are data in icrl_lib.paper.families; these are sizes and "
+             f"places.\n{params}",
              metadata={"tags": ["parameters"]}),
         code(f"params = family_notebook.parameters({name!r}, notebook.new_parameters(globals(), _before_parameters))\n"
              f"fam = family({name!r})\n"
@@ -96,7 +100,8 @@ def build(name: str):
         code("tokens = report.token_table(tables)\nreport.token_view(tokens)"),
         md("## Export"),
         code("folder = report.export_folder(fam, params)\n"
-             "paths = report.export(fam, figures, tables, {\"verdicts\": verdict_table, \"paper_vs_ours\": comparison,\n"
+             "paths = report.export(fam, figures, tables, {\"verdicts\": verdict_table, "
+             "\"paper_vs_ours\": comparison,\n"
              "                                             \"tokens\": tokens}, folder)\n"
              "for name, path in paths.items():\n    print(f\"{name}: {path}\")\n"
              "assert paths and all(path.stat().st_size > 0 for path in paths.values())"),

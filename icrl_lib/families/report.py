@@ -3,13 +3,13 @@ and the paper's findings checked on our numbers. The family notebooks (``noteboo
 few calls into this module; everything also works on partial results (whatever runs have finished)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
-
 
 from icrl_lib.analysis import aggregate, load, plots, stats, verdicts
 from icrl_lib.analysis.aggregate import metric_text
@@ -164,9 +164,9 @@ PAPER_WINDOW = 131072  # the paper's models' max_model_len (128K)
 
 def paper_vs_ours(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.DataFrame:
     """Per task, arm (the paper's order) and metric: our value (mean [95% interval], n seeds) per model next to the
-    paper's value per model for the arm's *actual* setting (:func:`icrl_lib.analysis.coordinates.paper_coordinates`, within this
-    family), with both sides' steps, test queries and window; "no paper counterpart" where the paper ran no such
-    setting. Regret is per training step, so runs of different lengths compare."""
+    paper's value per model for the arm's *actual* setting (:func:`icrl_lib.analysis.coordinates.paper_coordinates`,
+    within this family), with both sides' steps, test queries and window; "no paper counterpart" where the paper ran
+    no such setting. Regret is per training step, so runs of different lengths compare."""
     if tables.aggregated.empty:
         return pd.DataFrame()
     order = {label: i for i, label in enumerate(arm_order(arms))}
@@ -233,7 +233,8 @@ def _text(row: Mapping[str, Any]) -> str:
         return "–"
     text = metric_text(row["metric"], row["mean"])
     if not pd.isna(row["low"]):
-        text += f" [{metric_text(row['metric'], row['low'], unit=False)}, {metric_text(row['metric'], row['high'], unit=False)}]"
+        text += (f" [{metric_text(row['metric'], row['low'], unit=False)}, "
+                 f"{metric_text(row['metric'], row['high'], unit=False)}]")
     return f"{text} n={int(row['n'])}"
 
 
@@ -245,7 +246,8 @@ def _paper_text(row: Mapping[str, Any], task: str, metric: str) -> str:
 
 
 def verdict_table(fam: Family, tables: Tables, arms: Mapping[str, Arm], params: Mapping[str, Any]) -> pd.DataFrame:
-    """The paper's findings tested on these runs (:func:`icrl_lib.analysis.verdicts.evaluate`), for the knobs they ran."""
+    """The paper's findings tested on these runs (:func:`icrl_lib.analysis.verdicts.evaluate`), for the knobs they
+    ran."""
     return verdicts.evaluate(fam, tables.per_run, tables.predictions, arms, params.get("knobs"))
 
 
@@ -270,8 +272,10 @@ def show_verdicts(fam: Family, table: pd.DataFrame) -> None:
 
 
 def export_folder(fam: Family, params: Mapping[str, Any]) -> Path:
-    """Where a family notebook writes its figures and tables: ``export_dir``, else ``<output_dir>/_analysis/<family>``."""
-    return resolve_path(params.get("export_dir") or Path(params.get("output_dir") or "outputs") / ANALYSIS_DIR / fam.name)
+    """Where a family notebook writes its figures and tables: ``export_dir``, else
+    ``<output_dir>/_analysis/<family>``."""
+    return resolve_path(params.get("export_dir")
+                        or Path(params.get("output_dir") or "outputs") / ANALYSIS_DIR / fam.name)
 
 
 def export(fam: Family, figs: Mapping[str, Any], tables: Tables, extra: Mapping[str, pd.DataFrame],

@@ -1,8 +1,9 @@
 """A family notebook's parameters and the run configs they expand to (arms x models x tasks x seeds)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from icrl_lib.errors import UserError
 from icrl_lib.paper.families import Arm, Family

@@ -9,9 +9,10 @@ run configs, :mod:`icrl_lib.analysis.verdicts` tests its findings on the runs' p
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from icrl_lib.errors import UserError
 from icrl_lib.paper.findings import Check, checks_for
@@ -112,7 +113,8 @@ def _exploration(k: Mapping) -> tuple[Arm, ...]:
 
 def _context_window(k: Mapping) -> tuple[Arm, ...]:
     # The paper's figure labels 'Start-Biased' the code's random_biased_end (keeps the most recent episodes).
-    return (arm("explorative ICRL, full window", "explorative", paper_setting="window=131072;downsampling=random_unbiased"),
+    return (arm("explorative ICRL, full window", "explorative",
+                paper_setting="window=131072;downsampling=random_unbiased"),
             *(arm(f"window {w}, {d}", "explorative", paper_setting=f"window={w};downsampling={d}", knob="window", x=w,
                   max_window_tokens=int(w), context_strategy_name=f"{d}_only_positive")
               for w in k["window"] for d in ("random_biased_start", "random_biased_end", "random_unbiased")))
@@ -131,7 +133,8 @@ def _scaling(_: Mapping) -> tuple[Arm, ...]:
 
 
 FAMILIES: Mapping[str, Family] = MappingProxyType({f.name: f for f in (
-    Family("main", "Main results: ICRL methods against zero-shot and the ICL upper bound", "§3.1-3.3, Figure 2, Table 1",
+    Family("main", "Main results: ICRL methods against zero-shot and the ICL upper bound",
+           "§3.1-3.3, Figure 2, Table 1",
            "Does a model learn a classification task in context from rewards alone, and which way of building the "
            "context makes it work?",
            "Naive ICRL degenerates: it stops exploring and ends at most a few points above zero-shot, often below "
@@ -173,8 +176,8 @@ FAMILIES: Mapping[str, Family] = MappingProxyType({f.name: f for f in (
            "Does in-context reinforcement learning improve with model size, and do larger models learn more stably?",
            "Every size (Qwen2.5 0.5B to 72B) improves substantially over zero-shot with explorative ICRL and Naive+, "
            "larger ones more; explorative ICRL learns more stably than Naive+ (higher Spearman ρ on Banking77, "
-           "CLINIC150 and NLU; the paper calls TREC inconclusive), and naive ICRL's test accuracy falls over the run at "
-           "most sizes.", ("scaling", "stability"), _scaling, by_model=True),
+           "CLINIC150 and NLU; the paper calls TREC inconclusive), and naive ICRL's test accuracy falls over the run "
+           "at most sizes.", ("scaling", "stability"), _scaling, by_model=True),
 )})
 
 

@@ -17,9 +17,10 @@ in the last 50 training predictions: exploration collapse, which the paper names
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 PHI = "microsoft/Phi-3.5-mini-instruct"

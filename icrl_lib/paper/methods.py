@@ -9,9 +9,10 @@ A run is named by its method AND every field in which it differs from the method
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 _ICRL = {"icrl": True, "icrl_omit_feedback": False, "icrl_flip_feedback": False}
 
@@ -139,7 +140,8 @@ def method_order(names: list[str]) -> list[str]:
 
 def base_method(name: str) -> Method | None:
     """The method a run name (:func:`name_run`) belongs to, variants included."""
-    return next((m for m in METHODS if name == m.display or name.startswith((m.display + " (", m.display + ", "))), None)
+    return next((m for m in METHODS if name == m.display or name.startswith((m.display + " (", m.display + ", "))),
+                None)
 
 
 def markdown_table() -> str:

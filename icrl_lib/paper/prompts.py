@@ -6,8 +6,9 @@ because the prompt text is part of what the experiments measure.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 ICRL_SYSTEM_PROMPT = (
     "You are an useful assistant. Answer the following questions. Feedback will indicate if you "

@@ -7,9 +7,10 @@ A strategy sees the feedbacks SHOWN for all past episodes, in order (``None`` fo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -184,7 +185,8 @@ class ApproximateStrategy:
         return int(rng.choice(range(self.max_contexts), p=probs))
 
 
-def check_parameters(name: str, p_keep: float, max_contexts: int | None = None, sampling: str | None = None) -> StrategySpec:
+def check_parameters(name: str, p_keep: float, max_contexts: int | None = None,
+                     sampling: str | None = None) -> StrategySpec:
     """The one rule for a strategy's parameters (used by ``ExperimentConfig.validate`` and :func:`make_strategy`);
     returns the registry entry. ValueError names the config field and what is allowed."""
     spec = STRATEGIES.get(name) if isinstance(name, str) else None
@@ -200,7 +202,8 @@ def check_parameters(name: str, p_keep: float, max_contexts: int | None = None, 
             raise ValueError(f"approximate_context_sampling_method: strategy {name!r} needs one of "
                              f"{', '.join(SAMPLING_METHODS)}, got {sampling!r}")
     elif sampling not in (None, *SAMPLING_METHODS):
-        raise ValueError(f"approximate_context_sampling_method: allowed: {', '.join(SAMPLING_METHODS)}, got {sampling!r}")
+        raise ValueError("approximate_context_sampling_method: allowed: "
+                         f"{', '.join(SAMPLING_METHODS)}, got {sampling!r}")
     return spec
 
 

@@ -12,9 +12,10 @@ import functools
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from icrl_lib.errors import UserError, os_error
 
@@ -46,7 +47,8 @@ class ExperimentConfig:
     icrl: bool = _f(True, "ICRL (predictions + rewards in context); False = ICL with gold labels")
     icrl_omit_feedback: bool = _f(False, "ICRL ablation: drop the feedback turns from the context")
     icrl_flip_feedback: bool = _f(False, "ICRL ablation: invert the shown reward with icrl_flip_feedback_prob")
-    icrl_flip_feedback_prob: float | None = _f(None, "probability of flipping the shown reward (with icrl_flip_feedback)")
+    icrl_flip_feedback_prob: float | None = _f(None,
+                                               "probability of flipping the shown reward (with icrl_flip_feedback)")
     max_contexts: int | None = _f(None, "approximate strategies: number K of contexts (paper flag default -1 = unset)")
     approximate_context_sampling_method: str | None = _f(None, "approximate strategies: uniform | exact")
     train_k: int = _f(10000, "training steps (inputs in the training stream)")
@@ -81,7 +83,7 @@ class ExperimentConfig:
         self.validate()
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "ExperimentConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> ExperimentConfig:
         """Build from a mapping, rejecting unknown keys and wrong types with the key's name."""
         known = {f.name: f for f in fields(cls)}
         for key in values:

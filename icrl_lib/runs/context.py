@@ -6,7 +6,7 @@ use it. It needs the model's tokenizer (chat template), not its weights.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -51,7 +51,8 @@ class RunResult:
         return tests_table(self.records)
 
 
-def run_experiment(config: ExperimentConfig, progress: bool | None = True, lm: LanguageModel | None = None) -> RunResult:
+def run_experiment(config: ExperimentConfig, progress: bool | None = True,
+                   lm: LanguageModel | None = None) -> RunResult:
     """Run (or resume, or extend) one experiment; ``progress`` True = tqdm bar, False = a line every ``log_every``
     steps. ``lm``: a model already loaded in this process (sweep workers reuse one)."""
     return run(prepare(config, lm), progress, lm)
@@ -72,7 +73,8 @@ def run(plan: RunPlan, progress: bool | None = True, lm: LanguageModel | None = 
             return RunResult(store.path, records, plan.budget)
         lm = lm or load_model(plan.config.model_name, plan.config.device, plan.config.trust_remote_code,
                               source=plan.source, facts=plan.model)
-        stepper = Stepper(plan, lm, builder, store, debug_left=plan.config.debug_k - sum(r.model_calls for r in records))
+        stepper = Stepper(plan, lm, builder, store,
+                          debug_left=plan.config.debug_k - sum(r.model_calls for r in records))
         store.write_json(META_FILE, {**plan.summary(), "kv_cache": stepper.predictor.pool.settings(),
                                      "device": lm.device})
         return RunResult(store.path, stepper.run(records, progress), plan.budget)

@@ -12,10 +12,11 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from icrl_lib.engine.models import LanguageModel, ModelFacts, ModelSource, model_facts, resolve_model
 from icrl_lib.paper.prompts import Episode, system_prompt
@@ -44,7 +45,7 @@ class Schedule:
     test_steps: tuple[int, ...]
 
     @classmethod
-    def of(cls, config: ExperimentConfig, budget: int) -> "Schedule":
+    def of(cls, config: ExperimentConfig, budget: int) -> Schedule:
         """Zero-shot: one test at step 0. ICL stops, as the paper's runs did, at the first test step at or after
         its context holds ``budget`` gold pairs. Otherwise every training step, tested per :func:`test_schedule`."""
         steps = 1 if config.zero_shot else config.train_k

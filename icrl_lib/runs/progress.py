@@ -62,8 +62,8 @@ class Progress:
             self.rewards.append(rec.train.reward)
             self.recent.append(rec.train.prediction)
         if self.bar is not None:
-            self.bar.set_postfix(running_acc=f"{self._running():.3f}", test_acc=self._test(), labels=len(set(self.recent)),
-                                 refresh=False)
+            self.bar.set_postfix(running_acc=f"{self._running():.3f}", test_acc=self._test(),
+                                 labels=len(set(self.recent)), refresh=False)
             self.bar.update(1)
         elif self._due(rec.step, rec.test is not None):
             print(self.line(rec), flush=True)

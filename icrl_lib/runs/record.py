@@ -3,8 +3,9 @@ reader (replay, tables, analysis) gets back. The JSON layout is the run folder's
 here and nowhere else."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class StepRecord:
                 "seconds": self.seconds}
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "StepRecord":
+    def from_json(cls, d: Mapping[str, Any]) -> StepRecord:
         """A record from its log line's object; KeyError / TypeError / ValueError when malformed."""
         c = d.get("context") or {}
         lengths = c.get("context_lengths")

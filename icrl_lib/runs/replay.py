@@ -6,8 +6,8 @@ and the flip coin) and the context the strategy draws. A record that fails is re
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from icrl_lib.errors import UserError
 from icrl_lib.runs.context import ContextBuilder, shown_feedback

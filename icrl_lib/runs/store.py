@@ -22,15 +22,16 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
-from icrl_lib.runs.config import ExperimentConfig, load_config, read_yaml_mapping
 from icrl_lib.errors import RunLockedError, UserError, os_error
+from icrl_lib.runs.config import ExperimentConfig, load_config, read_yaml_mapping
 from icrl_lib.runs.record import StepRecord
 from icrl_lib.tasks.task import task_label
 
@@ -203,7 +204,7 @@ class RunStore:
     _lock_cm: Any = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, config: ExperimentConfig) -> "RunStore":
+    def open(cls, config: ExperimentConfig) -> RunStore:
         """Create the folder for ``config`` or reopen it to resume; refuse a folder held by another process or
         holding a different experiment. Use as a context manager (or call :meth:`close`) to release the lock."""
         path = run_dir(config)
@@ -221,7 +222,7 @@ class RunStore:
             raise
         return store
 
-    def __enter__(self) -> "RunStore":
+    def __enter__(self) -> RunStore:
         return self
 
     def __exit__(self, *exc) -> None:

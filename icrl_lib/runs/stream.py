@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.errors import UserError
+from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.store import DATA_FILE, RunStore, digest
 from icrl_lib.tasks.task import Example, Task
 
@@ -53,14 +53,15 @@ def check_data(store: RunStore, task: Task, data: RunData, new: dict[str, Any]) 
         try:
             n = int(old["train_steps"])
             same_prefix = data_fingerprint(task, RunData((), data.stream[:n], ()))["train"] == old["train"]
-            differ = [k for k in ("exemplars", "test") if old[k] != new[k]] + ([] if same_prefix else ["training stream"])
+            differ = ([k for k in ("exemplars", "test") if old[k] != new[k]]
+                      + ([] if same_prefix else ["training stream"]))
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{store.path / DATA_FILE}: damaged; restore it, or remove the run folder to start "
                             "over") from None
         if differ:
             raise UserError(f"data: {store.path} was run on other data ({', '.join(differ)} differ): it used "
-                            f"{old.get('source')}, this run reads {task.source}; use the same data_dir / ICRL_DATA_DIR, "
-                            "or another output_dir")
+                            f"{old.get('source')}, this run reads {task.source}; use the same data_dir / "
+                            "ICRL_DATA_DIR, or another output_dir")
         if n >= len(data.stream):
             return
     store.write_json(DATA_FILE, new)

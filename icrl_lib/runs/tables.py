@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -84,7 +84,8 @@ def steps_table(records: Iterable[StepRecord], collapse_window: int = COLLAPSE_W
         reward, feedback = (t.reward, t.feedback) if t else (None, None)
         rows.append({
             "step": rec.step, "prediction": t.prediction if t else None, "answer": t.answer if t else None,
-            "reward": np.nan if reward is None else float(reward), "feedback": np.nan if feedback is None else float(feedback),
+            "reward": np.nan if reward is None else float(reward),
+            "feedback": np.nan if feedback is None else float(feedback),
             "flipped": bool(t and t.flipped), "context_size": rec.context.size,
             "context_positive": rec.context.positive, "context_index": rec.context.context_index,
             "prompt_tokens": rec.tokens.get("prompt", 0), "computed_tokens": rec.tokens.get("computed", 0),

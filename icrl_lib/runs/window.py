@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.engine.models import LanguageModel, ModelFacts, load_model
 from icrl_lib.paper.prompts import Episode, build_messages, feedback_text, render_prompt, system_prompt
+from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.store import CACHE_DIR, atomic_write_text, digest, file_lock
 from icrl_lib.tasks.files import PACKAGE_TASKS
 from icrl_lib.tasks.task import Task, load_task
@@ -43,7 +43,8 @@ def worst_case_tokens(lm: ModelFacts, task: Task, n: int, *, icrl: bool = True, 
     inputs = inputs if inputs is not None else inputs_by_length(lm, task)
     k = n + extra_episodes
     if k >= len(inputs):
-        raise ValueError(f"n: {k} episodes plus a query need {k + 1} distinct rows; task {task.name!r} has {len(inputs)}")
+        raise ValueError(f"n: {k} episodes plus a query need {k + 1} distinct rows; "
+                         f"task {task.name!r} has {len(inputs)}")
     longest_label = max(task.labels, key=lambda s: len(lm.encode(" " + s)))
     # The feedback shown is whichever sentence is longer for that label (the negative one, in English).
     positive = len(lm.encode(feedback_text(longest_label, True))) >= len(lm.encode(feedback_text(longest_label, False)))

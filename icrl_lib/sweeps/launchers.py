@@ -22,14 +22,15 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import as_completed
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
-from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.errors import RunLockedError, UserError
+from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.progress import format_duration
 from icrl_lib.runs.store import atomic_write_text, run_name
 from icrl_lib.sweeps.spec import Sweep, failure_path, status, summary, time_left

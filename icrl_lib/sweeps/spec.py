@@ -25,18 +25,19 @@ from __future__ import annotations
 import glob
 import itertools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import pandas as pd
 import yaml
 
-from icrl_lib.runs.config import ExperimentConfig, read_yaml_mapping
 from icrl_lib.errors import UserError
 from icrl_lib.paper.methods import BY_KEY, config_fields, name_run
 from icrl_lib.paths import project_root, resolve_path
+from icrl_lib.runs.config import ExperimentConfig, read_yaml_mapping
 from icrl_lib.runs.plan import Schedule
 from icrl_lib.runs.store import LOG_FILE, META_FILE, SWEEPS_DIR, TABLES_DIR, holder, run_dir, run_name
 from icrl_lib.tasks.sources import data_dir_param
@@ -82,7 +83,8 @@ def load_sweep(source: str | Path | Mapping[str, Any], root: str | Path | None =
         raise UserError(f"{label}: workers: must be an integer >= 1, got {workers!r}")
     bases = [dict(spec.get("base") or {})]
     if spec.get("configs"):
-        files = sorted({f for pattern in _as_list(spec["configs"]) for f in glob.glob(str(root / pattern), recursive=True)})
+        files = sorted({f for pattern in _as_list(spec["configs"])
+                        for f in glob.glob(str(root / pattern), recursive=True)})
         if not files:
             raise UserError(f"{label}: configs: no file matches {spec['configs']!r} under {root}")
         bases = [{**read_yaml_mapping(f), **bases[0]} for f in files]

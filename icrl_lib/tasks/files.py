@@ -1,8 +1,8 @@
 """Task files: one YAML file declares a classification task (data source, columns, labels, prompt wording).
 
-The five paper tasks are such files, shipped in ``icrl_lib/tasks/registry/``; ``task_name`` is one of their names or a path
-to a user's file (``examples/support_tickets/task.yaml``). Reading a file checks every field and names it with the
-file in any error, before data or a model is touched. Fields (see the README, "Your own task")::
+The five paper tasks are such files, shipped in ``icrl_lib/tasks/registry/``; ``task_name`` is one of their names or a
+path to a user's file (``examples/support_tickets/task.yaml``). Reading a file checks every field and names it with
+the file in any error, before data or a model is touched. Fields (see the README, "Your own task")::
 
     name: support_tickets              # run folders and tables; letters, digits, _ and -
     input_prefix: "Ticket:"            # the user turn: "<input_prefix> <text>"
@@ -24,10 +24,11 @@ file in any error, before data or a model is touched. Fields (see the README, "Y
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -195,7 +196,8 @@ def _parse(doc: Mapping[str, Any], path: str) -> TaskSpec:
         raise fail("allow_labels_without_examples", f"must be true or false, got {allow!r}")
     spec["allow_labels_without_examples"] = allow
     if spec.get("label_names") is not None:
-        for field, raws in (("display_names", [k for k, _ in spec["display_names"]]), ("drop_labels", spec["drop_labels"])):
+        for field, raws in (("display_names", [k for k, _ in spec["display_names"]]),
+                            ("drop_labels", spec["drop_labels"])):
             stray = [r for r in raws if r not in spec["label_names"]]
             if stray:
                 raise fail(field, f"{stray[0]!r} is not in label_names")
@@ -211,7 +213,8 @@ def _source(source: Any, folder: Path, fail) -> dict[str, Any]:
     kind = kinds[0]
     stray = sorted(set(source) - set(_SOURCE_FIELDS[kind]))
     if stray:
-        raise fail(f"source.{stray[0]}", f"unknown field for a {kind} source; allowed: {', '.join(_SOURCE_FIELDS[kind])}")
+        raise fail(f"source.{stray[0]}",
+                   f"unknown field for a {kind} source; allowed: {', '.join(_SOURCE_FIELDS[kind])}")
     field = "source.files" if kind == "files" else "source.splits"
     splits = source.get(kind) if kind == "files" else source.get("splits", {"train": "train", "test": "test"})
     if not isinstance(splits, dict) or "train" not in splits or set(splits) - {"train", "test"}:
@@ -224,7 +227,8 @@ def _source(source: Any, folder: Path, fail) -> dict[str, Any]:
         for split, value in splits.items():
             path = (folder / value).resolve()
             if path.suffix not in FILE_FORMATS:
-                raise fail(f"source.files.{split}", f"{value!r}: unsupported format; allowed: {', '.join(FILE_FORMATS)}")
+                raise fail(f"source.files.{split}",
+                           f"{value!r}: unsupported format; allowed: {', '.join(FILE_FORMATS)}")
             if not path.is_file():
                 raise fail(f"source.files.{split}", f"no such file {path}")
             files.append((split, str(path)))

@@ -32,7 +32,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
 
 def _missing(what: str, path: Path) -> FileNotFoundError:
     return FileNotFoundError(
-        f"data_dir: expected {what} {path} (a folder laid out like ../shared/data: <data_dir>/<dataset>/<split>.jsonl); "
+        f"data_dir: expected {what} {path} (a folder laid out like ../shared/data: "
+        "<data_dir>/<dataset>/<split>.jsonl); "
         "pass data_dir or set ICRL_DATA_DIR to such a folder, or set it to 'hub' to load from the Hugging Face hub")
 
 

@@ -2,9 +2,9 @@
 walks (the paper's label-by-label sampling), built once per run and used to check that labels tokenize apart."""
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class LabelTrie:
     leaves: Mapping[tuple[int, ...], int]  # complete sequence -> label index
 
     @classmethod
-    def build(cls, labels: Sequence[str], encode: Callable[[str], list[int]], eot_id: int) -> "LabelTrie":
+    def build(cls, labels: Sequence[str], encode: Callable[[str], list[int]], eot_id: int) -> LabelTrie:
         """Tokenize `` label`` (leading space, as the model writes it after the prefix) and add the end-of-turn."""
         sequences = tuple(tuple(encode(" " + label)) + (eot_id,) for label in labels)
         leaves: dict[tuple[int, ...], int] = {}

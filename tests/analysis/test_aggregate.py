@@ -42,7 +42,8 @@ def test_run_metrics_and_their_aggregate_by_hand():
     v_query, v_seed = centre * (1 - centre) / 14, 0.04 / 3
     df = (v_query + v_seed) ** 2 / (v_query ** 2 / 9 + v_seed ** 2 / 2)
     half = scipy_stats.t.ppf(0.975, df) * math.sqrt(v_query + v_seed)
-    assert (final["mean"], final["n"], final["interval"]) == (pytest.approx(0.6), 3, "Agresti-Coull over queries + seeds")
+    assert (final["mean"], final["n"], final["interval"]) == (pytest.approx(0.6), 3,
+                                                              "Agresti-Coull over queries + seeds")
     assert (final["low"], final["high"]) == (pytest.approx(centre - half), pytest.approx(centre + half))
     regret = table.loc[("B", "regret")]
     assert (regret["mean"], regret["low"], regret["high"]) == (
@@ -64,7 +65,8 @@ def test_one_seed_gets_an_interval_over_the_test_queries_and_equal_seeds_never_a
     assert math.isnan(aggregate.aggregate(per_run).set_index("metric").loc["regret", "low"])
     equal = pd.concat([one, one.assign(run="A1b", seed=9)])  # two seeds, the same accuracy at every step
     twice = aggregate.accuracy_curves(equal).set_index("step")
-    assert twice.loc[0, "n"] == 2 and twice.loc[0, "low"] == 0 and twice.loc[0, "high"] > 0.2  # 0.1 of 10: not [0.1, 0.1]
+    # 0.1 of 10: not [0.1, 0.1]
+    assert twice.loc[0, "n"] == 2 and twice.loc[0, "low"] == 0 and twice.loc[0, "high"] > 0.2
 
 
 def test_paired_differences_on_shared_queries_and_seeds():
@@ -88,7 +90,8 @@ def test_the_papers_numbers_ship_with_the_package_and_join_on_a_known_cell():
     ours = pd.DataFrame([{"model_name": "meta-llama/Meta-Llama-3.1-8B-Instruct", "task_name": "banking77",
                           "paper_method": "explorative", "paper_setting": "", "metric": "test_acc_final", "mean": 0.61},
                          {"model_name": "smollm2-135m-instruct", "task_name": "banking77",
-                          "paper_method": "explorative", "paper_setting": "", "metric": "test_acc_final", "mean": 0.05}])
+                          "paper_method": "explorative", "paper_setting": "", "metric": "test_acc_final",
+                          "mean": 0.05}])
     joined = aggregate.join_paper(ours)
     assert joined["paper_value"].iloc[0] == pytest.approx(0.660) and joined["paper_section"].iloc[0] == "3.1"
     assert math.isnan(joined["paper_value"].iloc[1])  # the paper never ran this model

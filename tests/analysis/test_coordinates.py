@@ -9,7 +9,8 @@ from icrl_lib.runs.config import ExperimentConfig
 
 
 @pytest.mark.parametrize("fields, task, coordinates", [
-    (config_fields("explorative"), "banking77", {("main", "explorative", ""), ("exploration", "explorative", "p_keep=0.1"),
+    (config_fields("explorative"), "banking77", {("main", "explorative", ""),
+                                                 ("exploration", "explorative", "p_keep=0.1"),
                                                  ("approximate", "explorative", "K=inf")}),
     (config_fields("explorative", context_p_keep=0.05), "banking77", {("exploration", "explorative", "p_keep=0.05")}),
     (config_fields("naive_plus", temperature=0.5), "banking77", {("exploration", "naive_plus", "temperature=0.5")}),

@@ -7,9 +7,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from icrl_lib.analysis import stats
-
-from icrl_lib.analysis import plots
+from icrl_lib.analysis import plots, stats
 
 
 def one_run_steps() -> pd.DataFrame:

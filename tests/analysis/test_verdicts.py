@@ -13,6 +13,7 @@ from icrl_lib.analysis.aggregate import paper_results
 from icrl_lib.paper import families, findings
 from tests import helpers as synthetic
 from tests.helpers import ROOT
+
 CHECKS = [(name, check) for name, fam in families.FAMILIES.items() for check in fam.checks()]
 CPU_KNOBS = {"context_window": {"window": [400, 800]}}  # knob-dependent labels, as the CPU profile runs them
 
@@ -112,7 +113,8 @@ def test_finding_texts_say_what_the_papers_numbers_show():
     assert round(100 * gain) == 11 and "+11 points" in texts["main"]
     # reward_ablations: "explorative ICRL still gains 14 points" without feedback
     gains = [value("reward_ablations", "Llama", t, "none", "method_family=explorative;temperature=1.0")
-             - value("reward_ablations", "Llama", t, "none", "method_family=explorative;temperature=1.0", "test_acc_step0")
+             - value("reward_ablations", "Llama", t, "none", "method_family=explorative;temperature=1.0",
+                     "test_acc_step0")
              for t in ("banking77", "clinic150")]
     assert [round(100 * g) for g in gains] == [14, 14] and "gains 14 points" in texts["reward_ablations"]
     # scaling: "every size ... improves substantially over zero-shot": explorative gains >= 15 points everywhere
@@ -120,8 +122,8 @@ def test_finding_texts_say_what_the_papers_numbers_show():
     wide = scaling.pivot_table(index=["model", "task"], columns="metric", values="value")
     assert (wide["test_acc_final"] - wide["test_acc_step0"]).min() > 0.15 and "Every size" in texts["scaling"]
     # approximate: "processing 100-280x fewer tokens"
-    ratios = paper.loc[(paper["family"] == "compute") & (paper["metric"] == "tokens_ratio") & paper["model"].str.contains(
-        "Llama"), "value"]
+    ratios = paper.loc[(paper["family"] == "compute") & (paper["metric"] == "tokens_ratio")
+                       & paper["model"].str.contains("Llama"), "value"]
     assert (ratios.min(), ratios.max()) == (109, 278) and "100-280x" in texts["approximate"]
 
 
@@ -172,7 +174,8 @@ def test_the_readme_verdict_table_is_the_measured_one():
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"<!-- verdicts:start -->\n(.*?)\n<!-- verdicts:end -->", readme, re.S)
     assert block, "README lacks the verdict table markers"
-    assert block.group(1).strip() == verdicts.markdown(verdicts.overall(table)).strip(), "run `python -m icrl_lib verdicts --readme`"
+    assert (block.group(1).strip()
+            == verdicts.markdown(verdicts.overall(table)).strip()), "run `python -m icrl_lib verdicts --readme`"
 
 
 def test_a_comparison_of_two_arms_that_did_not_learn_says_so():

@@ -30,14 +30,16 @@ def make_prompts(lm, task, n_context: int, n_queries: int, icrl: bool = True):
     """Prompts sharing one ICRL context of real training episodes (predictions = gold, alternating feedback)."""
     train = task.sample_train(n_context + n_queries, seed=7)[1]
     episodes = [
-        Episode(task.format_input(ex), task.answer(ex), task.answer(ex), i % 2) for i, ex in enumerate(train[:n_context])
+        Episode(task.format_input(ex), task.answer(ex), task.answer(ex), i % 2)
+        for i, ex in enumerate(train[:n_context])
     ]
     system = system_prompt(icrl, task.description)
 
     def render(query):
         msgs = build_messages(system, episodes, query, icrl=icrl, prediction_prefix=task.prediction_prefix,
                               system_role=lm.system_role)
-        return render_prompt(lm.tokenizer, msgs, task.prediction_prefix) if query else render_context(lm.tokenizer, msgs)
+        return (render_prompt(lm.tokenizer, msgs, task.prediction_prefix) if query
+                else render_context(lm.tokenizer, msgs))
 
     return [render(task.format_input(ex)) for ex in train[n_context:]], render(None)
 

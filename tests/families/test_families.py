@@ -18,6 +18,7 @@ from icrl_lib.families import report, spec
 from icrl_lib.paper import families
 from icrl_lib.runs.config import read_yaml_mapping
 from tests.helpers import ROOT
+
 NOT_RUNNABLE = {"gemini-1.5-flash-8b"}  # an API model of the paper: not a transformers checkpoint
 VALUES_ONLY = {"zero_shot", "compute"}  # paper families whose numbers the family shows but whose arms it does not run
 

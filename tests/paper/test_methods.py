@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from icrl_lib.paper import methods
-from icrl_lib.runs.config import ExperimentConfig, load_config
 from icrl_lib.paper.methods import config_fields, name_run
+from icrl_lib.runs.config import ExperimentConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

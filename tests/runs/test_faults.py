@@ -32,7 +32,6 @@ from icrl_lib.runs.window import cached_max_examples
 from icrl_lib.tasks.task import load_task
 from tests.helpers import ROOT, argv_of, assert_one_line_error, assert_same_run, cli, small, trec_copy
 
-
 # --- 1. one process per run folder ------------------------------------------------------------------------------
 
 HOLDER = textwrap.dedent("""

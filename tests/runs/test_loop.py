@@ -106,8 +106,8 @@ def test_zero_shot_is_one_test_step(tmp_path, tiny):
 @pytest.mark.data
 def test_computed_tokens_equal_an_independent_count(tmp_path, data_dir, tiny):
     """Zero-shot with the fast path: the prefix shared by all prompts (the system turn and the query's opening) is
-    computed once, then each query's own tokens, then the label tokens up to the label's last branching point in the trie
-    (tokens the trie forces after it, such as the end-of-turn, are never fed to the model)."""
+    computed once, then each query's own tokens, then the label tokens up to the label's last branching point in the
+    trie (tokens the trie forces after it, such as the end-of-turn, are never fed to the model)."""
     lm = tiny
     task = load_task("trec_fine", data_dir)
     result = run_experiment(small(tmp_path, data_dir, model_name=lm.name, task_name="trec_fine",

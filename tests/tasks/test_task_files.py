@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from icrl_lib.runs.config import ExperimentConfig
-from icrl_lib.errors import UserError
 from icrl_lib.engine.models import encode, find_eot_id
+from icrl_lib.errors import UserError
 from icrl_lib.paper.prompts import Episode, build_messages, render_prompt, supports_system_role, system_prompt
+from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.loop import run_experiment
 from icrl_lib.runs.plan import prepare
 from icrl_lib.runs.store import run_name
@@ -187,7 +187,8 @@ def test_labels_that_tokenize_alike_are_refused_with_the_tokenizer_alone(tmp_pat
 def test_a_csv_task_runs_icrl_end_to_end(tmp_path, tiny):
     lm = tiny
     config = ExperimentConfig(model_name=lm.name, task_name="params/tasks/support_tickets/task.yaml",
-                              context_strategy_name="approximate_only_positive", max_contexts=4, approximate_context_sampling_method="uniform",
+                              context_strategy_name="approximate_only_positive", max_contexts=4,
+                              approximate_context_sampling_method="uniform",
                               context_p_keep=0.5, train_k=6,
                               test_every=3, test_k=4, output_dir=str(tmp_path))
     result = run_experiment(config, progress=False, lm=lm)

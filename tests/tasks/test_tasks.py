@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from icrl_lib.tasks import sources as task_sources
-
 from icrl_lib.tasks.sources import resolve_data_dir
-from tests.helpers import ROOT
 from icrl_lib.tasks.task import Example, load_task, parse_task_name
+from tests.helpers import ROOT
 
 # task -> (dataset folder, label field, input prefix, prediction prefix)
 LAYOUT = {
@@ -265,7 +264,8 @@ def test_hub_path_gives_identical_tasks(data_dir, monkeypatch):
     finally:
         task_sources._raw_splits.cache_clear()  # drop the fake hub rows
     assert "hf://datasets/clinc/clinc_oos@refs%2Fconvert%2Fparquet/plus/test/*.parquet" in calls
-    assert "hf://datasets/xingkunliuxtracta/nlu_evaluation_data@refs%2Fconvert%2Fparquet/default/train/*.parquet" in calls
+    assert ("hf://datasets/xingkunliuxtracta/nlu_evaluation_data@refs%2Fconvert%2Fparquet/default/train/*.parquet"
+            in calls)
 
 
 def test_example_is_immutable():
