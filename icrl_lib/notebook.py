@@ -18,12 +18,13 @@ from typing import Any
 import pandas as pd
 
 from icrl_lib.analysis import plots
+from icrl_lib.errors import UserError
 from icrl_lib.paper import methods
 from icrl_lib.paths import find_file, project_root, resolve_path
+from icrl_lib.runs.config import ExperimentConfig, read_yaml_mapping, with_paths_resolved
 from icrl_lib.runs.plan import provenance
-from icrl_lib.runs.store import ANALYSIS_DIR, FIGURES_DIR, model_label
+from icrl_lib.runs.store import ANALYSIS_DIR, FIGURES_DIR, model_label, run_name
 from icrl_lib.runs.tables import COLLAPSE_WINDOW
-from icrl_lib.tasks.sources import data_dir_param
 from icrl_lib.tasks.task import task_label
 
 PARAMS_FILE_ENV = "ICRL_PARAMS_FILE"
@@ -34,8 +35,6 @@ NOTEBOOK_ONLY = MappingProxyType({"headless": False, "figures_dir": None, "runni
 
 def experiment_parameter_defaults() -> dict[str, Any]:
     """Every parameter of the experiment notebook with its default: config fields (no secrets) + notebook-only."""
-    from icrl_lib.runs.config import ExperimentConfig
-
     fields = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name not in SECRET_FIELDS}
     return {**fields, **NOTEBOOK_ONLY}
 
@@ -56,8 +55,6 @@ def describe_mismatch(names, expected) -> str:
 
 def load_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML file holding one mapping (``{}`` for an empty file); errors name the file and line."""
-    from icrl_lib.runs.config import read_yaml_mapping
-
     return read_yaml_mapping(path)
 
 
@@ -83,8 +80,6 @@ def checked_parameters(path: str | os.PathLike, params: Mapping[str, Any] | None
 def merge_parameters(params: Mapping[str, Any], overrides: Mapping[str, Any], source: str) -> dict[str, Any]:
     """``params`` overridden by ``overrides`` (read from ``source``); a key that is not a parameter raises UserError
     naming ``source``, ``hf_token`` included: papermill would write it into the executed notebook."""
-    from icrl_lib.errors import UserError
-
     unknown = sorted(set(overrides) - set(params))
     if unknown:
         raise UserError(f"{source}: unknown parameter(s) {unknown}; allowed: {sorted(params)}"
@@ -106,12 +101,9 @@ def apply_params_file(params: Mapping[str, Any], env: Mapping[str, str] | None =
 
 def experiment_config(params: Mapping[str, Any]):
     """An :class:`ExperimentConfig` from notebook parameters (validated; paths resolved against the checkout)."""
-    from icrl_lib.runs.config import ExperimentConfig
-
     values = {k: v for k, v in params.items() if k not in NOTEBOOK_ONLY}
-    values["output_dir"] = str(resolve_path(values.get("output_dir") or "outputs"))
-    values["data_dir"] = data_dir_param(values.get("data_dir"))
-    return ExperimentConfig.from_dict(values)
+    values["output_dir"] = values.get("output_dir") or "outputs"
+    return with_paths_resolved(ExperimentConfig.from_dict(values))
 
 
 def run_figures(steps: pd.DataFrame, tests: pd.DataFrame, running_window: int | None = 50,
@@ -137,8 +129,6 @@ def save_figures(figures: Mapping[str, Any], folder: str | os.PathLike) -> dict[
 
 def print_summary(params: str | os.PathLike, executed_notebook: str | os.PathLike | None = None) -> Path:
     """Print where a params file's run lives (from the library: its config's run folder) and its figure files."""
-    from icrl_lib.runs.store import run_name
-
     values = checked_parameters(params)
     config = experiment_config(values)
     run_dir = Path(config.output_dir) / run_name(config)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from icrl_lib.paper.methods import name_run
-from icrl_lib.runs.config import config_from_argv, load_config
+from icrl_lib.runs.config import config_from_argv, load_config, with_paths_resolved
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ROOT / "tests" / "data" / "paper_readme_commands.txt"
@@ -49,7 +49,7 @@ def test_every_readme_command_parses_to_its_grid_file(model_name):
         config = config_from_argv(argv)
         assert config.hf_token == "YOUR_HUGGINGFACE_TOKEN_HERE"  # accepted, never stored (see to_dict)
         name = f"{GRID_METHOD[name_run(config.to_dict())]}_{config.task_name}.yaml"
-        grid = load_config(ROOT / "params" / "grid" / GRID_FOLDER[model_name] / name)
+        grid = with_paths_resolved(load_config(ROOT / "params" / "grid" / GRID_FOLDER[model_name] / name))
         assert config.to_dict() == grid.to_dict(), name
         assert "hf_token" not in config.to_dict()
 

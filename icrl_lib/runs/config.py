@@ -13,11 +13,15 @@ import math
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from icrl_lib.errors import UserError, os_error
+from icrl_lib.paper.strategies import check_parameters
+from icrl_lib.paths import resolve_path
+from icrl_lib.tasks.sources import data_dir_param
+from icrl_lib.tasks.task import parse_task_name
 
 # Fields that change what an experiment computes; the others (where it runs, how it reports) may differ on resume.
 NON_RESULT_FIELDS = frozenset({"verbose", "output_dir", "data_dir", "device", "fast", "batch_size", "log_every",
@@ -97,9 +101,6 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         """Names and ranges, checked before any data or model is loaded."""
-        from icrl_lib.paper.strategies import check_parameters
-        from icrl_lib.tasks.task import parse_task_name
-
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
         parse_task_name(self.task_name)
@@ -264,9 +265,16 @@ def _parse_optional(kind: type):
     return parse
 
 
+def with_paths_resolved(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with a relative ``output_dir`` / ``data_dir`` resolved against the checkout: the one rule of every
+    entry point (``icrl run``, ``icrl check``, notebooks, sweeps, families), so ``outputs`` is one folder whichever
+    folder a command starts in (outside a checkout: the current folder)."""
+    return replace(config, output_dir=str(resolve_path(config.output_dir)), data_dir=data_dir_param(config.data_dir))
+
+
 def config_from_argv(argv: list[str]) -> ExperimentConfig:
     """Config from command-line flags; a flag left out keeps its default (omitted ``--test_k``: whole test split,
     as the paper's parser, whose default was None)."""
     args = vars(build_parser().parse_args(argv))
-    return load_config({**CLI_DEFAULTS, **args})
+    return with_paths_resolved(load_config({**CLI_DEFAULTS, **args}))
 

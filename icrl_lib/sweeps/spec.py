@@ -36,11 +36,10 @@ import yaml
 
 from icrl_lib.errors import UserError
 from icrl_lib.paper.methods import BY_KEY, config_fields, name_run
-from icrl_lib.paths import project_root, resolve_path
-from icrl_lib.runs.config import ExperimentConfig, read_yaml_mapping
+from icrl_lib.paths import project_root
+from icrl_lib.runs.config import ExperimentConfig, read_yaml_mapping, with_paths_resolved
 from icrl_lib.runs.plan import Schedule
 from icrl_lib.runs.store import LOG_FILE, META_FILE, SWEEPS_DIR, TABLES_DIR, holder, run_dir, run_name
-from icrl_lib.tasks.sources import data_dir_param
 
 LAUNCHERS = ("local", "slurm", "ray")
 SWEEP_KEYS = ("name", "launcher", "workers", "configs", "base", "axes", "slurm", "ray")
@@ -89,7 +88,7 @@ def load_sweep(source: str | Path | Mapping[str, Any], root: str | Path | None =
             raise UserError(f"{label}: configs: no file matches {spec['configs']!r} under {root}")
         bases = [{**read_yaml_mapping(f), **bases[0]} for f in files]
     configs = expand(bases, spec.get("axes") or {}, label)
-    configs = [_resolved(c, resolve_path) for c in configs]
+    configs = [with_paths_resolved(c) for c in configs]
     options = {k: MappingProxyType(dict(spec.get(k) or {})) for k in ("slurm", "ray")}
     return Sweep(str(name), tuple(configs), launcher, workers, MappingProxyType(options))
 
@@ -131,10 +130,6 @@ def _axis_fields(axis: str, value: Any, label: str) -> dict[str, Any]:
         raise UserError(f"{label}: axes.{axis}: not a config field; an axis is a field, 'method', 'seeds', or any name "
                         "whose values are mappings of fields")
     return {axis: value}
-
-
-def _resolved(config: ExperimentConfig, resolve_path) -> ExperimentConfig:
-    return replace(config, output_dir=str(resolve_path(config.output_dir)), data_dir=data_dir_param(config.data_dir))
 
 
 def _as_list(value: Any) -> list:

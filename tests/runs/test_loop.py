@@ -22,25 +22,28 @@ from tests.helpers import ROOT, argv_of, assert_same_run, small, strip_measureme
 
 @pytest.mark.model
 @pytest.mark.data
-def test_short_explorative_run_learns_in_context_and_writes_tidy_tables(tmp_path, data_dir, lm):
-    config = small(tmp_path, data_dir)
+def test_the_embedded_model_learns_in_context_and_writes_tidy_tables(tmp_path, data_dir, lm):
+    """Explorative ICRL on CLINIC150 with the main family's CPU sizes and seed: 3% at step 0, 32% at step 149 (on
+    trec_coarse and banking77 this model collapses to one label instead)."""
+    config = small(tmp_path, data_dir, task_name="clinic150", context_p_keep=0.1, max_context_examples=16, train_k=150,
+                   test_every=50, test_k=100, seed=100, training_seed=100, test_seed=100)
     result = run_experiment(config, progress=False, lm=lm)
-    task = load_task("trec_coarse", data_dir)
-    assert len(result.records) == 30
+    task = load_task("clinic150", data_dir)
+    assert len(result.records) == 150
     for rec in result.records:
         assert rec.train.prediction in task.labels
         assert rec.train.reward == int(rec.train.prediction == rec.train.answer)
         assert rec.train.feedback == rec.train.reward  # no flipping asked
         # only-positive strategy: every episode in the context had positive feedback
-        assert rec.context.positive == rec.context.size <= 8
+        assert rec.context.positive == rec.context.size <= 16
     tests = [rec for rec in result.records if rec.test]
-    assert [rec.step for rec in tests] == [0, 14, 29]
+    assert [rec.step for rec in tests] == [0, 49, 99, 149]
     assert all(p in task.labels for rec in tests for p in rec.test.predictions)
-    assert tests[-1].test.accuracy > tests[0].test.accuracy  # it learns in context (0.2 -> 0.5 on these seeds)
+    assert tests[0].test.accuracy < 0.1 and tests[-1].test.accuracy > 0.2  # it learns in context, from rewards alone
     steps = pd.read_parquet(result.run_dir / "tables" / "steps.parquet")
-    assert len(steps) == 30 and steps["regret"].iloc[-1] == sum(r.train.reward == 0 for r in result.records)
+    assert len(steps) == 150 and steps["regret"].iloc[-1] == sum(r.train.reward == 0 for r in result.records)
     log = pd.read_json(result.run_dir / "steps.jsonl", lines=True)
-    assert list(log["step"]) == list(range(30))
+    assert list(log["step"]) == list(range(150))
     assert (steps["computed_tokens"] < steps["prompt_tokens"]).all()  # the context cache was reused at every step
 
 
