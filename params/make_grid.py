@@ -14,12 +14,13 @@ from pathlib import Path
 import yaml
 
 from icrl_lib.paper.methods import config_fields
+from icrl_lib.tasks.files import paper_train_k, registered
 
 MODELS = {  # folder name -> hub id
     "llama-3.1-8b-instruct": "meta-llama/Meta-Llama-3.1-8B-Instruct",
     "phi-3.5-mini-instruct": "microsoft/Phi-3.5-mini-instruct",
 }
-TRAIN_K = {"banking77": 10000, "clinic150": 10000, "nlu": 10000, "trec_coarse": 5000, "trec_fine": 5000}
+TRAIN_K = {task: paper_train_k(task) for task in registered()}  # the paper's steps, from the task files
 # The README's commands cover these methods; their flags come from the library's method table (icrl_lib.paper.methods).
 METHODS = {key: config_fields(key) for key in ("icl", "naive", "explorative", "approximate")}
 COMMON = {"temperature": 1.0, "icrl_omit_feedback": False, "icrl_flip_feedback": False, "test_every": 500,

@@ -119,17 +119,15 @@ def token_totals(steps: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
 
 def token_usage_table(steps: pd.DataFrame) -> pd.DataFrame:
     """Per run: tokens in the prompts vs tokens computed (``read(...).steps`` rows), the share computed, and the
-    training prompts apart from the test queries (``train_*``; the paper's compute table counts training prompts only).
-    Runs logged before that split have NaN there."""
+    training prompts apart from the test queries (``train_*``; the paper's compute table counts training prompts
+    only)."""
     keys = [c for c in ("task_name", "model_name", "method", "method_key") if c in steps.columns]
     totals = token_totals(steps, keys)
     share = totals["computed_tokens"] / totals["prompt_tokens"].where(totals["prompt_tokens"] > 0)
-    out = totals.assign(computed_share=share)
-    if "train_computed_tokens" in steps.columns:
-        key = run_column(steps)
-        train = steps.groupby(key)[["train_prompt_tokens", "train_computed_tokens"]].sum(min_count=1)
-        out = out.merge(train, left_on=key, right_index=True, how="left")
-        out["test_computed_tokens"] = out["computed_tokens"] - out["train_computed_tokens"]
+    key = run_column(steps)
+    train = steps.groupby(key)[["train_prompt_tokens", "train_computed_tokens"]].sum(min_count=1)
+    out = totals.assign(computed_share=share).merge(train, left_on=key, right_index=True, how="left")
+    out["test_computed_tokens"] = out["computed_tokens"] - out["train_computed_tokens"]
     return out
 
 
@@ -141,14 +139,12 @@ def method_token_comparison(usage: pd.DataFrame, methods: tuple[str, str] = ("ex
     columns = [*keys, *methods, "ratio", "note"]
     if usage.empty or "method_key" not in usage.columns:
         return pd.DataFrame(columns=columns)
-    usage = usage.assign(per_step=usage.get("train_computed_tokens", pd.Series(dtype=float)) / usage["steps"])
+    usage = usage.assign(per_step=usage["train_computed_tokens"] / usage["steps"])
     rows = []
     for cell, group in usage.groupby(keys, sort=True):
         per = {m: group.loc[group["method_key"] == m, "per_step"].mean() for m in methods}
         missing = [m for m in methods if m not in set(group["method_key"])]
-        note = (f"no {' or '.join(missing)} run here" if missing else
-                "runs logged before training and test tokens were counted apart: rerun them"
-                if any(pd.isna(v) for v in per.values()) else "")
+        note = f"no {' or '.join(missing)} run here" if missing else ""
         ratio = per[methods[0]] / per[methods[1]] if not note and per[methods[1]] else None
         rows.append({**dict(zip(keys, cell if isinstance(cell, tuple) else (cell,))), **per, "ratio": ratio,
                      "note": note})

@@ -23,6 +23,7 @@ from icrl_lib.paper.families import FAMILIES, Arm, Family, family
 from icrl_lib.paper.findings import MEASURES, Check
 from icrl_lib.runs.store import ANALYSIS_DIR
 from icrl_lib.runs.tables import COLLAPSE_WINDOW
+from icrl_lib.tasks.files import paper_train_k
 
 NOT_MEASURED = "not measured"
 CPU_VERDICTS = "outputs/verdicts_cpu.csv"  # the CPU profiles' verdicts (committed): the README's table is made from it
@@ -180,7 +181,7 @@ def paper_evaluate(fam: Family, level: float = stats.LEVEL) -> pd.DataFrame:
             if any(v is None or pd.isna(v) for v in sides):
                 continue
             if check.measure == "rho":
-                points = (5000 if task.startswith("trec") else 10000) // PAPER_TEST_EVERY + 1
+                points = paper_train_k(task) // PAPER_TEST_EVERY + 1
                 estimate = stats.correlation_difference([(sides[0], points)], [(sides[1], points)], level)
             else:
                 estimate = stats.unpaired_difference([(sides[0], PAPER_TEST_QUERIES)],

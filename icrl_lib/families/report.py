@@ -21,6 +21,7 @@ from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.store import ANALYSIS_DIR, run_name
 from icrl_lib.runs.tables import COLLAPSE_WINDOW
 from icrl_lib.sweeps.spec import Sweep
+from icrl_lib.tasks.files import paper_train_k
 
 RUNNING_WINDOW = 256  # the paper's appendix: running training accuracy over 256 steps
 
@@ -139,9 +140,9 @@ def knob_points(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.Data
 
 def token_table(tables: Tables) -> pd.DataFrame:
     """Per arm: training-prompt tokens computed per step and over the run (the paper's compute measure: test
-    queries excluded), next to the final accuracy; old logs without a training/test split say so."""
+    queries excluded), next to the final accuracy."""
     steps = tables.steps
-    if steps.empty or "train_computed_tokens" not in steps or steps["train_computed_tokens"].isna().all():
+    if steps.empty:
         return pd.DataFrame(columns=["model_name", "task_name", "method", "train_tokens_per_step",
                                      "train_tokens_total", "final"])
     per_run = steps.groupby(["model_name", "task_name", "method", "run"])["train_computed_tokens"].agg(["mean", "sum"])
@@ -224,8 +225,12 @@ def _our_sizes(tables: Tables, runs: list[str], zero_shot: bool) -> str:
 def _paper_sizes(task: str, method: str, setting: str) -> str:
     window = next((int(p.split("=")[1]) for p in setting.split(";") if p.startswith("window=")), PAPER_WINDOW)
     steps = {"icl": "until its context is full", "zero_shot": "step 0 only"}.get(
-        method, f"{5000 if task.startswith('trec') else 10000:,} steps")
+        method, f"{paper_train_k(_base(task)):,} steps")
     return f"{steps} · 500 test queries · {window:,}-token window · 1 seed"
+
+
+def _base(task: str) -> str:
+    return task.removesuffix("_unsemantic")
 
 
 def _text(row: Mapping[str, Any]) -> str:
@@ -240,7 +245,7 @@ def _text(row: Mapping[str, Any]) -> str:
 
 def _paper_text(row: Mapping[str, Any], task: str, metric: str) -> str:
     if metric == "regret_per_step":
-        return metric_text(metric, row["value"] / (5000 if task.startswith("trec") else 10000))
+        return metric_text(metric, row["value"] / paper_train_k(_base(task)))
     text = metric_text(metric, row["value"])
     return text + (f" @{row['step']:.0f}" if not pd.isna(row.get("step")) else "")
 

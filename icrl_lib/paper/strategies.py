@@ -49,16 +49,6 @@ class StrategySpec:
     bias: str | None = None  # random only: "start" / "end" / "unbiased"
 
 
-class Strategy(Protocol):
-    """Chooses the context for one step; approximate strategies carry an :class:`ApproxState`."""
-
-    def initial_state(self) -> ApproxState | None: ...
-
-    def select(
-        self, state: ApproxState | None, feedbacks: Sequence[int | None], seed: int
-    ) -> tuple[Selection, ApproxState | None]: ...
-
-
 _SPECS = (
     StrategySpec("random_biased_end", "random", "all", "end"),
     StrategySpec("random_biased_start", "random", "all", "start"),

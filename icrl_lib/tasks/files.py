@@ -20,6 +20,7 @@ the file in any error, before data or a model is touched. Fields (see the README
     display_style: as_is               # as_is | words (lowercase, "_" -> " ", "?" dropped: the paper's rule)
     drop_labels: [oos]                 # raw names removed, the rest renumbered in order
     allow_labels_without_examples: false   # true keeps declared labels that have no training rows (paper's nlu)
+    paper_train_k: 10000               # the paper's training steps on this task (its own tasks only)
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ FILE_FORMATS = (".csv", ".jsonl", ".parquet")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _FIELDS = ("name", "input_prefix", "prediction_prefix", "description", "source", "split", "text_column",
            "label_column", "label_names", "display_names", "display_style", "drop_labels",
-           "allow_labels_without_examples")
+           "allow_labels_without_examples", "paper_train_k")
 _SOURCE_FIELDS = {"files": ("files",), "hub": ("hub", "config", "revision", "splits", "mirror")}
 
 
@@ -57,6 +58,7 @@ class TaskSpec:
     text_column: str
     label_column: str
     description: str = ""
+    paper_train_k: int | None = None  # the paper's training steps on this task (its five tasks: 10,000 or 5,000)
     files: tuple[tuple[str, str], ...] = ()  # split -> path (absolute), for local files
     hub_id: str = ""
     hub_config: str = "default"
@@ -82,6 +84,14 @@ class TaskSpec:
 def registered() -> tuple[str, ...]:
     """Names of the shipped task files (``banking77``, ``clinic150``, ...)."""
     return tuple(sorted(p.stem for p in PACKAGE_TASKS.glob("*.yaml")))
+
+
+def paper_train_k(base: str) -> int:
+    """The paper's training steps on its task ``base`` (``trec_coarse``: 5,000), from the task file."""
+    steps = read_spec(task_file(base)).paper_train_k
+    if steps is None:
+        raise UserError(f"task_name: {base!r} is not one of the paper's tasks ({', '.join(registered())})")
+    return steps
 
 
 def is_task_path(name: str) -> bool:
@@ -163,6 +173,11 @@ def _parse(doc: Mapping[str, Any], path: str) -> TaskSpec:
         name=name, file=path, input_prefix=text("input_prefix"), prediction_prefix=text("prediction_prefix"),
         text_column=text("text_column", "text"), label_column=text("label_column", "label"),
         description=text("description", "", empty=True))
+    steps = doc.get("paper_train_k")
+    if steps is not None:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise fail("paper_train_k", f"must be an integer >= 1, got {steps!r}")
+        spec["paper_train_k"] = steps
     spec.update(_source(doc.get("source"), Path(path).parent, fail))
     split = doc.get("split")
     if split is not None:

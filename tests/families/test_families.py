@@ -17,6 +17,7 @@ from icrl_lib.families import notebook as family_notebook
 from icrl_lib.families import report, spec
 from icrl_lib.paper import families
 from icrl_lib.runs.config import read_yaml_mapping
+from icrl_lib.tasks.files import paper_train_k
 from tests.helpers import ROOT
 
 NOT_RUNNABLE = {"gemini-1.5-flash-8b"}  # an API model of the paper: not a transformers checkpoint
@@ -38,7 +39,7 @@ def test_paper_params_expand_to_exactly_the_papers_settings(name):
     for a, config in pairs:  # the sizes of the paper's README commands
         assert (config.test_every, config.test_k, config.max_context_examples) == (500, 500, 0 if a.label == "zero-shot"
                                                                                    else None)
-        assert config.train_k == (5000 if config.task_name.startswith("trec") else 10000)
+        assert config.train_k == paper_train_k(config.task_name.removesuffix("_unsemantic"))  # the task file's
     assert len({c.seed for _, c in pairs}) == 3 and {c.test_seed for _, c in pairs} == {100}  # one test set
 
 
