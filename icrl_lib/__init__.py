@@ -1,12 +1,21 @@
-"""icrl_lib: in-context reinforcement learning (Monea et al., 2024) as a small research library.
+"""icrl: in-context reinforcement learning (Monea et al., 2024) as a notebook research toolkit.
 
-Modules, named for the paper's concepts: ``tasks`` (datasets, labels, variants), ``prompts`` (chat messages),
-``methods`` (the paper's methods as one table), ``strategies`` (which episodes enter the context), ``config`` (one
-experiment's parameters), ``models`` and ``generation`` (constrained label decoding), ``kvcache`` (context KV reuse),
-``window`` (episodes that fit a token window), ``stream`` (the rows a run uses), ``runner`` (the loop),
-``storage`` (run folders, lock, resumable logs), ``results`` and ``aggregate`` (tables, metrics, seeds, the paper's
-numbers), ``sweep`` and ``launchers`` (many runs: local, Slurm, Ray), ``plots`` and ``notebook`` (figures and
-notebook helpers), ``errors`` (one-line user errors), ``cli`` (``python -m icrl_lib``).
+Sub-packages by role (the README's "Layout"): ``paper`` (the paper's prompts, strategies, methods, families and
+findings), ``tasks``, ``engine`` (models and decoding), ``runs`` (one run: plan, loop, run folder), ``analysis``
+(tables, metrics, statistics, verdicts, figures), ``sweeps`` (many runs, launchers), ``families`` (the family
+notebooks' reports); ``notebook`` (notebook helpers), ``cli``, ``errors``, ``paths``. Notebooks import from these,
+e.g. ``from icrl_lib.analysis import aggregate, load, plots``; each is imported on first use (``import icrl_lib``
+loads no torch).
 """
+from __future__ import annotations
 
-__version__ = "0.2.0"
+import importlib
+
+__version__ = "0.3.0"
+__all__ = ["analysis", "cli", "engine", "errors", "families", "notebook", "paper", "paths", "runs", "sweeps", "tasks"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
