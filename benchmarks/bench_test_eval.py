@@ -17,6 +17,7 @@ from common import forward_timer, load_bench_model, machine, parser
 from icrl_lib.engine.generation import LabelPredictor
 from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
 from icrl_lib.tasks.task import load_task
+from icrl_lib.tasks.trie import LabelTrie
 
 
 def main() -> None:
@@ -49,11 +50,12 @@ def main() -> None:
     print(f"context: {len(episodes)} episodes, {len(lm.encode(context))} tokens; {len(prompts)} queries, "
           f"{sum(len(lm.encode(p)) for p in prompts) / len(prompts):.0f} prompt tokens each")
 
-    fast = LabelPredictor(lm, task.labels, temperature=1.0, fast=True)
-    slow = LabelPredictor(lm, task.labels, temperature=1.0, fast=False)
+    trie = LabelTrie.build(task.labels, lm.encode, lm.eot_id)
+    fast = LabelPredictor(lm, trie, temperature=1.0, fast=True)
+    slow = LabelPredictor(lm, trie, temperature=1.0, fast=False)
     # Warm-up (untimed, other queries and seed): a GPU's first forwards pay for CUDA and kernel initialisation.
     # A separate predictor, so the timed run finds no cached context.
-    LabelPredictor(lm, task.labels, temperature=1.0, fast=True).predict(prompts[-2:], seed=7, stream=1, context=context)
+    LabelPredictor(lm, trie, temperature=1.0, fast=True).predict(prompts[-2:], seed=7, stream=1, context=context)
     slow.predict(prompts[-1:], seed=7, stream=1, context=context)
     with forward_timer(lm.model) as spent:
         start = time.perf_counter()

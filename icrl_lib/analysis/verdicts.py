@@ -225,22 +225,59 @@ def summary(table: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFr
                                        "queries", "paper"])
 
 
+VIEW_COLUMNS = {"claim": "claim", "effect": "effect", "interval_95": "95% interval", "n": "queries × seeds",
+                "mde": "MDE", "verdict": "verdict", "verdict_adjusted": "adjusted", "tasks_supported": "k of n",
+                "note": "note"}
+
+
 def view(table: pd.DataFrame) -> pd.DataFrame:
-    """The verdict table for reading: effect and interval in points (ρ as a number), n, MDE, verdict, note."""
+    """The verdict table for reading, indexed by finding and task (and model, when there are several): claim, effect
+    and 95% interval in points (ρ as a number), queries × seeds, minimum detectable effect, the verdict and its
+    Bonferroni-adjusted twin, k of n tasks supported, note; a task beyond the paper's claim says so in its note."""
     def points(row, key):
         value = row[key]
         if pd.isna(value):
             return "–"
-        return f"{value:+.2f}" if row["interval"].startswith("Fisher") else f"{100 * value:+.1f}"
+        return f"{value:+.2f}" if str(row["interval"]).startswith("Fisher") else f"{100 * value:+.1f}"
 
-    shown = table.assign(
-        effect=[points(r, "effect") for _, r in table.iterrows()],
-        interval_95=[f"[{points(r, 'low')}, {points(r, 'high')}]" if not pd.isna(r["low"]) else "–"
-                     for _, r in table.iterrows()],
-        mde=[points(r, "mde").lstrip("+") for _, r in table.iterrows()],
-        n=[f"{int(r['n_queries'])} q × {int(r['n_seeds'])} s" if r["n_seeds"] else "–" for _, r in table.iterrows()])
-    return shown[["finding", "model_name", "task_name", "scope", "claim", "effect", "interval_95", "n", "mde",
-                  "verdict", "verdict_adjusted", "tasks_supported", "note"]]
+    rows = table.to_dict("records")
+    shown = pd.DataFrame({
+        "family": table["family"], "finding": table["finding"], "task": table["task_name"],
+        "model": table["model_name"],
+        "claim": table["claim"], "effect": [points(r, "effect") for r in rows],
+        "interval_95": [f"[{points(r, 'low')}, {points(r, 'high')}]" if not pd.isna(r["low"]) else "–" for r in rows],
+        "n": [f"{int(r['n_queries'])} × {int(r['n_seeds'])}" if r["n_seeds"] else "–" for r in rows],
+        "mde": [points(r, "mde").lstrip("+") for r in rows], "verdict": table["verdict"],
+        "verdict_adjusted": table["verdict_adjusted"], "tasks_supported": table["tasks_supported"],
+        "note": ["; ".join(x for x in (r["scope"] if r["scope"] != "paper" else "", r["note"]) if x) for r in rows]})
+    index = (["family"] if shown["family"].nunique() > 1 else []) + ["finding", "task"] + \
+        (["model"] if shown["model"].nunique() > 1 else [])
+    return shown.drop(columns=[c for c in ("family", "model") if c not in index]).set_index(index).rename(
+        columns=VIEW_COLUMNS)
+
+
+SUMMARY_COLUMNS = {"ours": "ours (Bonferroni over the tasks)",
+                   "ours_beyond_the_paper": "ours, beyond the paper's tasks", "tasks": "tasks", "seeds": "seeds",
+                   "queries": "test queries", "paper": "the paper's own numbers"}
+
+
+def summary_view(summary_table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`summary` for reading: indexed by (family and) finding, plain headers, no empty column."""
+    index = (["family"] if summary_table["family"].nunique() > 1 else []) + ["finding"]
+    shown = summary_table.drop(columns=[c for c in ("family",) if c not in index]).set_index(index).rename(
+        columns=SUMMARY_COLUMNS)
+    empty = [c for c in shown.columns if (shown[c].astype(str) == "").all()]
+    return shown.drop(columns=empty)
+
+
+def show(table: pd.DataFrame) -> None:
+    """Display a verdict table (one family's or several): one line per finding, then every cell (notebooks)."""
+    from IPython.display import display
+
+    left = [{"selector": "th.row_heading, td", "props": "text-align: left; vertical-align: top"},
+            {"selector": "td", "props": "white-space: nowrap"}]
+    display(summary_view(overall(table)).style.set_table_styles(left))
+    display(view(table).style.set_table_styles(left))
 
 
 def markdown(summary_table: pd.DataFrame) -> str:

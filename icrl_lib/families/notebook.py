@@ -74,7 +74,7 @@ def build(name: str):
              "print(f\"{len(sweep.configs)} runs: {', '.join(sorted({a.label for a in arms.values()}))}\")"),
         md("## Runs\nEach run is resumed or skipped when already done; progress lines come while the runs go."),
         code("status = launchers.run_sweep(sweep) if params[\"run\"] else launchers.status(sweep)\n"
-             "status[[\"method\", \"task_name\", \"model_name\", \"seed\", \"state\", \"steps_done\", \"steps\"]]"),
+             "report.runs_overview(status)  # every run: status[[\"run\", \"state\", \"steps_done\", \"steps\"]]"),
         md("## Verdicts: does this reproduce the paper's findings?\nEach finding is the paper's claim about the "
            "difference between two arms (or an arm and its own step 0), with the paper's margin. Its 95% interval "
            "pairs the arms on the same test queries and seeds and combines query and seed noise: **supported** when "

@@ -51,6 +51,21 @@ def family_sweep(fam: Family, params: Mapping[str, Any]) -> tuple[Sweep, Mapping
     return sweep, MappingProxyType({run_name(c): a for a, c in pairs})
 
 
+def runs_overview(status: pd.DataFrame) -> pd.DataFrame:
+    """The sweep's status per arm (rows) and task (columns): "3/3 done", or what is not done yet."""
+    def cell(states: pd.Series) -> str:
+        counts = states.value_counts()
+        text = f"{int(counts.get('done', 0))}/{len(states)} done"
+        rest = [f"{int(n)} {state}" for state, n in counts.items() if state != "done"]
+        return text + (f" ({', '.join(rest)})" if rest else "")
+
+    if status.empty:
+        return pd.DataFrame()
+    table = status.groupby(["method", "task_name"], sort=False)["state"].agg(cell).unstack("task_name")
+    table.index.name, table.columns.name = "run", None
+    return table
+
+
 def collect(sweep: Sweep, arms: Mapping[str, Arm]) -> Tables:
     """The family's runs as tables, each labelled by its arm; runs not started yet are simply absent."""
     tests, steps, predictions = load.read(Path(sweep.configs[0].output_dir), runs=arms)
@@ -260,14 +275,11 @@ def show_verdicts(fam: Family, table: pd.DataFrame) -> None:
     """The verdicts first as one line per finding (ours, Bonferroni-adjusted over the tasks, and the paper's own
     numbers), then per (model, task) with effect, 95% interval, n and minimum detectable effect, then where the
     paper's own evidence is weak (inconclusive on its 500 test queries)."""
-    from IPython.display import display
-
     paper = verdicts.paper_evaluate(fam)
     if table.empty:
         print("No finding can be checked yet: no finished runs.")
     else:
-        display(verdicts.summary(table, paper).drop(columns="family").style.hide(axis="index"))
-        display(verdicts.view(table).style.hide(axis="index"))
+        verdicts.show(table)
     weak = paper[paper["claimed"] & (paper["verdict"] == stats.INCONCLUSIVE)]
     for row in weak.to_dict("records"):
         metric = "spearman_rho" if row["interval"].startswith("Fisher") else "test_acc_final"
