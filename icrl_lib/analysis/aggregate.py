@@ -27,8 +27,8 @@ from icrl_lib.analysis import stats
 from icrl_lib.paper.methods import method_order
 from icrl_lib.runs.tables import COLLAPSE_WINDOW, collapse_metrics
 
-CELL = ("model_name", "task_name", "method", "method_key", "paper_method", "paper_setting", "train_k", "test_k",
-        "test_every")
+SIZES = ("train_k", "test_k", "test_every")
+CELL = ("model_name", "task_name", "method", "method_key", "paper_method", "paper_setting", *SIZES)
 SEED = ("seed", "training_seed", "test_seed")
 METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak", "gain", "regret", "regret_per_step", "spearman_rho",
            "distinct_labels", "label_entropy", "top_label_share")
@@ -204,7 +204,10 @@ def query_results(predictions: pd.DataFrame, per_run: pd.DataFrame, which: str =
 def side_vectors(results: pd.DataFrame) -> tuple[dict[int, list[float]], dict[int, tuple]]:
     """{seed: correct per query} of one arm's runs (``query_results`` rows) and {seed: the answers of its queries}."""
     vectors, answers = {}, {}
-    for (_, seed), group in results.groupby(["run", "seed"], sort=True):
+    for (run, seed), group in results.groupby(["run", "seed"], sort=True):
+        if int(seed) in vectors:  # two runs of one seed (other sizes, another family): never one value silently
+            raise ValueError(f"two runs of seed {int(seed)} on one side ({run} and another): compare runs of one "
+                             "cell (same sizes) only")
         vectors[int(seed)] = group["correct"].tolist()
         answers[int(seed)] = tuple(group["answer"])
     return vectors, answers
@@ -227,10 +230,10 @@ def difference(left: pd.DataFrame, right: pd.DataFrame, level: float = stats.LEV
 
 
 def paired_differences(per_run: pd.DataFrame, predictions: pd.DataFrame, a: str, b: str,
-                       by: tuple[str, ...] = ("model_name", "task_name")) -> pd.DataFrame:
+                       by: tuple[str, ...] = ("model_name", "task_name", *SIZES)) -> pd.DataFrame:
     """Final test accuracy of run name ``a`` minus ``b`` (e.g. "explorative ICRL" and "naive ICRL") per ``by``: the
     difference, its 95% interval over the shared test queries and seeds (:func:`difference`), n and the minimum
-    detectable effect."""
+    detectable effect. ``by`` keeps the sizes apart: runs of one arm with another schedule are another cell."""
     final = query_results(predictions, per_run)
     rows = []
     for key, group in per_run.groupby(list(by), sort=True):

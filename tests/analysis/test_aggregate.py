@@ -122,6 +122,27 @@ def test_paired_differences_pair_each_seed_on_its_own_test_set():
     assert aggregate.paired_differences(per_run, other, "A", "B").iloc[0]["interval"].startswith("unpaired")
 
 
+def test_paired_differences_never_mix_runs_of_different_sizes():
+    """A seed run twice with another test schedule (another family's runs of the same arm) is another cell, not a
+    second value for that seed: each size is compared on its own, and a side with two runs of one seed is refused."""
+    tests, steps = synthetic_runs()
+    tests, steps = tests[tests["seed"] < 3], steps[steps["seed"] < 3]
+    dense = tests[tests["run"] == "A1"].assign(run="A1dense", test_every=5)
+    per_run = aggregate.run_metrics(pd.concat([tests, dense]), pd.concat([steps, steps[steps["run"] == "A1"].assign(
+        run="A1dense", test_every=5)]))
+    correct = {("A1", 19): [1] * 4 + [0] * 6, ("A2", 19): [1] * 8 + [0] * 2, ("B1", 19): [0, 1] + [0] * 8,
+               ("B2", 19): [1] * 3 + [0] * 7, ("A1dense", 19): [1] * 10}
+    predictions = pd.DataFrame([{"run": r, "step": st, "example": i, "answer": f"a{i}", "correct": bool(c)}
+                                for (r, st), cs in correct.items() for i, c in enumerate(cs)])
+    diffs = aggregate.paired_differences(per_run, predictions, "A", "B")
+    assert list(diffs["test_every"]) == [5, 10]
+    assert diffs.set_index("test_every").loc[10, "effect"] == pytest.approx((0.4 - 0.1 + 0.8 - 0.3) / 2)
+    assert diffs.set_index("test_every").loc[5, "interval"] == "no data"  # B has no run with that schedule
+    final = aggregate.query_results(predictions, per_run)
+    with pytest.raises(ValueError, match="seed 1"):
+        aggregate.side_vectors(final[final["run"].isin(["A1", "A1dense"])])
+
+
 def test_runs_without_a_paper_counterpart_join_to_nothing():
     ours = pd.DataFrame([{"model_name": "m", "task_name": "banking77", "paper_method": None, "paper_setting": None,
                           "metric": "test_acc_final", "mean": 0.1}])
