@@ -18,7 +18,8 @@ import pandas as pd
 from icrl_lib.engine.models import LanguageModel, ModelFacts, load_model
 from icrl_lib.paper.prompts import Episode, build_messages, feedback_text, render_prompt, system_prompt
 from icrl_lib.runs.config import ExperimentConfig
-from icrl_lib.runs.store import CACHE_DIR, atomic_write_text, digest, file_lock
+from icrl_lib.runs.durable import atomic_write_text, file_lock
+from icrl_lib.runs.store import CACHE_DIR, digest
 from icrl_lib.tasks.files import PACKAGE_TASKS
 from icrl_lib.tasks.task import Task, load_task
 

@@ -24,9 +24,10 @@ from icrl_lib.analysis import load
 from icrl_lib.errors import RunLockedError, UserError
 from icrl_lib.paper.prompts import ICL_SYSTEM_PROMPT, ICRL_SYSTEM_PROMPT
 from icrl_lib.runs.config import ExperimentConfig, build_parser, load_config
+from icrl_lib.runs.durable import atomic_write_text
 from icrl_lib.runs.loop import run_experiment
 from icrl_lib.runs.record import StepRecord
-from icrl_lib.runs.store import RunStore, atomic_write_text, run_name
+from icrl_lib.runs.store import RunStore, run_name
 from icrl_lib.runs.tables import test_distribution_table, tests_table, window_collapse
 from icrl_lib.runs.window import cached_max_examples
 from icrl_lib.tasks.task import load_task
