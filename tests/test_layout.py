@@ -99,3 +99,38 @@ def test_one_module_owns_the_run_folder_file_names():
 def test_ruff_is_clean():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_library_name_the_makefile_and_readme_use_exists():
+    """``make family-notebooks`` once imported a module the restructuring had moved: the Makefile's and README's
+    ``from icrl_lib.x import y`` lines, dotted ``icrl_lib.x.y`` names and ``icrl_lib/…`` paths must resolve."""
+    import importlib
+    import importlib.util
+
+    texts = {name: (ROOT / name).read_text() for name in ("Makefile", "README.md")}
+    missing = []
+    for name, text in texts.items():
+        for module, names in re.findall(r"from (icrl_lib[\w.]*) import ([\w, ]+)", text):
+            try:
+                found = importlib.import_module(module)
+            except ImportError:
+                found = None
+            for attr in (n.strip() for n in names.split(",")):
+                if found is None or not hasattr(found, attr) and importlib.util.find_spec(f"{module}.{attr}") is None:
+                    missing.append(f"{name}: from {module} import {attr}")
+        for dotted in set(re.findall(r"`(icrl_lib(?:\.\w+)+)", text)):
+            parts = dotted.split(".")
+            for cut in range(len(parts), 0, -1):  # the longest importable prefix, then attributes
+                try:
+                    obj = importlib.import_module(".".join(parts[:cut]))
+                except ImportError:
+                    continue
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr, None)
+                if obj is None:
+                    missing.append(f"{name}: {dotted}")
+                break
+        for path in set(re.findall(r"(icrl_lib/[\w/.]*\w)", text)):
+            if not (ROOT / path).exists():
+                missing.append(f"{name}: {path}")
+    assert not missing, missing

@@ -120,13 +120,24 @@ def _note(check: Check, estimate: stats.Estimate, runs: pd.DataFrame, references
             notes.append(f"needs ≥ {stats.MIN_RHO_POINTS} test points per run (set test_every smaller)")
         return "; ".join(notes)
     if estimate.n_seeds == 1:
-        notes.append("1 seed: the interval covers the test queries, not seed-to-seed variation")
+        notes.append(f"1 seed: the interval covers {ONE_SEED_NOISE[check.measure]}, not seed-to-seed variation")
     arms = {check.left, check.right}
     if check.measure == "final" and (check.right_measure or "final") == "final" and not arms & references:
         rows = runs[runs["method"].isin(arms)].groupby("method")[["test_acc_final", "test_acc_step0"]].mean()
         if len(rows) == 2 and (rows["test_acc_final"] <= rows["test_acc_step0"]).all():
-            notes.append("neither arm learned (final ≤ step 0)")
+            notes.append(NEITHER_LEARNED)
     return "; ".join(notes)
+
+
+NEITHER_LEARNED = "neither arm learned (final ≤ step 0)"
+ONE_SEED_NOISE = {"final": "the test queries", "step0": "the test queries", "rho": "the test points",
+                  "top_share": "the last training predictions"}
+
+
+def _caveat(rows: pd.DataFrame) -> str:
+    """Where a measured verdict compares two arms that both ended at or below their step 0."""
+    tasks = sorted(rows.loc[rows["note"].fillna("").str.contains(NEITHER_LEARNED, regex=False), "task_name"])
+    return f"neither arm learned on {', '.join(tasks)}" if tasks else ""
 
 
 def _in_scope_count(table: pd.DataFrame, finding: str) -> int:
@@ -217,12 +228,13 @@ def summary(table: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFr
         rows.append({"family": name, "finding": finding,
                      "ours": _counts(scoped["verdict_adjusted"]) if len(scoped) else NOT_MEASURED,
                      "ours_beyond_the_paper": _counts(beyond["verdict"]) if len(beyond) else "",
+                     "caveat": _caveat(pd.concat([scoped, beyond])),
                      "tasks": ", ".join(sorted(set(rows_.loc[rows_["verdict"] != NOT_MEASURED, "task_name"]))),
                      "seeds": int(scoped["n_seeds"].max()) if len(scoped) else 0,
                      "queries": int(scoped["n_queries"].max()) if len(scoped) else 0,
                      "paper": paper_text.get(finding, "no numbers in the paper")})
-    return pd.DataFrame(rows, columns=["family", "finding", "ours", "ours_beyond_the_paper", "tasks", "seeds",
-                                       "queries", "paper"])
+    return pd.DataFrame(rows, columns=["family", "finding", "ours", "ours_beyond_the_paper", "caveat", "tasks",
+                                       "seeds", "queries", "paper"])
 
 
 VIEW_COLUMNS = {"claim": "claim", "effect": "effect", "interval_95": "95% interval", "n": "queries × seeds",
@@ -257,7 +269,8 @@ def view(table: pd.DataFrame) -> pd.DataFrame:
 
 
 SUMMARY_COLUMNS = {"ours": "ours (Bonferroni over the tasks)",
-                   "ours_beyond_the_paper": "ours, beyond the paper's tasks", "tasks": "tasks", "seeds": "seeds",
+                   "ours_beyond_the_paper": "ours, beyond the paper's tasks", "caveat": "caveat", "tasks": "tasks",
+                   "seeds": "seeds",
                    "queries": "test queries", "paper": "the paper's own numbers"}
 
 
@@ -286,7 +299,8 @@ def markdown(summary_table: pd.DataFrame) -> str:
              "test queries | the paper's own numbers |", "|---|---|---|---|---|"]
     for r in summary_table.to_dict("records"):
         beyond = f"; beyond the paper's tasks: {r['ours_beyond_the_paper']}" if r["ours_beyond_the_paper"] else ""
-        lines.append(f"| `{r['family']}` | {r['finding']} | {r['ours']}{beyond} | {r['tasks']}, "
+        caveat = f" ({r['caveat']})" if r["caveat"] else ""
+        lines.append(f"| `{r['family']}` | {r['finding']} | {r['ours']}{beyond}{caveat} | {r['tasks']}, "
                      f"{r['seeds']} × {r['queries']} | {r['paper']} |")
     return "\n".join(lines)
 

@@ -197,6 +197,27 @@ def test_a_comparison_of_two_arms_that_did_not_learn_says_so():
     assert "neither arm learned" not in row["note"]
 
 
+def test_the_summary_says_where_neither_arm_learned():
+    """A supported "at most a few points apart" between two collapsed arms must not read as a clean support."""
+    fam = families.family("reward_ablations")
+    check = fam.checks()[4]  # noisy rewards cost at most a few points: an equivalence claim
+    per_run, predictions = synthetic.tables(fam, check, "none")
+    per_run.loc[per_run["method"].isin([check.left, check.right]), "test_acc_step0"] = 0.9
+    table = verdicts.evaluate(fam, per_run, predictions, {a.label: a for a in fam.arms()})
+    summary = verdicts.summary(table).set_index("finding")
+    assert summary.loc[check.text, "caveat"] == "neither arm learned on clinic150"
+    assert "neither arm learned on clinic150" in verdicts.markdown(summary.reset_index())
+
+
+def test_a_one_seed_note_names_what_its_interval_covers():
+    fam = families.family("scaling")
+    check = fam.checks()[2]  # Spearman rho: the interval covers the test points, not queries
+    per_run, predictions = synthetic.tables(fam, check, "reversed")
+    row = verdicts.evaluate(fam, per_run, predictions, {a.label: a for a in fam.arms()}).set_index("finding").loc[
+        check.text]
+    assert "1 seed: the interval covers the test points" in row["note"]
+
+
 def test_show_verdicts_prints_the_papers_weak_cells_with_rho_as_a_number(capsys):
     from icrl_lib.families import report
 
