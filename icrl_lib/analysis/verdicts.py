@@ -296,12 +296,13 @@ def show(table: pd.DataFrame) -> None:
 def markdown(summary_table: pd.DataFrame) -> str:
     """``summary`` as the README's verdict table (a test keeps the README equal to it)."""
     lines = ["| family | finding (the paper's claim) | ours: 135M on CPU (Bonferroni over the tasks) | tasks, seeds × "
-             "test queries | the paper's own numbers |", "|---|---|---|---|---|"]
+             "n (test queries; test points for ρ; training predictions for a collapse) | the paper's own numbers |",
+             "|---|---|---|---|---|"]
     for r in summary_table.to_dict("records"):
         beyond = f"; beyond the paper's tasks: {r['ours_beyond_the_paper']}" if r["ours_beyond_the_paper"] else ""
         caveat = f" ({r['caveat']})" if r["caveat"] else ""
-        lines.append(f"| `{r['family']}` | {r['finding']} | {r['ours']}{beyond}{caveat} | {r['tasks']}, "
-                     f"{r['seeds']} × {r['queries']} | {r['paper']} |")
+        sizes = f"{r['tasks']}, {r['seeds']} × {r['queries']}" if r["seeds"] else "–"
+        lines.append(f"| `{r['family']}` | {r['finding']} | {r['ours']}{beyond}{caveat} | {sizes} | {r['paper']} |")
     return "\n".join(lines)
 
 
