@@ -51,11 +51,13 @@ $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory git-filter
 	touch $@
 
-# Inside a git checkout: strip notebooks on `git add`/`git status` through nbstripout (see NBSTRIP).
+# Inside a git checkout: strip notebooks on `git add`/`git status` through nbstripout (see NBSTRIP). The refresh
+# filters every notebook once now (~2 s each: nbformat imports slowly) so that the first `git status` is not slow.
 git-filter:
 	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
 	  git config filter.nbstripout.clean '$(NBSTRIP)' && git config filter.nbstripout.smudge cat && \
-	  git config filter.nbstripout.required true && git config diff.ipynb.textconv '$(NBSTRIP) -t'; fi
+	  git config filter.nbstripout.required true && git config diff.ipynb.textconv '$(NBSTRIP) -t' && \
+	  { git update-index -q --refresh >/dev/null 2>&1 || true; }; fi
 
 run: setup
 	@$(MAKE) --no-print-directory experiment PARAMS=params/quickstart.yaml
@@ -74,7 +76,7 @@ test: setup lint
 
 # The edit-test loop: no model (neither the tiny one nor the embedded one) and no ../shared/data.
 test-fast: setup
-	$(PY) -m pytest tests -m "not model and not tiny and not data" -q
+	$(PY) -m pytest tests -m "not model and not tiny and not data and not slow" -q
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -69,10 +69,25 @@ class Provenance:
 
     def line(self) -> str:
         """One line for the top of an executed notebook."""
-        code = "no git checkout" if self.revision is None else \
-            f"commit {self.revision[:10]}{' + local changes' if self.dirty else ''}"
+        changes = {True: " + local changes", False: "", None: ", local changes not known"}[self.dirty]
+        code = "no git checkout" if self.revision is None else f"commit {self.revision[:10]}{changes}"
         return (f"icrl {self.icrl} ({code}); python {self.python}, torch {self.torch}, "
                 f"transformers {self.transformers}")
+
+
+def checkout_state(root: Path) -> tuple[str | None, bool | None]:
+    """The git commit of the checkout at ``root`` and whether tracked files differ from it (None: not known)."""
+    revision, dirty = None, None
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip() or None
+        # Not 10 s: where stat data is stale (a fresh clone, touched notebooks) status runs the nbstripout filter on
+        # each notebook, about 2 s apiece. The limit only guards against a hung filesystem.
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=600, check=True).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return revision, dirty
 
 
 @lru_cache(maxsize=1)
@@ -84,14 +99,7 @@ def provenance() -> Provenance:
         except importlib.metadata.PackageNotFoundError:
             return "not installed"
 
-    root, revision, dirty = project_root(), None, None
-    try:
-        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                  timeout=10, check=True).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
+    revision, dirty = checkout_state(project_root())
     return Provenance(version("icrl_lib"), revision, dirty, platform.python_version(), version("torch"),
                       version("transformers"))
 
