@@ -23,7 +23,7 @@ out_nb = outputs/$(if $(filter params/%,$(1)),$(subst /,__,$(patsubst params/%,%
 # (which writes language_info) or executing it leaves `git status` clean.
 NBSTRIP := $(abspath $(VENV))/bin/nbstripout --keep-id --extra-keys "metadata.language_info metadata.papermill cell.metadata.papermill"
 
-.PHONY: help setup run test test-fast lint experiment lab sweep grid family family-notebooks verdicts grid-params strip git-filter
+.PHONY: help setup run test test-fast lint experiment lab sweep grid family family-notebooks verdicts grid-params strip git-filter serve
 
 help:
 	@echo "make run                         quickstart experiment (params/quickstart.yaml) -> outputs/"
@@ -38,6 +38,7 @@ help:
 	@echo "make verdicts                    the families' verdicts -> outputs/verdicts_cpu.csv and the README's table"
 	@echo "make grid-params                 regenerate params/grid/ (python params/make_grid.py)"
 	@echo "make lab                         JupyterLab on notebooks/"
+	@echo "make serve [PORT=8080]           the embedded GGUF on a llama.cpp server at 127.0.0.1 (backend: llamacpp)"
 	@echo "make strip                       clear outputs of notebooks/*.ipynb"
 
 setup: $(STAMP)
@@ -87,6 +88,12 @@ JUPYTER_HOOKS := --FileContentsManager.pre_save_hook=icrl_lib.notebook.jupyter_p
 lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(JUPYTER_HOOKS) \
 	  $(if $(filter 0,$(shell id -u)),--allow-root)
+
+# The embedded model on llama-cpp-python's server, for `--backend llamacpp --server_url http://127.0.0.1:$(PORT)`.
+PORT ?= 8080
+serve: setup
+	$(PY) -m llama_cpp.server --model "$$($(PY) -c 'from icrl_lib.engine.models import embedded_gguf_file; print(embedded_gguf_file())')" \
+	  --model_alias smollm2-135m-instruct --host 127.0.0.1 --port $(PORT) --n_ctx 8192 --n_threads $(shell nproc)
 
 # A sweep: every run not done yet, locally (WORKERS processes; one per GPU), on Slurm or on Ray (LAUNCHER=...).
 sweep: setup

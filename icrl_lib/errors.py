@@ -24,3 +24,9 @@ def os_error(operation: str, path: str | os.PathLike, err: OSError, hint: str = 
     """One-line :class:`UserError` for an OS error: the operation, the path and the system's reason."""
     reason = err.strerror or str(err)
     return UserError(f"{operation} {path} failed: {reason}" + (f"; {hint}" if hint else ""))
+
+
+class ServerError(UserError):
+    """An inference server that cannot be used: down, unreachable, refusing the request, or not the expected model.
+
+    Raised only before a step is logged; the runner adds where the run stopped and how to resume."""

@@ -41,6 +41,9 @@ def _with_config(df: pd.DataFrame, run_dir: Path, config: dict) -> pd.DataFrame:
     df["paper_method"], df["paper_setting"] = _paper_coordinate(config)
     for key in CONFIG_COLUMNS:
         df[key] = config.get(key)
+    df["backend"] = backend = config.get("backend", "local")
+    if backend != "local":  # as in the run's folder name: never averaged with the local backend's runs
+        df["model_name"] = f"{config['model_name']}@{backend}"
     return df
 
 

@@ -38,14 +38,23 @@ from icrl_lib.tasks.trie import LabelTrie
 
 def choose_token(logits: torch.Tensor | None, allowed: tuple[int, ...], temperature: float, u: float
                  ) -> tuple[int, float]:
-    """Pick one of ``allowed`` from ``logits`` restricted to them; return (token, its log-probability).
+    """Pick one of ``allowed`` from ``logits`` (the whole vocabulary's) restricted to them; return (token, its
+    log-probability). See :func:`choose_scored`."""
+    return choose_scored(None if logits is None or len(allowed) == 1 else logits[list(allowed)], allowed,
+                         temperature, u)
 
-    ``u`` is a uniform draw in [0, 1) (always consumed, so both execution paths stay in step). A single allowed
-    token is forced (probability 1): no logits are needed, so callers skip the forward that would compute them.
+
+def choose_scored(scores: torch.Tensor | None, allowed: tuple[int, ...], temperature: float, u: float
+                  ) -> tuple[int, float]:
+    """Pick one of ``allowed`` given ``scores[i]`` = the logit (or any shift of it, e.g. a log-probability) of
+    ``allowed[i]``: softmax(scores / T) renormalised over ``allowed``; return (token, its log-probability).
+
+    ``u`` is a uniform draw in [0, 1) (always consumed, so every execution path stays in step). A single allowed
+    token is forced (probability 1): no scores are needed, so callers skip the forward that would compute them.
     """
     if len(allowed) == 1:
         return allowed[0], 0.0
-    values = logits[list(allowed)].double().cpu()  # a handful of values; the draw below is made on the CPU
+    values = scores.double().cpu()  # a handful of values; the draw below is made on the CPU
     if temperature == 0:
         best = int(torch.argmax(values))  # ties -> lowest token id, as allowed is sorted
         return allowed[best], 0.0
@@ -66,7 +75,7 @@ class Prediction:
     """One constrained prediction: the label and its log-probability under the constrained distribution."""
 
     label: str
-    logprob: float
+    logprob: float | None  # None: the backend samples on the server and does not say
 
 
 @dataclass
@@ -76,10 +85,12 @@ class TokenCounter:
     prompt: int = 0
     computed: int = 0
     generated: int = 0  # label tokens fed back while decoding (part of computed)
+    known: bool = True  # False: the model runs on a server that does not report its cache (computed is None)
 
-    def take(self) -> dict[str, int]:
+    def take(self) -> dict[str, int | None]:
         """Return the counts so far and reset them (the runner records them per step)."""
-        out = {"prompt": self.prompt, "computed": self.computed, "generated": self.generated}
+        out = {"prompt": self.prompt, "computed": self.computed if self.known else None,
+               "generated": self.generated}
         self.prompt = self.computed = self.generated = 0
         return out
 
@@ -96,6 +107,10 @@ class LabelPredictor:
         self.batch_size = batch_size
         self.tokens = TokenCounter()
         self.pool = PrefixCachePool(lm, cache_budget_tokens or default_cache_budget(lm), max_cached_contexts)
+
+    def cache_report(self) -> dict[str, int]:
+        """KV cache held now and evictions since the last report (:meth:`PrefixCachePool.report`)."""
+        return self.pool.report()
 
     def predict(self, prompts: Sequence[str], seed: int, stream: int = 0,
                 context: str | None = None) -> list[Prediction]:

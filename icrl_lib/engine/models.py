@@ -89,18 +89,22 @@ def cache_root() -> Path:
     return Path(os.environ.get("ICRL_CACHE_DIR") or Path.home() / ".cache" / "icrl")
 
 
+def embedded_gguf_file(alias: str = DEFAULT_MODEL) -> Path:
+    """The GGUF file of the embedded model ``alias`` inside its package (what a llama.cpp server can serve)."""
+    entry = EMBEDDED_MODELS[alias]
+    spec = importlib.util.find_spec(entry.package)  # never import it: its __init__ pulls unrelated packages
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"model_name={alias!r} needs the package {entry.package!r}: {entry.pip_hint}")
+    return Path(list(spec.submodule_search_locations)[0]) / entry.gguf_file
+
+
 def embedded_model_path(alias: str) -> Path:
     """Folder of the converted embedded model ``alias``, converting the GGUF once if needed."""
     entry = EMBEDDED_MODELS[alias]
     target = cache_root() / "models" / alias
     if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
         return target
-    spec = importlib.util.find_spec(entry.package)  # never import it: its __init__ pulls unrelated packages
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"model_name={alias!r} needs the package {entry.package!r}: {entry.pip_hint}"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = embedded_gguf_file(alias).parent
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=entry.gguf_file)

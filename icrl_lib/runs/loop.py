@@ -18,13 +18,14 @@ import numpy as np
 
 from icrl_lib.engine.generation import LabelPredictor
 from icrl_lib.engine.models import LanguageModel, load_model
-from icrl_lib.errors import RunInterrupted
+from icrl_lib.errors import RunInterrupted, ServerError
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.context import ContextBuilder, shown_feedback
 from icrl_lib.runs.plan import RunPlan, prepare
 from icrl_lib.runs.progress import Progress
 from icrl_lib.runs.record import StepRecord, TestRecord, TrainRecord
 from icrl_lib.runs.replay import replay
+from icrl_lib.runs.server import check_same_server, connect_plan, server_predictor
 from icrl_lib.runs.store import META_FILE, RunStore
 from icrl_lib.runs.stream import check_data
 from icrl_lib.runs.tables import steps_table, tests_table, write_tables
@@ -61,22 +62,29 @@ def run_experiment(config: ExperimentConfig, progress: bool | None = True,
 def run(plan: RunPlan, progress: bool | None = True, lm: LanguageModel | None = None) -> RunResult:
     """Run the steps of ``plan`` that its run folder does not hold yet."""
     _show_verbose_logs(plan.config)
+    builder = ContextBuilder(plan)
+    server = connect_plan(plan, builder)  # a server backend is probed before the run folder is locked
     with RunStore.open(plan.config) as store:
         check_data(store, plan.task, plan.data, dict(plan.fingerprint))
         records = store.records()
+        check_same_server(store.path / META_FILE, server)
         print(f"[icrl] run folder: {store.path} ({len(records)} steps logged)", flush=True)
-        builder = ContextBuilder(plan)
         replay(plan, records, builder, store.log_path)
         store.trim_debug_prompts(min(sum(r.model_calls for r in records), plan.config.debug_k))
         if len(records) >= plan.schedule.steps:
             write_tables(store.path, records)
             return RunResult(store.path, records, plan.budget)
-        lm = lm or load_model(plan.config.model_name, plan.config.device, plan.config.trust_remote_code,
-                              source=plan.source, facts=plan.model)
-        stepper = Stepper(plan, lm, builder, store,
-                          debug_left=plan.config.debug_k - sum(r.model_calls for r in records))
-        store.write_json(META_FILE, {**plan.summary(), "kv_cache": stepper.predictor.pool.settings(),
-                                     "device": lm.device})
+        c = plan.config
+        if server is None:
+            lm = lm or load_model(c.model_name, c.device, c.trust_remote_code, source=plan.source, facts=plan.model)
+            # One cache entry per approximate context (they only grow: each is extended in place) plus one spare.
+            predictor = LabelPredictor(lm, plan.trie, c.temperature, fast=c.fast, batch_size=c.batch_size,
+                                       max_cached_contexts=max(9, (c.max_contexts or 0) + 1))
+            where = {"kv_cache": predictor.pool.settings(), "device": lm.device}
+        else:
+            predictor, where = server_predictor(server, plan), {"server": server.info.record()}
+        stepper = Stepper(plan, predictor, builder, store, debug_left=c.debug_k - sum(r.model_calls for r in records))
+        store.write_json(META_FILE, {**plan.summary(), **where})
         return RunResult(store.path, stepper.run(records, progress), plan.budget)
 
 
@@ -92,12 +100,10 @@ def _show_verbose_logs(config: ExperimentConfig) -> None:
 class Stepper:
     """Computes a run's steps on a loaded model: context, training prediction, test predictions, the record."""
 
-    def __init__(self, plan: RunPlan, lm: LanguageModel, builder: ContextBuilder, store: RunStore, debug_left: int):
-        c = plan.config
-        self.plan, self.lm, self.builder, self.store, self.debug_left = plan, lm, builder, store, debug_left
-        # One cache entry per approximate context (they only grow, so each is extended in place) plus one spare.
-        self.predictor = LabelPredictor(lm, plan.trie, c.temperature, fast=c.fast, batch_size=c.batch_size,
-                                        max_cached_contexts=max(9, (c.max_contexts or 0) + 1))
+    def __init__(self, plan: RunPlan, predictor, builder: ContextBuilder, store: RunStore, debug_left: int):
+        """``predictor``: the backend's (``engine.generation.LabelPredictor`` or a ``serving`` one)."""
+        self.plan, self.predictor, self.builder, self.store = plan, predictor, builder, store
+        self.debug_left = debug_left
         self.test_queries = [plan.task.format_input(ex) for ex in plan.data.test]
 
     def run(self, records: list[StepRecord], progress: bool | None) -> list[StepRecord]:
@@ -120,6 +126,9 @@ class Stepper:
         except KeyboardInterrupt:
             raise RunInterrupted(f"interrupted at step {step} of {self.plan.schedule.steps}: {len(records)} steps are "
                                  f"logged in {self.store.log_path}; rerun the same command to resume") from None
+        except ServerError as err:  # the step was not logged: nothing is lost
+            raise ServerError(f"{err}; stopped at step {step} of {self.plan.schedule.steps}: {len(records)} steps are "
+                              f"logged in {self.store.log_path}; rerun the same command to resume") from None
         finally:
             reporter.close()
         return records
@@ -137,8 +146,8 @@ class Stepper:
         test_tokens = self.predictor.tokens.take()
         done = time.perf_counter()
         rec = StepRecord(step, self.builder.record(selection, episodes), train, test,
-                         {k: train_tokens[k] + test_tokens[k] for k in train_tokens}, train_tokens,
-                         self.predictor.pool.report(), round(done - started, 4))
+                         {k: _plus(train_tokens[k], test_tokens[k]) for k in train_tokens}, train_tokens,
+                         self.predictor.cache_report(), round(done - started, 4))
         return rec, tested - started, done - tested
 
     def _train(self, step: int, episodes, context: str) -> TrainRecord:
@@ -166,3 +175,8 @@ class Stepper:
             log.info("model call prompt:\n%s", prompt)
             self.store.write_debug_prompt(prompt)
             self.debug_left -= 1
+
+
+def _plus(a: int | None, b: int | None) -> int | None:
+    """Token counts add up; unknown (a server that does not report its cache) stays unknown."""
+    return None if a is None or b is None else a + b

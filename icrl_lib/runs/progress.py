@@ -90,8 +90,14 @@ class Progress:
         return (f"[icrl] step {rec.step + 1}/{steps} ({(rec.step + 1) / steps:.0%}) {speed}{tests}, ETA "
                 f"{'-' if math.isnan(left) else format_duration(left)} | running_acc={self._running():.3f} "
                 f"test_acc={self._test()} labels(last {len(self.recent)})={len(set(self.recent))} "
-                f"context={rec.context.size} tokens={rec.tokens.get('computed', 0)}/{rec.tokens.get('prompt', 0)}")
+                f"context={rec.context.size} "
+                f"tokens={_known(rec.tokens.get('computed', 0))}/{rec.tokens.get('prompt', 0)}")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _known(count: int | None) -> str:
+    """A count, or ``?`` where the backend cannot tell (a server that does not report its cache)."""
+    return "?" if count is None else str(count)

@@ -88,9 +88,9 @@ def steps_table(records: Iterable[StepRecord], collapse_window: int = COLLAPSE_W
             "feedback": np.nan if feedback is None else float(feedback),
             "flipped": bool(t and t.flipped), "context_size": rec.context.size,
             "context_positive": rec.context.positive, "context_index": rec.context.context_index,
-            "prompt_tokens": rec.tokens.get("prompt", 0), "computed_tokens": rec.tokens.get("computed", 0),
+            "prompt_tokens": rec.tokens.get("prompt", 0), "computed_tokens": _count(rec.tokens.get("computed", 0)),
             "train_prompt_tokens": rec.train_tokens.get("prompt", np.nan),
-            "train_computed_tokens": rec.train_tokens.get("computed", np.nan),
+            "train_computed_tokens": _count(rec.train_tokens.get("computed", np.nan)),
             "cached_tokens": rec.cache.get("tokens", 0), "cache_evictions": rec.cache.get("evictions", 0),
             "seconds": rec.seconds, "tested": rec.test is not None,
         })
@@ -169,3 +169,8 @@ def write_tables(run_dir: str | Path, records: list[StepRecord]) -> dict[str, Pa
 for _function in (tests_table, test_predictions_table, test_distribution_table):
     _function.__test__ = False
 del _function
+
+
+def _count(value) -> float:
+    """A token count, NaN where the backend could not tell (a server that does not report its cache)."""
+    return np.nan if value is None else value

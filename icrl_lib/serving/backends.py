@@ -1,0 +1,48 @@
+"""Where a run's model runs: the registry of backends (adding one is adding an entry) and what each route keeps exact.
+
+The label trie, the prompt rendered with the model's own tokenizer and chat template, and the per-query random
+numbers always stay on the client; a backend only says how the constrained distribution softmax(z[children] / T)
+is sampled. ``model_name`` still names the tokenizer and chat template (loaded without weights for a server
+backend); the start-up probe checks that the server tokenizes a rendered prompt exactly as that tokenizer does.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run the model, and what its runs record."""
+
+    name: str
+    server: str  # what serves the model
+    route: str  # how a label is sampled
+    exact: bool  # the paper's law: softmax(z[children] / T), token by token over the label trie
+    logprobs: bool  # the label's log-probability is known (recorded in the steps log)
+    needs: str = ""  # what the server must be started with for this route
+    tested_here: bool = False  # exercised against a real server by this project's tests
+
+
+BACKENDS: Mapping[str, Backend] = MappingProxyType({b.name: b for b in (
+    Backend("local", "transformers in this process", "trie walk on the model's logits", exact=True, logprobs=True,
+            tested_here=True),
+    Backend("llamacpp", "llama.cpp server or llama-cpp-python[server]",
+            "GBNF grammar of token ids, only the temperature sampler, other end-of-generation tokens banned, "
+            "a seed per query (server-side sampling)", exact=True, logprobs=False,
+            needs="a context as long as the run's window (--n_ctx / -c)", tested_here=True),
+    Backend("vllm", "vLLM (OpenAI-compatible server)",
+            "log-probabilities of a trie node's children (allowed_token_ids), sampled on the client",
+            exact=True, logprobs=True, needs="--logprobs-mode processed_logprobs; --enable-prefix-caching"),
+)})
+
+SERVER_BACKENDS = tuple(name for name in BACKENDS if name != "local")
+
+
+def backend(name: str) -> Backend:
+    """The registry entry ``name``; one-line error naming the allowed values otherwise."""
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"backend: got {name!r}; allowed: {', '.join(BACKENDS)}") from None

@@ -1,0 +1,81 @@
+"""Exact sampling on a llama.cpp server (or llama-cpp-python's): a grammar whose terminals are token ids.
+
+The grammar admits exactly the canonical token sequences of the labels (the trie's), not every tokenization that
+spells a label, so at every step the server's grammar sampler leaves exactly the trie node's children. The end of
+a label is llama.cpp's end-of-generation rule: allowed only where some label is complete. Every end-of-generation
+token other than the model's end-of-turn is banned by a logit bias, so where one label is a prefix of another
+(CLINIC150's ``order`` / ``order status``) the choice is between end-of-turn and the continuation, as in the trie.
+The request switches off every other sampler (top-k, top-p, min-p, typical, penalties, mirostat), so the server
+draws from softmax(z[children] / T). Its draws come from its own generator, seeded per query from
+(seed + step, stream, query index): the law is exact and reruns reproduce, but the label log-probability is not
+returned (recorded as unknown).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from icrl_lib.engine.generation import Prediction, TokenCounter
+from icrl_lib.errors import ServerError
+from icrl_lib.serving.http import ServerClient
+from icrl_lib.tasks.trie import LabelTrie
+
+NEUTRAL_SAMPLING: dict[str, Any] = {  # llama-cpp-python's defaults are top_k 40, top_p 0.95, min_p 0.05
+    "top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
+    "frequency_penalty": 0.0, "mirostat_mode": 0, "stream": False}
+BANNED = -1e9  # added to a banned token's logit: exp() of it is exactly 0 in float32
+
+
+def token_grammar(trie: LabelTrie) -> str:
+    """GBNF that matches the labels' token sequences without their end-of-turn (``<[id]>`` terminals)."""
+    alternatives = sorted({" ".join(f"<[{t}]>" for t in seq[:-1]) for seq in trie.sequences})
+    return "root ::= " + " | ".join(f"( {a} )" for a in alternatives)
+
+
+def query_seed(seed: int, stream: int, index: int) -> int:
+    """The server-side seed of one query: derived from (seed + step, stream, query index), as the local draws are;
+    below 2**32 - 1, which llama.cpp reads as "random"."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, stream, index]).generate_state(1)[0]
+    return int(state) % 0xFFFFFFFF
+
+
+class GrammarPredictor:
+    """Label prediction on a llama.cpp server with a token-id grammar (the server samples)."""
+
+    def __init__(self, client: ServerClient, model: str, encode_batch, trie: LabelTrie, temperature: float,
+                 banned: Sequence[int]):
+        self.client, self.model, self.encode_batch, self.trie = client, model, encode_batch, trie
+        self.temperature = float(temperature)
+        self.grammar = token_grammar(trie)
+        self.bias = {str(t): BANNED for t in banned}
+        self.max_tokens = max(len(s) for s in trie.sequences)  # the label's tokens and the end-of-turn
+        self.by_text = {" " + label: label for label in trie.labels}
+        self.tokens = TokenCounter(known=False)
+
+    def request(self, prompt: str, seed: int) -> dict[str, Any]:
+        """The body of one ``/v1/completions`` request."""
+        return {"model": self.model, "prompt": prompt, "max_tokens": self.max_tokens, "temperature": self.temperature,
+                "seed": seed, "grammar": self.grammar, "logit_bias": self.bias, **NEUTRAL_SAMPLING}
+
+    def predict(self, prompts: Sequence[str], seed: int, stream: int = 0,
+                context: str | None = None) -> list[Prediction]:
+        """One label per prompt. Requests go one after another: the server's prefix cache keeps the shared context
+        of the previous request, so each query computes only its own tokens."""
+        self.tokens.prompt += sum(len(x) for x in self.encode_batch(prompts))
+        out = []
+        for i, prompt in enumerate(prompts):
+            answer = self.client.post("/v1/completions", self.request(prompt, query_seed(seed, stream, i)))
+            choice = answer["choices"][0]
+            label = self.by_text.get(choice["text"])
+            if label is None or choice.get("finish_reason") != "stop":
+                raise ServerError(f"the llama.cpp server answered {choice['text']!r} ({choice.get('finish_reason')})"
+                                  f", not a label: does it support token-id grammars (llama.cpp 2025 or later)?")
+            self.tokens.generated += len(self.trie.sequences[self.trie.labels.index(label)])
+            out.append(Prediction(label, None))
+        return out
+
+    def cache_report(self) -> dict[str, int]:
+        """The KV cache lives on the server: nothing held here."""
+        return {"entries": 0, "tokens": 0, "evictions": 0}

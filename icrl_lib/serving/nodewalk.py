@@ -1,0 +1,109 @@
+"""Exact sampling from a server's log-probabilities: the client walks the label trie and draws every choice itself.
+
+At each trie node with two or more children the server scores exactly those children (their logits, or any shift
+of them such as log-probabilities); the client renormalises at the run's temperature and draws with the toolkit's
+own per-query generator (:func:`~icrl_lib.engine.generation.query_rng`, one uniform per trie level, forced levels
+included). Given the same scores the predictions, and the label log-probabilities, are those of the local backend.
+All queries waiting at one level are scored in one round of concurrent requests; the server batches them and its
+prefix cache serves the shared context.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import torch
+
+from icrl_lib.engine.generation import Prediction, TokenCounter, choose_scored, query_rng
+from icrl_lib.errors import ServerError
+from icrl_lib.serving.http import ServerClient
+from icrl_lib.tasks.trie import LabelTrie
+
+NodeRequest = tuple[Sequence[int], tuple[int, ...]]  # (prompt + label tokens so far, the node's children)
+
+
+class NodeScorer(Protocol):
+    """Scores of a trie node's children after a token sequence."""
+
+    computed: int | None  # tokens the server computed so far (its cache counters), None if it does not say
+
+    def scores(self, requests: Sequence[NodeRequest]) -> list[torch.Tensor]:
+        """One float tensor per request: the score of each child, in the order given."""
+
+
+class NodeWalkPredictor:
+    """Label prediction by walking the trie on a :class:`NodeScorer` (the client samples)."""
+
+    def __init__(self, encode_batch, trie: LabelTrie, temperature: float, scorer: NodeScorer):
+        self.encode_batch, self.trie, self.temperature, self.scorer = encode_batch, trie, float(temperature), scorer
+        self.tokens = TokenCounter(known=scorer.computed is not None)
+        self._computed_seen = scorer.computed or 0
+
+    def predict(self, prompts: Sequence[str], seed: int, stream: int = 0,
+                context: str | None = None) -> list[Prediction]:
+        """One label per prompt; the same draws as the local backend's (``context`` is not needed here)."""
+        ids = self.encode_batch(prompts)
+        self.tokens.prompt += sum(len(x) for x in ids)
+        rngs = [query_rng(seed, stream, i) for i in range(len(ids))]
+        children, leaves = self.trie.children, self.trie.leaves
+        nodes: list[tuple[int, ...]] = [() for _ in ids]
+        logps = [0.0] * len(ids)
+        waiting = list(range(len(ids)))
+        while waiting:
+            for i in waiting:  # forced tokens need no scores, but each level still consumes its draw
+                while nodes[i] not in leaves and len(children[nodes[i]]) == 1:
+                    nodes[i] += (choose_scored(None, children[nodes[i]], self.temperature, rngs[i].random())[0],)
+            waiting = [i for i in waiting if nodes[i] not in leaves]
+            if not waiting:
+                break
+            scores = self.scorer.scores([(list(ids[i]) + list(nodes[i]), children[nodes[i]]) for i in waiting])
+            for i, s in zip(waiting, scores):
+                token, logp = choose_scored(s, children[nodes[i]], self.temperature, rngs[i].random())
+                nodes[i] += (token,)
+                logps[i] += logp
+                self.tokens.generated += 1
+        if self.tokens.known:
+            self.tokens.computed += self.scorer.computed - self._computed_seen
+            self._computed_seen = self.scorer.computed
+        return [Prediction(self.trie.labels[leaves[n]], lp) for n, lp in zip(nodes, logps)]
+
+    def cache_report(self) -> dict[str, int]:
+        """The KV cache lives on the server: nothing held here."""
+        return {"entries": 0, "tokens": 0, "evictions": 0}
+
+
+class VllmScorer:
+    """vLLM's OpenAI-compatible ``/v1/completions``: one token with ``allowed_token_ids`` = the children and
+    ``logprobs`` = their number. Needs ``--logprobs-mode processed_logprobs`` (log-probabilities after the
+    allowed-token mask; raw ones list the whole vocabulary's top tokens, which need not include the children)."""
+
+    def __init__(self, client: ServerClient, model: str, concurrency: int = 64):
+        self.client, self.model, self.concurrency = client, model, concurrency
+        self.computed: int | None = 0
+
+    def request(self, ids: Sequence[int], allowed: tuple[int, ...]) -> dict[str, Any]:
+        """The request body for one node (neutral sampling settings: only the allowed-token mask applies)."""
+        return {"model": self.model, "prompt": list(ids), "max_tokens": 1, "temperature": 1.0, "top_p": 1.0,
+                "top_k": -1, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                "repetition_penalty": 1.0, "allowed_token_ids": list(allowed), "logprobs": len(allowed),
+                "return_tokens_as_token_ids": True, "skip_special_tokens": False}
+
+    def scores(self, requests: Sequence[NodeRequest]) -> list[torch.Tensor]:
+        with ThreadPoolExecutor(min(self.concurrency, len(requests))) as pool:
+            answers = list(pool.map(lambda r: self.client.post("/v1/completions", self.request(*r)), requests))
+        return [self._parse(answer, allowed) for answer, (_, allowed) in zip(answers, requests)]
+
+    def _parse(self, answer: dict[str, Any], allowed: tuple[int, ...]) -> torch.Tensor:
+        cached = ((answer.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
+        if cached is None or self.computed is None:
+            self.computed = None  # the server does not report its cache: tokens computed are unknown, not guessed
+        else:
+            self.computed += answer["usage"]["prompt_tokens"] - cached
+        top = answer["choices"][0]["logprobs"]["top_logprobs"][0]
+        by_id = {int(key.split(":", 1)[1]): value for key, value in top.items() if key.startswith("token_id:")}
+        missing = [t for t in allowed if t not in by_id]
+        if missing:
+            raise ServerError(f"vLLM returned no log-probability for allowed tokens {missing[:5]}: start it with "
+                              f"--logprobs-mode processed_logprobs (log-probabilities after the allowed-token mask)")
+        return torch.tensor([by_id[t] for t in allowed], dtype=torch.float64)

@@ -1,0 +1,103 @@
+"""The start-up probe of an inference server, run before the run folder is locked: which server and model answer,
+and whether the server tokenizes as the run's tokenizer does. Every failure is one line naming what to fix."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from icrl_lib.errors import ServerError, UserError
+from icrl_lib.serving.backends import backend
+from icrl_lib.serving.http import ServerClient
+from icrl_lib.serving.llamacpp import GrammarPredictor
+from icrl_lib.serving.nodewalk import NodeWalkPredictor, VllmScorer
+from icrl_lib.tasks.trie import LabelTrie
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What answered: recorded in ``meta.json``; a run resumes only against the same served model."""
+
+    backend: str
+    url: str
+    software: str  # server and version, as far as it says
+    model: str  # the served model's id
+    route: str
+    exact: bool
+    logprobs: bool
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Connection:
+    """A probed server: its client and what it is."""
+
+    client: ServerClient
+    info: ServerInfo
+
+    def predictor(self, encode_batch, trie: LabelTrie, temperature: float, banned: Sequence[int]):
+        """The backend's predictor (``banned``: end-of-generation tokens other than the end-of-turn)."""
+        if self.info.backend == "llamacpp":
+            return GrammarPredictor(self.client, self.info.model, encode_batch, trie, temperature, banned)
+        return NodeWalkPredictor(encode_batch, trie, temperature, VllmScorer(self.client, self.info.model))
+
+
+def connect(name: str, url: str, served_model: str | None, api_key_env: str | None, timeout: float, retries: int,
+            encode, samples: Sequence[str]) -> Connection:
+    """Probe the server at ``url`` for backend ``name``: models, software, tokenization of ``samples`` (a rendered
+    prompt and labels) against ``encode``. A client for the run (with its timeout and retries) on success."""
+    entry = backend(name)
+    probe = ServerClient(url, api_key_env, timeout=min(timeout, 30.0), retries=1, backoff=0.5)
+    try:
+        try:
+            models = probe.get("/v1/models")
+        except ServerError as err:
+            raise ServerError(f"server_url: {err}") from None
+        ids = [m.get("id") for m in (models.get("data") or []) if isinstance(m, dict)]
+        model = _served_model(ids, served_model, url)
+        software = _software(probe, name)
+        for text in samples:
+            theirs, ours = _tokenize(probe, name, model, text), encode(text)
+            if theirs != ours:
+                raise UserError(f"server_url: {url} tokenizes differently from model_name's tokenizer: {text[:60]!r}"
+                                f" -> {theirs[:12]}... here {ours[:12]}...; serve the same model as model_name")
+    finally:
+        probe.close()
+    info = ServerInfo(name, url, software, model, entry.route, entry.exact, entry.logprobs)
+    return Connection(ServerClient(url, api_key_env, timeout=timeout, retries=retries), info)
+
+
+def _served_model(ids: list[str], wanted: str | None, url: str) -> str:
+    if wanted is not None:
+        if wanted not in ids:
+            raise UserError(f"server_model: {url} serves {', '.join(map(repr, ids)) or 'no model'}, not {wanted!r}")
+        return wanted
+    if len(ids) != 1:
+        raise UserError(f"server_model: {url} serves {', '.join(map(repr, ids)) or 'no model'}; name one")
+    return ids[0]
+
+
+def _software(client: ServerClient, name: str) -> str:
+    if name == "vllm":
+        version = (client.try_get("/version") or {}).get("version")
+        return f"vLLM {version}" if version else "vLLM (version not reported)"
+    props = client.try_get("/props")
+    if isinstance(props, dict) and props.get("build_info"):
+        return f"llama.cpp server {props['build_info']}"
+    info = (client.try_get("/openapi.json") or {}).get("info") or {}
+    if "llama" in str(info.get("title", "")).lower():
+        return f"llama-cpp-python {info.get('version', '?')}"
+    return "llama.cpp (version not reported)"
+
+
+def _tokenize(client: ServerClient, name: str, model: str, text: str) -> list[int]:
+    """The server's token ids for ``text`` (special tokens parsed, nothing added), by its own tokenize route."""
+    if name == "vllm":
+        return client.post("/tokenize", {"model": model, "prompt": text, "add_special_tokens": False})["tokens"]
+    answer = client.try_post("/extras/tokenize", {"input": text})  # llama-cpp-python
+    if answer is not None:
+        return answer["tokens"]
+    answer = client.post("/tokenize", {"content": text, "add_special": False, "parse_special": True})  # llama.cpp
+    return [t if isinstance(t, int) else t["id"] for t in answer["tokens"]]
