@@ -19,7 +19,8 @@ import time
 import httpx
 import torch
 
-from icrl_lib.engine.models import embedded_gguf_file, load_model
+from icrl_lib.engine.embedded import embedded_gguf_file
+from icrl_lib.engine.models import load_model
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.loop import run_experiment
 

@@ -71,7 +71,7 @@ def test_paper_parser_defaults():
     (["--context_p_keep", "1.5"], "context_p_keep"),
     (["--context_strategy_name", "approximate", "--approximate_context_sampling_method", "uniform"], "max_contexts"),
     (["--task_name", "banking77_top0"], "task_name"),
-    (["--backend", "ollama"], "backend: got 'ollama'; allowed: local, llamacpp, vllm"),
+    (["--backend", "ollama"], "backend: got 'ollama'; allowed: local, llamacpp, llamacpp-choice, vllm, sglang"),
     (["--backend", "llamacpp"], "server_url: backend llamacpp needs the server's address"),
     (["--backend", "vllm", "--server_url", "127.0.0.1:8000"], "server_url: backend vllm needs"),
     (["--server_url", "http://127.0.0.1:8080"], "server_url: only for a server backend"),

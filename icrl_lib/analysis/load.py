@@ -17,6 +17,7 @@ from icrl_lib.paper.methods import key_of, name_run
 from icrl_lib.runs.config import ExperimentConfig, read_yaml_mapping
 from icrl_lib.runs.store import CONFIG_FILE, META_FILE, read_records, run_folders
 from icrl_lib.runs.tables import require_columns, run_column, steps_table, test_predictions_table, tests_table
+from icrl_lib.serving.backends import BACKENDS
 
 CONFIG_COLUMNS = ("model_name", "task_name", "context_strategy_name", "context_p_keep", "temperature", "icrl",
                   "max_context_examples", "max_contexts", "approximate_context_sampling_method", "seed",
@@ -42,6 +43,7 @@ def _with_config(df: pd.DataFrame, run_dir: Path, config: dict) -> pd.DataFrame:
     for key in CONFIG_COLUMNS:
         df[key] = config.get(key)
     df["backend"] = backend = config.get("backend", "local")
+    df["exact"] = BACKENDS[backend].exact  # False: an approximate route (allow_approximate), never the paper's law
     if backend != "local":  # as in the run's folder name: never averaged with the local backend's runs
         df["model_name"] = f"{config['model_name']}@{backend}"
     return df

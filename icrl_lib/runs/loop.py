@@ -76,7 +76,8 @@ def run(plan: RunPlan, progress: bool | None = True, lm: LanguageModel | None = 
             return RunResult(store.path, records, plan.budget)
         c = plan.config
         if server is None:
-            lm = lm or load_model(c.model_name, c.device, c.trust_remote_code, source=plan.source, facts=plan.model)
+            lm = lm or load_model(c.model_name, c.device, c.trust_remote_code, source=plan.source, facts=plan.model,
+                                  yarn_factor=c.yarn_factor)
             # One cache entry per approximate context (they only grow: each is extended in place) plus one spare.
             predictor = LabelPredictor(lm, plan.trie, c.temperature, fast=c.fast, batch_size=c.batch_size,
                                        max_cached_contexts=max(9, (c.max_contexts or 0) + 1))

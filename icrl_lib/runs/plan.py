@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from icrl_lib.engine.models import LanguageModel, ModelFacts, ModelSource, model_facts, resolve_model
+from icrl_lib.errors import UserError
 from icrl_lib.paper.prompts import Episode, system_prompt
 from icrl_lib.paths import project_root
 from icrl_lib.runs.config import ExperimentConfig
@@ -132,7 +133,8 @@ class RunPlan:
                 "test_steps": list(self.schedule.test_steps), "train_size": len(self.data.stream),
                 "test_size": len(self.data.test), "exemplars": len(self.data.exemplars),
                 "model": {"name": self.model.name, "context_window": self.model.context_window,
-                          "eot_id": self.model.eot_id, "system_role": self.model.system_role},
+                          "eot_id": self.model.eot_id, "system_role": self.model.system_role,
+                          "yarn_factor": self.model.yarn_factor},
                 "provenance": vars(self.provenance)}
 
 
@@ -147,7 +149,10 @@ def prepare(config: ExperimentConfig, lm: LanguageModel | None = None) -> RunPla
     source = None if lm is not None else resolve_model(config.model_name, config.hf_token)
     task = load_task(config.task_name, config.data_dir)
     data = sample_data(config, task)
-    facts = lm if lm is not None else model_facts(config.model_name, source, config.trust_remote_code, config.hf_token)
+    if lm is not None and lm.yarn_factor != config.yarn_factor:
+        raise UserError(f"yarn_factor: the loaded model has {lm.yarn_factor}, the config asks for {config.yarn_factor}")
+    facts = lm if lm is not None else model_facts(config.model_name, source, config.trust_remote_code, config.hf_token,
+                                                  config.yarn_factor)
     trie = check_label_tokens(task, facts.encode, facts.eot_id, config.model_name)
     budget = 0 if config.zero_shot else episode_budget(config, facts, task, len(data.exemplars))
     exemplars = tuple(Episode(task.format_input(e), task.answer(e), task.answer(e) if config.icrl else None,

@@ -32,12 +32,28 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({b.name: b for b in (
             "GBNF grammar of token ids, only the temperature sampler, other end-of-generation tokens banned, "
             "a seed per query (server-side sampling)", exact=True, logprobs=False,
             needs="a context as long as the run's window (--n_ctx / -c)", tested_here=True),
+    Backend("llamacpp-choice", "llama.cpp server or llama-cpp-python[server]",
+            "APPROXIMATE: GBNF grammar of the label strings (every tokenization that spells a label is allowed), "
+            "server-side sampling", exact=False, logprobs=False, needs="as llamacpp", tested_here=True),
     Backend("vllm", "vLLM (OpenAI-compatible server)",
             "log-probabilities of a trie node's children (allowed_token_ids), sampled on the client",
             exact=True, logprobs=True, needs="--logprobs-mode processed_logprobs; --enable-prefix-caching"),
+    Backend("sglang", "SGLang (native /generate)",
+            "log-probabilities of a trie node's children (token_ids_logprob), all queries of a level in one "
+            "request, sampled on the client", exact=True, logprobs=True,
+            needs="nothing beyond the defaults (RadixAttention caches the shared context)"),
 )})
 
 SERVER_BACKENDS = tuple(name for name in BACKENDS if name != "local")
+
+
+def check_backend(name: str, allow_approximate: bool) -> Backend:
+    """The entry ``name``, refused when it samples approximately and the config has not said ``allow_approximate``."""
+    entry = backend(name)
+    if not entry.exact and not allow_approximate:
+        raise ValueError(f"backend: {name} samples labels approximately ({entry.route.split(': ', 1)[-1]}), not as "
+                         f"the paper; set allow_approximate: true to run it anyway (its runs are named @{name})")
+    return entry
 
 
 def backend(name: str) -> Backend:

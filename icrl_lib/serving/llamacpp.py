@@ -34,6 +34,14 @@ def token_grammar(trie: LabelTrie) -> str:
     return "root ::= " + " | ".join(f"( {a} )" for a in alternatives)
 
 
+def string_grammar(labels) -> str:
+    """GBNF that matches the labels as strings (`` <label>``): any tokenization that spells one is allowed. This is
+    the approximate route (``llamacpp-choice``), what a server's guided choice does."""
+    def quoted(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "root ::= " + " | ".join(quoted(" " + label) for label in labels)
+
+
 def query_seed(seed: int, stream: int, index: int) -> int:
     """The server-side seed of one query: derived from (seed + step, stream, query index), as the local draws are;
     below 2**32 - 1, which llama.cpp reads as "random"."""
@@ -45,12 +53,13 @@ class GrammarPredictor:
     """Label prediction on a llama.cpp server with a token-id grammar (the server samples)."""
 
     def __init__(self, client: ServerClient, model: str, encode_batch, trie: LabelTrie, temperature: float,
-                 banned: Sequence[int]):
+                 banned: Sequence[int], exact: bool = True):
         self.client, self.model, self.encode_batch, self.trie = client, model, encode_batch, trie
         self.temperature = float(temperature)
-        self.grammar = token_grammar(trie)
+        self.grammar = token_grammar(trie) if exact else string_grammar(trie.labels)
+        # A label spelled by other tokens may be longer: room for one token per character, then the end.
+        self.max_tokens = max(len(s) for s in trie.sequences) if exact else max(len(x) for x in trie.labels) + 2
         self.bias = {str(t): BANNED for t in banned}
-        self.max_tokens = max(len(s) for s in trie.sequences)  # the label's tokens and the end-of-turn
         self.by_text = {" " + label: label for label in trie.labels}
         self.tokens = TokenCounter(known=False)
 
@@ -72,7 +81,7 @@ class GrammarPredictor:
             if label is None or choice.get("finish_reason") != "stop":
                 raise ServerError(f"the llama.cpp server answered {choice['text']!r} ({choice.get('finish_reason')})"
                                   f", not a label: does it support token-id grammars (llama.cpp 2025 or later)?")
-            self.tokens.generated += len(self.trie.sequences[self.trie.labels.index(label)])
+            self.tokens.generated += int((answer.get("usage") or {}).get("completion_tokens") or 0)
             out.append(Prediction(label, None))
         return out
 

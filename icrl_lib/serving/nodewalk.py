@@ -63,7 +63,9 @@ class NodeWalkPredictor:
                 nodes[i] += (token,)
                 logps[i] += logp
                 self.tokens.generated += 1
-        if self.tokens.known:
+        if self.scorer.computed is None:  # the server stopped saying (or never said): unknown from here on
+            self.tokens.known = False
+        elif self.tokens.known:
             self.tokens.computed += self.scorer.computed - self._computed_seen
             self._computed_seen = self.scorer.computed
         return [Prediction(self.trie.labels[leaves[n]], lp) for n, lp in zip(nodes, logps)]
@@ -107,3 +109,43 @@ class VllmScorer:
             raise ServerError(f"vLLM returned no log-probability for allowed tokens {missing[:5]}: start it with "
                               f"--logprobs-mode processed_logprobs (log-probabilities after the allowed-token mask)")
         return torch.tensor([by_id[t] for t in allowed], dtype=torch.float64)
+
+
+class SglangScorer:
+    """SGLang's native ``/generate``: one request per trie level for every waiting query (``input_ids`` and
+    ``token_ids_logprob`` as lists, one entry per query), one new token each, the children's log-probabilities read
+    from ``meta_info.output_token_ids_logprobs``. RadixAttention (on by default) serves the shared context."""
+
+    def __init__(self, client: ServerClient):
+        self.client = client
+        self.computed: int | None = 0
+
+    @staticmethod
+    def request(requests: Sequence[NodeRequest]) -> dict[str, Any]:
+        """The body of one batched request (neutral sampling settings; the drawn token is not used)."""
+        return {"input_ids": [list(ids) for ids, _ in requests],
+                "token_ids_logprob": [list(children) for _, children in requests],
+                "sampling_params": {"max_new_tokens": 1, "temperature": 1.0, "top_p": 1.0, "top_k": -1,
+                                    "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                                    "frequency_penalty": 0.0},
+                "return_logprob": True, "logprob_start_len": -1}
+
+    def scores(self, requests: Sequence[NodeRequest]) -> list[torch.Tensor]:
+        answers = self.client.post("/generate", self.request(requests))
+        answers = answers if isinstance(answers, list) else [answers]
+        if len(answers) != len(requests):
+            raise ServerError(f"SGLang answered {len(answers)} results for {len(requests)} queries")
+        return [self._parse(answer, children) for answer, (_, children) in zip(answers, requests)]
+
+    def _parse(self, answer: dict[str, Any], children: tuple[int, ...]) -> torch.Tensor:
+        meta = answer.get("meta_info") or {}
+        if self.computed is not None and "cached_tokens" in meta and "prompt_tokens" in meta:
+            self.computed += meta["prompt_tokens"] - meta["cached_tokens"]
+        else:
+            self.computed = None  # not reported: unknown, never guessed
+        first = (meta.get("output_token_ids_logprobs") or [None])[0] or []
+        by_id = {int(entry[1]): float(entry[0]) for entry in first}
+        missing = [t for t in children if t not in by_id]
+        if missing:
+            raise ServerError(f"SGLang returned no log-probability for tokens {missing[:5]} (token_ids_logprob)")
+        return torch.tensor([by_id[t] for t in children], dtype=torch.float64)

@@ -10,7 +10,7 @@ from icrl_lib.errors import ServerError, UserError
 from icrl_lib.serving.backends import backend
 from icrl_lib.serving.http import ServerClient
 from icrl_lib.serving.llamacpp import GrammarPredictor
-from icrl_lib.serving.nodewalk import NodeWalkPredictor, VllmScorer
+from icrl_lib.serving.nodewalk import NodeWalkPredictor, SglangScorer, VllmScorer
 from icrl_lib.tasks.trie import LabelTrie
 
 
@@ -39,8 +39,11 @@ class Connection:
 
     def predictor(self, encode_batch, trie: LabelTrie, temperature: float, banned: Sequence[int]):
         """The backend's predictor (``banned``: end-of-generation tokens other than the end-of-turn)."""
-        if self.info.backend == "llamacpp":
-            return GrammarPredictor(self.client, self.info.model, encode_batch, trie, temperature, banned)
+        if self.info.backend.startswith("llamacpp"):
+            return GrammarPredictor(self.client, self.info.model, encode_batch, trie, temperature, banned,
+                                    exact=self.info.exact)
+        if self.info.backend == "sglang":
+            return NodeWalkPredictor(encode_batch, trie, temperature, SglangScorer(self.client))
         return NodeWalkPredictor(encode_batch, trie, temperature, VllmScorer(self.client, self.info.model))
 
 
@@ -80,6 +83,9 @@ def _served_model(ids: list[str], wanted: str | None, url: str) -> str:
 
 
 def _software(client: ServerClient, name: str) -> str:
+    if name == "sglang":
+        version = (client.try_get("/get_server_info") or {}).get("version")
+        return f"SGLang {version}" if version else "SGLang (version not reported)"
     if name == "vllm":
         version = (client.try_get("/version") or {}).get("version")
         return f"vLLM {version}" if version else "vLLM (version not reported)"
@@ -96,6 +102,10 @@ def _tokenize(client: ServerClient, name: str, model: str, text: str) -> list[in
     """The server's token ids for ``text`` (special tokens parsed, nothing added), by its own tokenize route."""
     if name == "vllm":
         return client.post("/tokenize", {"model": model, "prompt": text, "add_special_tokens": False})["tokens"]
+    if name == "sglang":  # the prompt's own tokens, as its input log-probabilities list them
+        answer = client.post("/generate", {"text": text, "sampling_params": {"max_new_tokens": 1},
+                                           "return_logprob": True, "logprob_start_len": 0})
+        return [int(entry[1]) for entry in answer["meta_info"]["input_token_logprobs"]]
     answer = client.try_post("/extras/tokenize", {"input": text})  # llama-cpp-python
     if answer is not None:
         return answer["tokens"]

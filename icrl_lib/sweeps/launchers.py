@@ -76,10 +76,11 @@ def _model(config: ExperimentConfig):
     """This worker's copy of ``config``'s model (loaded on first use; one per name, device and remote-code flag)."""
     from icrl_lib.engine.models import load_model
 
-    key = (config.model_name, config.device, config.trust_remote_code)
+    key = (config.model_name, config.device, config.trust_remote_code, config.yarn_factor)
     if key not in _MODELS:
         _MODELS.clear()  # one model at a time per worker: memory, not speed, is the constraint on GPUs
-        _MODELS[key] = load_model(config.model_name, config.device, config.trust_remote_code)
+        _MODELS[key] = load_model(config.model_name, config.device, config.trust_remote_code,
+                                  yarn_factor=config.yarn_factor)
     return _MODELS[key]
 
 

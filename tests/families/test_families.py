@@ -148,3 +148,14 @@ def test_an_executed_family_notebook_keeps_its_figures_in_html(tmp_path, monkeyp
     exported = list((tmp_path / "out" / "_analysis" / "scaling").iterdir())
     assert {p.suffix for p in exported} >= {".html", ".parquet", ".csv"}
     assert all(p.stat().st_size > 0 for p in exported)
+
+
+def test_a_family_runs_on_a_server_backend_like_any_other_config_field():
+    from icrl_lib.runs.store import run_name
+
+    params = {"arm_overrides": {"*": {"backend": "llamacpp", "server_url": "http://127.0.0.1:8080"}}}
+    expanded = spec.configs(families.FAMILIES["main"], params)
+    assert expanded and all(c.backend == "llamacpp" and "@llamacpp" in run_name(c) for _, c in expanded)
+    with pytest.raises(UserError, match="allow_approximate"):
+        spec.configs(families.FAMILIES["main"], {"arm_overrides": {"*": {"backend": "llamacpp-choice",
+                                                                      "server_url": "http://127.0.0.1:8080"}}})

@@ -21,7 +21,7 @@ class LlamaServer:
     """``python -m llama_cpp.server`` on the embedded GGUF; ``url`` while running; stop / start on the same port."""
 
     def __init__(self, log: Path, port: int | None = None):
-        from icrl_lib.engine.models import embedded_gguf_file
+        from icrl_lib.engine.embedded import embedded_gguf_file
 
         self.gguf, self.log, self.port = embedded_gguf_file(), log, port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -187,3 +187,20 @@ def test_server_errors_surface_in_one_line_with_the_servers_reason(llama_server,
     expected = r"^POST http://127\.0\.0\.1:\d+/v1/completions: HTTP 500: 1 validation error.*temperature.*1 tries"
     with pytest.raises(ServerError, match=expected):
         conn.client.post("/v1/completions", {"prompt": "x", "temperature": "hot", "max_tokens": 1})
+
+
+def test_the_approximate_route_is_refused_unless_asked_and_named_in_runs_and_tables(llama_server, lm, data_dir,
+                                                                                 tmp_path):
+    with pytest.raises(ValueError, match="backend: llamacpp-choice samples labels approximately .* set "
+                                         "allow_approximate: true"):
+        quick(tmp_path, data_dir, "x", backend="llamacpp-choice", server_url=llama_server.url)
+    config = quick(tmp_path, data_dir, "approx", backend="llamacpp-choice", server_url=llama_server.url,
+                   allow_approximate=True, train_k=4, test_every=2, test_k=10, temperature=0.0)
+    result = run_experiment(config, progress=False)
+    assert "@llamacpp-choice" in result.run_dir.name
+    meta = json.loads((result.run_dir / "meta.json").read_text())
+    assert meta["server"]["exact"] is False and meta["server"]["route"].startswith("APPROXIMATE")
+    tests = read(tmp_path / "approx").tests
+    assert set(tests["model_name"]) == {"smollm2-135m-instruct@llamacpp-choice"} and not tests["exact"].any()
+    assert all(p in load_task("clinic150", str(data_dir)).labels for r in result.records if r.test
+               for p in r.test.predictions)

@@ -2,12 +2,16 @@
 scorer on the tiny model; and the vLLM request shape (neutral sampling, the children as allowed tokens)."""
 from __future__ import annotations
 
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 import torch
 
 from icrl_lib.engine.kvcache import extend_cache, new_cache
 from icrl_lib.errors import ServerError
-from icrl_lib.serving.nodewalk import NodeWalkPredictor, VllmScorer
+from icrl_lib.serving.nodewalk import NodeWalkPredictor, SglangScorer, VllmScorer
 from tests.engine.test_generation import make_prompts, predictor
 
 
@@ -75,3 +79,86 @@ def test_raw_vllm_logprobs_that_miss_a_child_name_the_server_flag():
     answer = {"choices": [{"logprobs": {"top_logprobs": [{"token_id:3": -0.1, "token_id:9": -2.4}]}}]}
     with pytest.raises(ServerError, match="--logprobs-mode processed_logprobs"):
         scorer._parse(answer, (7, 9))
+
+
+class ModelServer(BaseHTTPRequestHandler):
+    """A 127.0.0.1 server that answers vLLM's and SGLang's documented node requests from the tiny model: vLLM's
+    processed log-probabilities (over the allowed tokens), SGLang's full-vocabulary ones for the asked ids."""
+
+    lm = None
+    bodies: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        type(self).bodies.append(body)
+        if self.path == "/v1/completions":
+            logits = self._logits(body["prompt"])[body["allowed_token_ids"]]
+            logp = torch.log_softmax(logits, 0)
+            answer = {"choices": [{"logprobs": {"top_logprobs": [
+                {f"token_id:{t}": float(v) for t, v in zip(body["allowed_token_ids"], logp)}]}}],
+                "usage": {"prompt_tokens": len(body["prompt"])}}
+        else:  # SGLang /generate, batched
+            answer = []
+            for ids, asked in zip(body["input_ids"], body["token_ids_logprob"]):
+                logp = torch.log_softmax(self._logits(ids), 0)
+                pairs = [[float(logp[t]), t, None] for t in asked]
+                answer.append({"meta_info": {"prompt_tokens": len(ids), "cached_tokens": 0,
+                                             "output_token_ids_logprobs": [pairs]}})
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _logits(self, ids):
+        with torch.inference_mode():
+            return extend_cache(type(self).lm, new_cache(type(self).lm), ids)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.tiny
+@pytest.mark.parametrize("backend", ["vllm", "sglang"])
+def test_the_walk_over_http_draws_what_the_local_backend_draws(tiny, backend):
+    """Through a real HTTP round trip in each server's request shape: the same labels as the local backend, the
+    same log-probabilities to float precision (the server's are shifted logits), all queries of a level batched."""
+    from icrl_lib.serving.http import ServerClient
+    from icrl_lib.tasks.task import load_task
+    from tests.helpers import TICKETS
+
+    ModelServer.lm, ModelServer.bodies = tiny, []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ModelServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        task = load_task(TICKETS)
+        local = predictor(tiny, task, 1.0, fast=False)
+        prompts, _ = make_prompts(tiny, task, n_context=2, n_queries=6)
+        client = ServerClient(f"http://127.0.0.1:{httpd.server_address[1]}")
+        scorer = VllmScorer(client, "tiny", concurrency=4) if backend == "vllm" else SglangScorer(client)
+        walk = NodeWalkPredictor(tiny.encode_batch, local.trie, 1.0, scorer)
+        ours = walk.predict(prompts, 9, stream=1)
+        theirs = local.predict(prompts, 9, stream=1)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert [p.label for p in ours] == [p.label for p in theirs]
+    assert [p.logprob for p in ours] == pytest.approx([p.logprob for p in theirs], abs=1e-5)
+    assert walk.tokens.take()["computed"] == (None if backend == "vllm" else sum(  # vLLM here omits cached_tokens
+        len(b_ids) for b in ModelServer.bodies for b_ids in b["input_ids"]))
+    if backend == "sglang":
+        assert len(ModelServer.bodies[0]["input_ids"]) == len(prompts)  # the first level: every query at once
+
+
+def test_the_sglang_request_batches_a_level_and_reads_its_answer_by_token_id():
+    body = SglangScorer.request([([1, 2], (7, 9)), ([1, 3], (4, 5))])
+    assert body["input_ids"] == [[1, 2], [1, 3]] and body["token_ids_logprob"] == [[7, 9], [4, 5]]
+    assert body["sampling_params"]["max_new_tokens"] == 1 and body["return_logprob"] is True
+    scorer = SglangScorer(client=None)
+    answer = {"meta_info": {"prompt_tokens": 50, "cached_tokens": 48,
+                            "output_token_ids_logprobs": [[[-2.0, 9, " b"], [-0.2, 7, " a"]]]}}
+    assert torch.equal(scorer._parse(answer, (7, 9)), torch.tensor([-0.2, -2.0], dtype=torch.float64))
+    assert scorer.computed == 2
+    with pytest.raises(ServerError, match=r"no log-probability for tokens \[4\]"):
+        scorer._parse(answer, (4, 7))
