@@ -16,10 +16,12 @@ from typing import Any, Protocol
 import torch
 
 from icrl_lib.engine.generation import Prediction, TokenCounter, choose_scored, query_rng
+from icrl_lib.engine.kvcache import common_prefix_length
 from icrl_lib.errors import ServerError
 from icrl_lib.serving.http import ServerClient
 from icrl_lib.tasks.trie import LabelTrie
 
+WARM_MIN_TOKENS = 64  # a shorter shared prefix costs less than the extra round trip
 NodeRequest = tuple[Sequence[int], tuple[int, ...]]  # (prompt + label tokens so far, the node's children)
 
 
@@ -30,6 +32,9 @@ class NodeScorer(Protocol):
 
     def scores(self, requests: Sequence[NodeRequest]) -> list[torch.Tensor]:
         """One float tensor per request: the score of each child, in the order given."""
+
+    def warm(self, ids: Sequence[int]) -> None:
+        """Have the server compute (and cache) ``ids``, the prefix every query of a batch shares."""
 
 
 class NodeWalkPredictor:
@@ -45,6 +50,10 @@ class NodeWalkPredictor:
         """One label per prompt; the same draws as the local backend's (``context`` is not needed here)."""
         ids = self.encode_batch(prompts)
         self.tokens.prompt += sum(len(x) for x in ids)
+        if len(ids) > 1:  # a test set: its shared context is computed once, then served from the prefix cache
+            shared = min(common_prefix_length(ids[0], x) for x in ids[1:])
+            if shared >= WARM_MIN_TOKENS:
+                self.scorer.warm(ids[0][:shared])
         rngs = [query_rng(seed, stream, i) for i in range(len(ids))]
         children, leaves = self.trie.children, self.trie.leaves
         nodes: list[tuple[int, ...]] = [() for _ in ids]
@@ -91,17 +100,25 @@ class VllmScorer:
                 "repetition_penalty": 1.0, "allowed_token_ids": list(allowed), "logprobs": len(allowed),
                 "return_tokens_as_token_ids": True, "skip_special_tokens": False}
 
+    def warm(self, ids: Sequence[int]) -> None:
+        body = {**self.request(ids, ()), "logprobs": None}
+        del body["allowed_token_ids"]
+        self._count(self.client.post("/v1/completions", body))
+
     def scores(self, requests: Sequence[NodeRequest]) -> list[torch.Tensor]:
         with ThreadPoolExecutor(min(self.concurrency, len(requests))) as pool:
             answers = list(pool.map(lambda r: self.client.post("/v1/completions", self.request(*r)), requests))
         return [self._parse(answer, allowed) for answer, (_, allowed) in zip(answers, requests)]
 
-    def _parse(self, answer: dict[str, Any], allowed: tuple[int, ...]) -> torch.Tensor:
+    def _count(self, answer: dict[str, Any]) -> None:
         cached = ((answer.get("usage") or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
         if cached is None or self.computed is None:
             self.computed = None  # the server does not report its cache: tokens computed are unknown, not guessed
         else:
             self.computed += answer["usage"]["prompt_tokens"] - cached
+
+    def _parse(self, answer: dict[str, Any], allowed: tuple[int, ...]) -> torch.Tensor:
+        self._count(answer)
         top = answer["choices"][0]["logprobs"]["top_logprobs"][0]
         by_id = {int(key.split(":", 1)[1]): value for key, value in top.items() if key.startswith("token_id:")}
         missing = [t for t in allowed if t not in by_id]
@@ -130,6 +147,12 @@ class SglangScorer:
                                     "frequency_penalty": 0.0},
                 "return_logprob": True, "logprob_start_len": -1}
 
+    def warm(self, ids: Sequence[int]) -> None:
+        body = {**self.request([(ids, ())]), "return_logprob": False}
+        del body["token_ids_logprob"]
+        answer = self.client.post("/generate", body)
+        self._count(((answer[0] if isinstance(answer, list) else answer).get("meta_info")) or {})
+
     def scores(self, requests: Sequence[NodeRequest]) -> list[torch.Tensor]:
         answers = self.client.post("/generate", self.request(requests))
         answers = answers if isinstance(answers, list) else [answers]
@@ -137,12 +160,15 @@ class SglangScorer:
             raise ServerError(f"SGLang answered {len(answers)} results for {len(requests)} queries")
         return [self._parse(answer, children) for answer, (_, children) in zip(answers, requests)]
 
-    def _parse(self, answer: dict[str, Any], children: tuple[int, ...]) -> torch.Tensor:
-        meta = answer.get("meta_info") or {}
+    def _count(self, meta: dict[str, Any]) -> None:
         if self.computed is not None and "cached_tokens" in meta and "prompt_tokens" in meta:
             self.computed += meta["prompt_tokens"] - meta["cached_tokens"]
         else:
             self.computed = None  # not reported: unknown, never guessed
+
+    def _parse(self, answer: dict[str, Any], children: tuple[int, ...]) -> torch.Tensor:
+        meta = answer.get("meta_info") or {}
+        self._count(meta)
         first = (meta.get("output_token_ids_logprobs") or [None])[0] or []
         by_id = {int(entry[1]): float(entry[0]) for entry in first}
         missing = [t for t in children if t not in by_id]

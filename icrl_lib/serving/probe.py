@@ -66,6 +66,12 @@ def connect(name: str, url: str, served_model: str | None, api_key_env: str | No
             if theirs != ours:
                 raise UserError(f"server_url: {url} tokenizes differently from model_name's tokenizer: {text[:60]!r}"
                                 f" -> {theirs[:12]}... here {ours[:12]}...; serve the same model as model_name")
+        if name == "vllm" and samples:  # its exact route needs processed log-probabilities: say so before the run
+            pair = tuple(sorted({encode(" yes")[0], encode(" no")[0]}))
+            try:
+                VllmScorer(probe, model).scores([(encode(samples[0]), pair)])
+            except ServerError as err:
+                raise UserError(f"server_url: {err}") from None
     finally:
         probe.close()
     info = ServerInfo(name, url, software, model, entry.route, entry.exact, entry.logprobs)

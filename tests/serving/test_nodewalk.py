@@ -24,6 +24,9 @@ class InProcessScorer:
     def __init__(self, lm):
         self.lm, self.caches = lm, {}
 
+    def warm(self, ids):
+        """Nothing to warm: each query computes its whole prompt, as the reference path does."""
+
     def scores(self, requests):
         out = []
         for ids, children in requests:
@@ -87,11 +90,22 @@ class ModelServer(BaseHTTPRequestHandler):
 
     lm = None
     bodies: list = []
+    raw = False  # vLLM without --logprobs-mode processed_logprobs: the whole vocabulary's top tokens
+
+    def do_GET(self):  # noqa: N802
+        self._send({"/v1/models": {"data": [{"id": "tiny"}]}, "/version": {"version": "0.11.0"}}[self.path])
 
     def do_POST(self):  # noqa: N802 - http.server's naming
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         type(self).bodies.append(body)
-        if self.path == "/v1/completions":
+        if self.path == "/tokenize":
+            answer = {"tokens": type(self).lm.encode(body["prompt"])}
+        elif self.path == "/v1/completions" and type(self).raw:
+            answer = {"choices": [{"logprobs": {"top_logprobs": [{"token_id:0": -0.1}]}}]}
+        elif "allowed_token_ids" not in body and "token_ids_logprob" not in body:  # a warm-up: nothing to score
+            answer = {"usage": {"prompt_tokens": len(body["prompt"])}} if self.path == "/v1/completions" else \
+                [{"meta_info": {"prompt_tokens": len(body["input_ids"][0]), "cached_tokens": 0}}]
+        elif self.path == "/v1/completions":
             logits = self._logits(body["prompt"])[body["allowed_token_ids"]]
             logp = torch.log_softmax(logits, 0)
             answer = {"choices": [{"logprobs": {"top_logprobs": [
@@ -104,6 +118,9 @@ class ModelServer(BaseHTTPRequestHandler):
                 pairs = [[float(logp[t]), t, None] for t in asked]
                 answer.append({"meta_info": {"prompt_tokens": len(ids), "cached_tokens": 0,
                                              "output_token_ids_logprobs": [pairs]}})
+        self._send(answer)
+
+    def _send(self, answer):
         data = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -147,8 +164,12 @@ def test_the_walk_over_http_draws_what_the_local_backend_draws(tiny, backend):
     assert [p.logprob for p in ours] == pytest.approx([p.logprob for p in theirs], abs=1e-5)
     assert walk.tokens.take()["computed"] == (None if backend == "vllm" else sum(  # vLLM here omits cached_tokens
         len(b_ids) for b in ModelServer.bodies for b_ids in b["input_ids"]))
+    warm = ModelServer.bodies[0]  # the shared context first, so that the server's prefix cache serves the rest
+    shared = warm["prompt"] if backend == "vllm" else warm["input_ids"][0]
+    ids = tiny.encode_batch(prompts)
+    assert len(shared) >= 64 and all(x[:len(shared)] == shared for x in ids) and len(shared) < min(map(len, ids))
     if backend == "sglang":
-        assert len(ModelServer.bodies[0]["input_ids"]) == len(prompts)  # the first level: every query at once
+        assert len(ModelServer.bodies[1]["input_ids"]) == len(prompts)  # the first level: every query at once
 
 
 def test_the_sglang_request_batches_a_level_and_reads_its_answer_by_token_id():
@@ -162,3 +183,25 @@ def test_the_sglang_request_batches_a_level_and_reads_its_answer_by_token_id():
     assert scorer.computed == 2
     with pytest.raises(ServerError, match=r"no log-probability for tokens \[4\]"):
         scorer._parse(answer, (4, 7))
+
+
+@pytest.mark.tiny
+def test_the_probe_names_vllms_missing_flag_before_the_run_starts(tiny):
+    from icrl_lib.errors import UserError
+    from icrl_lib.serving.probe import connect
+
+    ModelServer.lm, ModelServer.bodies, ModelServer.raw = tiny, [], False
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ModelServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        conn = connect("vllm", url, None, None, 30.0, 0, tiny.encode, ["Query: where is my parcel?"])
+        assert (conn.info.software, conn.info.model, conn.info.exact) == ("vLLM 0.11.0", "tiny", True)
+        ModelServer.raw = True
+        with pytest.raises(UserError, match="^server_url: vLLM returned no log-probability .*--logprobs-mode "
+                                            "processed_logprobs"):
+            connect("vllm", url, None, None, 30.0, 0, tiny.encode, ["Query: where is my parcel?"])
+    finally:
+        ModelServer.raw = False
+        httpd.shutdown()
+        httpd.server_close()
