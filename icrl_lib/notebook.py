@@ -209,29 +209,64 @@ def jupyter_post_save_hook(model: dict, os_path: str, contents_manager: Any = No
 
 
 def comparison_browser(runs: pd.DataFrame):
-    """ipywidgets: model and task dropdowns plus one checkbox per run name, redrawing the main comparison. The
-    checkboxes wrap onto as many rows as they need (every one stays on screen at any width), each as wide as its
-    name."""
+    """ipywidgets: model and task dropdowns, one checkbox per run name of that model and task, and "all" / "none",
+    redrawing the main comparison. At first one name per paper method is drawn (:func:`default_shown`): with every
+    family's variants the figure would be a tangle of overlapping bands. The checkboxes wrap onto as many rows as they
+    need (every one stays on screen at any width), each as wide as its name."""
     import ipywidgets as widgets
 
     model = widgets.Dropdown(options=sorted(runs["model_name"].unique()), description="model")
     task = widgets.Dropdown(options=sorted(runs["task_name"].unique()), description="task")
-    boxes = [widgets.Checkbox(value=True, description=m, indent=False, layout=widgets.Layout(width="max-content",
-                                                                                             margin="0 16px 0 0"))
-             for m in methods.method_order(runs["method"].unique().tolist())]
+    every, none = widgets.Button(description="all"), widgets.Button(description="none")
+    wrapped = widgets.Box(layout=widgets.Layout(display="flex", flex_flow="row wrap", width="100%"))
     out = widgets.Output(layout=widgets.Layout(width="100%"))
+    held = [False]  # while several boxes change at once: one redraw at the end
+
+    def rows() -> pd.DataFrame:
+        return runs[(runs["model_name"] == model.value) & (runs["task_name"] == task.value)]
 
     def redraw(*_):
-        chosen = [box.description for box in boxes if box.value]
-        rows = runs[(runs["model_name"] == model.value) & (runs["task_name"] == task.value)]
-        show_in_widget(out, f"no runs of {task.value} with {model.value}" if rows.empty else
-                       plots.main_comparison_figure(rows, task=task.value, model=model.value, methods=chosen))
+        if held[0]:
+            return
+        chosen = [box.description for box in wrapped.children if box.value]
+        shown = rows()
+        show_in_widget(out, f"no runs of {task.value} with {model.value}" if shown.empty else
+                       plots.main_comparison_figure(shown, task=task.value, model=model.value, methods=chosen))
 
-    for widget in (model, task, *boxes):
-        widget.observe(redraw, names="value")
-    redraw()
-    wrapped = widgets.Box(boxes, layout=widgets.Layout(display="flex", flex_flow="row wrap", width="100%"))
-    return widgets.VBox([widgets.HBox([model, task]), wrapped, out], layout=widgets.Layout(width="100%"))
+    def rebuild(*_):
+        names = methods.method_order(rows()["method"].unique().tolist())
+        first = default_shown(names)
+        boxes = [widgets.Checkbox(value=name in first, description=name, indent=False,
+                                  layout=widgets.Layout(width="max-content", margin="0 16px 0 0")) for name in names]
+        for box in boxes:
+            box.observe(redraw, names="value")
+        wrapped.children = boxes
+        redraw()
+
+    def set_all(value: bool):
+        held[0] = True
+        for box in wrapped.children:
+            box.value = value
+        held[0] = False
+        redraw()
+
+    every.on_click(lambda _: set_all(True))
+    none.on_click(lambda _: set_all(False))
+    model.observe(rebuild, names="value")
+    task.observe(rebuild, names="value")
+    rebuild()
+    return widgets.VBox([widgets.HBox([model, task, every, none]), wrapped, out], layout=widgets.Layout(width="100%"))
+
+
+def default_shown(names: list[str]) -> set[str]:
+    """The run names a comparison draws at first: for each paper method, its name with the fewest settings (the
+    shortest); all of them when no name belongs to a paper method."""
+    first: dict[str, str] = {}
+    for name in sorted(names, key=lambda n: (len(n), n)):
+        method = methods.base_method(name)
+        if method is not None:
+            first.setdefault(method.display, name)
+    return set(first.values()) or set(names)
 
 
 def show_in_widget(out, content) -> None:
