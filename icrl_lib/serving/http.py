@@ -8,6 +8,7 @@ environment variable the config names and only ever sent in the ``Authorization`
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ import httpx
 from icrl_lib.errors import ServerError, UserError
 
 RETRIED_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# httpx logs every request at INFO, the level the command line shows: a line per query would bury the progress lines.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 MAX_BACKOFF_S = 30.0
 
 

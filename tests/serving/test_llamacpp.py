@@ -161,6 +161,7 @@ def test_a_run_stops_cleanly_when_the_server_dies_and_resumes_identically(lm, da
         out, err = proc.communicate(timeout=120)
         done = len(open(glob.glob(log)[0]).readlines())
         assert proc.returncode == 2 and 5 <= done < 30, (proc.returncode, err[-500:])
+        assert "HTTP Request" not in err  # one log line per request would bury the progress lines
         line = assert_one_line_error(subprocess.CompletedProcess(argv, proc.returncode, out, err),
                                      "cannot connect", "rerun the same command to resume")
         assert f"{done} steps are logged" in line
