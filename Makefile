@@ -92,8 +92,7 @@ lab: setup
 # The embedded model on llama-cpp-python's server, for `--backend llamacpp --server_url http://127.0.0.1:$(PORT)`.
 PORT ?= 8080
 serve: setup
-	$(PY) -m llama_cpp.server --model "$$($(PY) -c 'from icrl_lib.engine.embedded import embedded_gguf_file; print(embedded_gguf_file())')" \
-	  --model_alias smollm2-135m-instruct --host 127.0.0.1 --port $(PORT) --n_ctx 8192 --n_threads $(shell nproc)
+	$(PY) -m icrl_lib.serving.local_server --port $(PORT)
 
 # A sweep: every run not done yet, locally (WORKERS processes; one per GPU), on Slurm or on Ray (LAUNCHER=...).
 sweep: setup

@@ -10,37 +10,15 @@ quickstart's configuration (approximate ICRL, K=8, CLINIC150), shortened.
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 
-import httpx
 import torch
 
-from icrl_lib.engine.embedded import embedded_gguf_file
 from icrl_lib.engine.models import load_model
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.loop import run_experiment
-
-
-def start_server(threads: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_file()),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "8192", "--n_threads",
-                             str(threads), "--verbose", "False"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("llama_cpp.server did not start (pip install -e '.[server]')")
+from icrl_lib.serving.local_server import LocalLlamaServer
 
 
 def main() -> None:
@@ -53,7 +31,8 @@ def main() -> None:
     args = ap.parse_args()
     threads = torch.get_num_threads()
     lm = load_model()
-    proc, url = start_server(threads)
+    server = LocalLlamaServer(threads=threads).start()  # as many threads as the local backend uses
+    url = server.url
     rows = {}
     try:
         with tempfile.TemporaryDirectory() as out:
@@ -75,7 +54,7 @@ def main() -> None:
                                   train_s=steps.loc[~steps["tested"], "seconds"].mean(),
                                   first_test=result.records[0].test.predictions)
     finally:
-        proc.kill()
+        server.stop()
     print(f"{threads} threads each; quickstart config, train_k={args.train_k}, test_k={args.test_k}, "
           f"T={args.temperature:g}")
     for name, r in rows.items():

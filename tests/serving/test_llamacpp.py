@@ -24,12 +24,13 @@ from icrl_lib.runs.context import ContextBuilder
 from icrl_lib.runs.loop import run_experiment
 from icrl_lib.runs.plan import prepare
 from icrl_lib.serving.llamacpp import token_grammar
+from icrl_lib.serving.local_server import LocalLlamaServer
 from icrl_lib.serving.probe import connect
 from icrl_lib.tasks.task import load_task
 from icrl_lib.tasks.trie import LabelTrie
 from tests.engine.test_generation import make_prompts
 from tests.helpers import ROOT, assert_one_line_error, label_logprobs, strip_measurements
-from tests.serving.conftest import LlamaServer, free_port
+from tests.serving.conftest import free_port, start
 
 pytestmark = [pytest.mark.model, pytest.mark.data]
 NEAR_TIE = 0.1  # nats between the two best allowed logits: below it the two engines' rounding may decide
@@ -145,7 +146,7 @@ def test_the_quickstart_runs_against_the_server_and_starts_where_the_local_run_s
 
 
 def test_a_run_stops_cleanly_when_the_server_dies_and_resumes_identically(lm, data_dir, tmp_path):
-    server = LlamaServer(tmp_path / "server.log").start()
+    server = start(LocalLlamaServer(tmp_path / "server.log"))
     try:
         config = quick(tmp_path, data_dir, "out", train_k=30, test_every=10, test_k=10, backend="llamacpp",
                        server_url=server.url, request_retries=1, request_timeout=30.0)
@@ -165,7 +166,7 @@ def test_a_run_stops_cleanly_when_the_server_dies_and_resumes_identically(lm, da
         line = assert_one_line_error(subprocess.CompletedProcess(argv, proc.returncode, out, err),
                                      "cannot connect", "rerun the same command to resume")
         assert f"{done} steps are logged" in line
-        server.start()
+        start(server)
         resumed = run_experiment(config, progress=False)
         whole = run_experiment(dataclasses.replace(config, output_dir=str(tmp_path / "whole")), progress=False)
         assert strip_measurements(resumed.records) == strip_measurements(whole.records)
