@@ -45,7 +45,8 @@ def _with_config(df: pd.DataFrame, run_dir: Path, config: dict) -> pd.DataFrame:
     df["backend"] = backend = config.get("backend", "local")
     df["exact"] = BACKENDS[backend].exact  # False: an approximate route (allow_approximate), never the paper's law
     if backend != "local":  # as in the run's folder name: never averaged with the local backend's runs
-        df["model_name"] = f"{config['model_name']}@{backend}"
+        model = config["server_model"] if BACKENDS[backend].chat else config["model_name"]
+        df["model_name"] = f"{model}@{backend}"
     return df
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from icrl_lib.errors import UserError, os_error
 from icrl_lib.paper.strategies import check_parameters
 from icrl_lib.paths import resolve_path
-from icrl_lib.serving.backends import check_backend
+from icrl_lib.serving.backends import BACKENDS, SERVER_BACKENDS, check_backend
 from icrl_lib.tasks.sources import data_dir_param
 from icrl_lib.tasks.task import parse_task_name
 
@@ -77,10 +77,10 @@ class ExperimentConfig:
     system_prompt: str | None = _f(None, "system prompt wording; None = the paper's (ICRL or ICL variant)")
     hf_token: str | None = _f(None, "Hugging Face token for gated models; never stored (prefer $HF_TOKEN)", repr=False)
     log_every: int = _f(25, "headless runs print a progress line every log_every steps (and at test steps)")
-    backend: str = _f("local", "where the model runs: local (transformers in this process) | llamacpp | vllm | "
-                      "sglang | llamacpp-choice (a server at server_url; model_name names the tokenizer and template)")
+    backend: str = _f("local", "where the model runs: local (transformers here) | llamacpp | vllm | sglang (exact) | "
+                      "llamacpp-choice | vllm-choice | sglang-choice | openai-enum | gemini-enum (approximate)")
     server_url: str | None = _f(None, "the inference server's address, e.g. http://127.0.0.1:8080 (server backends)")
-    server_model: str | None = _f(None, "the served model's id; None = the server's only model")
+    server_model: str | None = _f(None, "the served model's id; None = the server's only model (hosted: required)")
     api_key_env: str | None = _f(None, "environment variable that holds the server's API key (the key is never stored)")
     request_timeout: float = _f(600.0, "seconds to wait for one answer of the server")
     request_retries: int = _f(5, "tries again after a timeout, 429 or 5xx (with backoff) before the run stops")
@@ -136,13 +136,19 @@ class ExperimentConfig:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ValueError(f"device: got {self.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
-        check_backend(self.backend, self.allow_approximate)
+        entry = check_backend(self.backend, self.allow_approximate)
         if self.backend == "local":
             for name in ("server_url", "server_model", "api_key_env"):
                 if getattr(self, name) is not None:
-                    raise ValueError(f"{name}: only for a server backend (backend: llamacpp | vllm | sglang | "
-                                     "llamacpp-choice); backend is local")
-        elif not (self.server_url or "").startswith(("http://", "https://")):
+                    raise ValueError(f"{name}: only for a server backend (backend: {' | '.join(SERVER_BACKENDS)})"
+                                     "; backend is local")
+        elif entry.chat and self.server_model is None:
+            raise ValueError(f"server_model: backend {self.backend} needs the hosted model's id, e.g. "
+                             "gemini-1.5-flash-8b or gpt-4o-mini")
+        elif entry.chat and self.max_context_examples is None:
+            raise ValueError(f"max_context_examples: backend {self.backend} sends messages that the server "
+                             "tokenizes, so how many episodes fit its window cannot be counted here; set it")
+        if self.backend != "local" and not (self.server_url or "").startswith(("http://", "https://")):
             raise ValueError(f"server_url: backend {self.backend} needs the server's address, e.g. "
                              f"http://127.0.0.1:8080; got {self.server_url!r}")
         if self.request_timeout <= 0:
@@ -171,6 +177,12 @@ class ExperimentConfig:
         """``max_context_examples: 0``: one test step on an empty context (the paper's step 0)."""
         return self.max_context_examples == 0
 
+    @property
+    def model_id(self) -> str:
+        """The model the run is of: ``server_model`` on a hosted chat backend (model_name is not used there),
+        else ``model_name``."""
+        return self.server_model if BACKENDS[self.backend].chat else self.model_name
+
     def identity(self) -> dict[str, Any]:
         """The result fields that this experiment actually uses: they name and check its run folder.
 
@@ -183,6 +195,8 @@ class ExperimentConfig:
         unused = set(EXTENDABLE_FIELDS)
         if self.backend == "local":  # local runs keep the folder names they had before server backends existed
             unused |= {"backend", "server_model"}
+        elif BACKENDS[self.backend].chat:  # the server's own template and tokenizer: model_name has no effect
+            unused.add("model_name")
         if self.yarn_factor is None:  # likewise before the option existed
             unused.add("yarn_factor")
         if not self.context_strategy_name.startswith("approximate"):

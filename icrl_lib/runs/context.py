@@ -59,11 +59,17 @@ class ContextBuilder:
                              tuple(selection.context_lengths) if selection and selection.context_lengths else None,
                              len(episodes), sum(1 for e in episodes if e.feedback == 1))
 
-    def _messages(self, episodes: Sequence[Episode], query: str | None) -> list[dict[str, str]]:
-        c, model = self.plan.config, self.plan.model
+    def _messages(self, episodes: Sequence[Episode], query: str | None,
+                  system_role: bool | None = None) -> list[dict[str, str]]:
+        c = self.plan.config
         return build_messages(self.plan.system, episodes, query, icrl=c.icrl,
                               prediction_prefix=self.plan.task.prediction_prefix, omit_feedback=c.icrl_omit_feedback,
-                              system_role=model.system_role)
+                              system_role=self.plan.model.system_role if system_role is None else system_role)
+
+    def chat(self, episodes: Sequence[Episode], query: str) -> list[dict[str, str]]:
+        """The prompt for ``query`` as chat messages, for a server that applies its model's own chat template
+        (hosted APIs all take a system instruction)."""
+        return self._messages(episodes, query, system_role=True)
 
     def context(self, episodes: Sequence[Episode]) -> str:
         """The context's text alone: the prefix every prompt of this step shares (and the KV cache reuses)."""

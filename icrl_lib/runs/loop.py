@@ -9,6 +9,7 @@ predicted on that same context. Every completed step is one fsynced line in ``st
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -156,23 +157,30 @@ class Stepper:
         query, answer = self.plan.task.format_input(ex), self.plan.task.answer(ex)
         if not self.plan.config.icrl:  # ICL: the gold label joins the history, nothing is predicted
             return TrainRecord(step, query, answer)
-        prompt = self.builder.prompt(episodes, query)
-        self._debug([prompt])
-        pred = self.predictor.predict([prompt], self.plan.config.seed + step, stream=0, context=context)[0]
+        prompts = self._prompts(episodes, [query])
+        self._debug(prompts)
+        pred = self.predictor.predict(prompts, self.plan.config.seed + step, stream=0, context=context)[0]
         reward = int(pred.label == answer)
         feedback, flipped = shown_feedback(self.plan, step, reward)
         return TrainRecord(step, query, answer, pred.label, reward, feedback, flipped, pred.logprob)
 
     def _test(self, step: int, episodes, context: str) -> TestRecord:
-        prompts = [self.builder.prompt(episodes, q) for q in self.test_queries]
+        prompts = self._prompts(episodes, self.test_queries)
         self._debug(prompts[:1])
         labels = tuple(p.label for p in self.predictor.predict(prompts, self.plan.config.seed + step, stream=1,
                                                                  context=context))
         answers = self.plan.test_answers
         return TestRecord(labels, answers, float(np.mean([p == a for p, a in zip(labels, answers)])))
 
-    def _debug(self, prompts: list[str]) -> None:
+    def _prompts(self, episodes, queries: list[str]) -> list:
+        """The rendered prompts of ``queries``, or their chat messages for a backend that renders them itself."""
+        if getattr(self.predictor, "chat", False):
+            return [self.builder.chat(episodes, q) for q in queries]
+        return [self.builder.prompt(episodes, q) for q in queries]
+
+    def _debug(self, prompts: list) -> None:
         for prompt in prompts[: max(self.debug_left, 0)]:
+            prompt = prompt if isinstance(prompt, str) else json.dumps(prompt, indent=1, ensure_ascii=False)
             log.info("model call prompt:\n%s", prompt)
             self.store.write_debug_prompt(prompt)
             self.debug_left -= 1

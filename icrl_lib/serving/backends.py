@@ -23,6 +23,7 @@ class Backend:
     logprobs: bool  # the label's log-probability is known (recorded in the steps log)
     needs: str = ""  # what the server must be started with for this route
     tested_here: bool = False  # exercised against a real server by this project's tests
+    chat: bool = False  # the server applies its model's chat template to messages; model_name is not used
 
 
 BACKENDS: Mapping[str, Backend] = MappingProxyType({b.name: b for b in (
@@ -42,6 +43,19 @@ BACKENDS: Mapping[str, Backend] = MappingProxyType({b.name: b for b in (
             "log-probabilities of a trie node's children (token_ids_logprob), all queries of a level in one "
             "request, sampled on the client", exact=True, logprobs=True,
             needs="nothing beyond the defaults (RadixAttention caches the shared context)"),
+    Backend("vllm-choice", "vLLM (OpenAI-compatible server)",
+            "APPROXIMATE: guided choice among the label strings (structured_outputs), server-side sampling",
+            exact=False, logprobs=False, needs="vLLM 0.11 or later; --enable-prefix-caching"),
+    Backend("sglang-choice", "SGLang (native /generate)",
+            "APPROXIMATE: a regex of the label strings, server-side sampling (no per-query seed)",
+            exact=False, logprobs=False),
+    Backend("openai-enum", "an OpenAI-compatible chat endpoint (hosted or self-hosted)",
+            "APPROXIMATE: chat messages, the server's chat template, a JSON schema with the labels as an enum",
+            exact=False, logprobs=False, needs="structured outputs (response_format json_schema)",
+            tested_here=True, chat=True),
+    Backend("gemini-enum", "the Gemini API (generativelanguage.googleapis.com)",
+            "APPROXIMATE: chat contents, Gemini's chat template, responseMimeType text/x.enum with the labels",
+            exact=False, logprobs=False, needs="an API key (api_key_env, sent as x-goog-api-key)", chat=True),
 )})
 
 SERVER_BACKENDS = tuple(name for name in BACKENDS if name != "local")

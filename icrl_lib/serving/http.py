@@ -4,7 +4,7 @@ Timeouts, refused connections, 429 and 5xx answers are retried with exponential 
 after ``retries`` further tries the request fails with :class:`~icrl_lib.errors.ServerError`, which the runner turns
 into "rerun to resume" (a step is logged only after all its requests succeeded, so nothing is lost). Other 4xx
 answers are the request's fault and fail at once, with the server's own message. The API key is read from the
-environment variable the config names and only ever sent in the ``Authorization`` header.
+environment variable the config names and only ever sent in a header (``Authorization``, or Gemini's).
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ class ServerClient:
     """JSON over HTTP to one server (``base_url``, e.g. ``http://127.0.0.1:8080``)."""
 
     def __init__(self, base_url: str, api_key_env: str | None = None, timeout: float = 600.0, retries: int = 5,
-                 backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep):
+                 backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep, key_header: str = "Authorization"):
+        """``key_header``: ``Authorization`` sends ``Bearer <key>`` (OpenAI and the servers that copy it), another
+        name sends the key as that header's value (Gemini's ``x-goog-api-key``)."""
         self.base_url = base_url.rstrip("/")
         headers = {}
         if api_key_env:
@@ -36,7 +38,7 @@ class ServerClient:
             if not key:
                 raise UserError(f"api_key_env: environment variable {api_key_env} is not set (it should hold the "
                                 f"server's API key)")
-            headers["Authorization"] = f"Bearer {key}"
+            headers[key_header] = f"Bearer {key}" if key_header == "Authorization" else key
         self.retries, self.backoff, self.sleep = retries, backoff, sleep
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 

@@ -15,11 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from icrl_lib.engine.generation import Prediction, TokenCounter
-from icrl_lib.errors import ServerError
 from icrl_lib.serving.http import ServerClient
+from icrl_lib.serving.sampled import ServerSampledPredictor
 from icrl_lib.tasks.trie import LabelTrie
 
 NEUTRAL_SAMPLING: dict[str, Any] = {  # llama-cpp-python's defaults are top_k 40, top_p 0.95, min_p 0.05
@@ -42,49 +39,32 @@ def string_grammar(labels) -> str:
     return "root ::= " + " | ".join(quoted(" " + label) for label in labels)
 
 
-def query_seed(seed: int, stream: int, index: int) -> int:
-    """The server-side seed of one query: derived from (seed + step, stream, query index), as the local draws are;
-    below 2**32 - 1, which llama.cpp reads as "random"."""
-    state = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, stream, index]).generate_state(1)[0]
-    return int(state) % 0xFFFFFFFF
+class GrammarPredictor(ServerSampledPredictor):
+    """Label prediction on a llama.cpp server with a token-id grammar (the server samples). Requests go one after
+    another: the server's prefix cache keeps the shared context of the previous request, so each query computes only
+    its own tokens. llama-cpp-python reports no cache counters: tokens computed are unknown."""
 
-
-class GrammarPredictor:
-    """Label prediction on a llama.cpp server with a token-id grammar (the server samples)."""
+    unlabelled_hint = ": does the server support token-id grammars (llama.cpp 2025 or later)?"
 
     def __init__(self, client: ServerClient, model: str, encode_batch, trie: LabelTrie, temperature: float,
                  banned: Sequence[int], exact: bool = True):
-        self.client, self.model, self.encode_batch, self.trie = client, model, encode_batch, trie
-        self.temperature = float(temperature)
+        super().__init__(client, model, trie.labels, temperature, encode_batch)
         self.grammar = token_grammar(trie) if exact else string_grammar(trie.labels)
         # A label spelled by other tokens may be longer: room for one token per character, then the end.
         self.max_tokens = max(len(s) for s in trie.sequences) if exact else max(len(x) for x in trie.labels) + 2
         self.bias = {str(t): BANNED for t in banned}
-        self.by_text = {" " + label: label for label in trie.labels}
-        self.tokens = TokenCounter(known=False)
 
     def request(self, prompt: str, seed: int) -> dict[str, Any]:
         """The body of one ``/v1/completions`` request."""
         return {"model": self.model, "prompt": prompt, "max_tokens": self.max_tokens, "temperature": self.temperature,
                 "seed": seed, "grammar": self.grammar, "logit_bias": self.bias, **NEUTRAL_SAMPLING}
 
-    def predict(self, prompts: Sequence[str], seed: int, stream: int = 0,
-                context: str | None = None) -> list[Prediction]:
-        """One label per prompt. Requests go one after another: the server's prefix cache keeps the shared context
-        of the previous request, so each query computes only its own tokens."""
-        self.tokens.prompt += sum(len(x) for x in self.encode_batch(prompts))
-        out = []
-        for i, prompt in enumerate(prompts):
-            answer = self.client.post("/v1/completions", self.request(prompt, query_seed(seed, stream, i)))
-            choice = answer["choices"][0]
-            label = self.by_text.get(choice["text"])
-            if label is None or choice.get("finish_reason") != "stop":
-                raise ServerError(f"the llama.cpp server answered {choice['text']!r} ({choice.get('finish_reason')})"
-                                  f", not a label: does it support token-id grammars (llama.cpp 2025 or later)?")
-            self.tokens.generated += int((answer.get("usage") or {}).get("completion_tokens") or 0)
-            out.append(Prediction(label, None))
-        return out
+    def text(self, answer: dict[str, Any]) -> str | None:
+        choice = answer["choices"][0]
+        return choice["text"] if choice.get("finish_reason") == "stop" else None
 
-    def cache_report(self) -> dict[str, int]:
-        """The KV cache lives on the server: nothing held here."""
-        return {"entries": 0, "tokens": 0, "evictions": 0}
+    def label(self, text: str) -> str | None:
+        return super().label(text[1:]) if text.startswith(" ") else None
+
+    def usage(self, answer: dict[str, Any]) -> tuple[int | None, int | None, int]:
+        return None, None, int((answer.get("usage") or {}).get("completion_tokens") or 0)

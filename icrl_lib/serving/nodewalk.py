@@ -19,6 +19,7 @@ from icrl_lib.engine.generation import Prediction, TokenCounter, choose_scored, 
 from icrl_lib.engine.kvcache import common_prefix_length
 from icrl_lib.errors import ServerError
 from icrl_lib.serving.http import ServerClient
+from icrl_lib.serving.sampled import server_cache_report
 from icrl_lib.tasks.trie import LabelTrie
 
 WARM_MIN_TOKENS = 64  # a shorter shared prefix costs less than the extra round trip
@@ -80,8 +81,7 @@ class NodeWalkPredictor:
         return [Prediction(self.trie.labels[leaves[n]], lp) for n, lp in zip(nodes, logps)]
 
     def cache_report(self) -> dict[str, int]:
-        """The KV cache lives on the server: nothing held here."""
-        return {"entries": 0, "tokens": 0, "evictions": 0}
+        return server_cache_report()
 
 
 class VllmScorer:

@@ -8,6 +8,8 @@ from typing import Any
 
 from icrl_lib.errors import ServerError, UserError
 from icrl_lib.serving.backends import backend
+from icrl_lib.serving.choice import SglangChoicePredictor, VllmChoicePredictor
+from icrl_lib.serving.hosted import GeminiEnumPredictor, OpenAIEnumPredictor
 from icrl_lib.serving.http import ServerClient
 from icrl_lib.serving.llamacpp import GrammarPredictor
 from icrl_lib.serving.nodewalk import NodeWalkPredictor, SglangScorer, VllmScorer
@@ -25,6 +27,7 @@ class ServerInfo:
     route: str
     exact: bool
     logprobs: bool
+    tokenization: str  # how far the server's tokenization was checked against model_name's
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,12 +42,23 @@ class Connection:
 
     def predictor(self, encode_batch, trie: LabelTrie, temperature: float, banned: Sequence[int]):
         """The backend's predictor (``banned``: end-of-generation tokens other than the end-of-turn)."""
-        if self.info.backend.startswith("llamacpp"):
-            return GrammarPredictor(self.client, self.info.model, encode_batch, trie, temperature, banned,
-                                    exact=self.info.exact)
-        if self.info.backend == "sglang":
-            return NodeWalkPredictor(encode_batch, trie, temperature, SglangScorer(self.client))
-        return NodeWalkPredictor(encode_batch, trie, temperature, VllmScorer(self.client, self.info.model))
+        name, model, client = self.info.backend, self.info.model, self.client
+        if name.startswith("llamacpp"):
+            return GrammarPredictor(client, model, encode_batch, trie, temperature, banned, exact=self.info.exact)
+        if name == "sglang":
+            return NodeWalkPredictor(encode_batch, trie, temperature, SglangScorer(client))
+        if name == "vllm":
+            return NodeWalkPredictor(encode_batch, trie, temperature, VllmScorer(client, model))
+        if name == "vllm-choice":
+            return VllmChoicePredictor(client, model, encode_batch, trie.labels, temperature)
+        if name == "sglang-choice":
+            return SglangChoicePredictor(client, model, encode_batch, trie.labels, temperature)
+        if name == "openai-enum":
+            dialect = "llama-cpp-python" if self.info.software.startswith("llama-cpp-python") else "openai"
+            return OpenAIEnumPredictor(client, model, trie.labels, temperature, dialect)
+        if name == "gemini-enum":
+            return GeminiEnumPredictor(client, model, trie.labels, temperature)
+        raise ValueError(f"backend: {name} has no predictor")
 
 
 def connect(name: str, url: str, served_model: str | None, api_key_env: str | None, timeout: float, retries: int,
@@ -52,16 +66,20 @@ def connect(name: str, url: str, served_model: str | None, api_key_env: str | No
     """Probe the server at ``url`` for backend ``name``: models, software, tokenization of ``samples`` (a rendered
     prompt and labels) against ``encode``. A client for the run (with its timeout and retries) on success."""
     entry = backend(name)
-    probe = ServerClient(url, api_key_env, timeout=min(timeout, 30.0), retries=1, backoff=0.5)
+    header = "x-goog-api-key" if name == "gemini-enum" else "Authorization"
+    probe = ServerClient(url, api_key_env, timeout=min(timeout, 30.0), retries=1, backoff=0.5, key_header=header)
     try:
-        try:
-            models = probe.get("/v1/models")
-        except ServerError as err:
-            raise ServerError(f"server_url: {err}") from None
-        ids = [m.get("id") for m in (models.get("data") or []) if isinstance(m, dict)]
-        model = _served_model(ids, served_model, url)
-        software = _software(probe, name)
-        for text in samples:
+        if name == "gemini-enum":
+            model, software = _gemini_model(probe, served_model, url)
+        else:
+            try:
+                models = probe.get("/v1/models")
+            except ServerError as err:
+                raise ServerError(f"server_url: {err}") from None
+            ids = [m.get("id") for m in (models.get("data") or []) if isinstance(m, dict)]
+            model = _served_model(ids, served_model, url)
+            software = _software(probe, name)
+        for text in samples if not entry.chat else ():
             theirs, ours = _tokenize(probe, name, model, text), encode(text)
             if theirs != ours:
                 raise UserError(f"server_url: {url} tokenizes differently from model_name's tokenizer: {text[:60]!r}"
@@ -74,8 +92,21 @@ def connect(name: str, url: str, served_model: str | None, api_key_env: str | No
                 raise UserError(f"server_url: {err}") from None
     finally:
         probe.close()
-    info = ServerInfo(name, url, software, model, entry.route, entry.exact, entry.logprobs)
-    return Connection(ServerClient(url, api_key_env, timeout=timeout, retries=retries), info)
+    checked = ("not checked: the server renders the messages with its own chat template" if entry.chat else
+               f"equal to model_name's on {len(samples)} rendered prompts")
+    info = ServerInfo(name, url, software, model, entry.route, entry.exact, entry.logprobs, checked)
+    return Connection(ServerClient(url, api_key_env, timeout=timeout, retries=retries, key_header=header), info)
+
+
+def _gemini_model(client: ServerClient, wanted: str | None, url: str) -> tuple[str, str]:
+    """(model id, software) from the Gemini API's model resource."""
+    if wanted is None:
+        raise UserError("server_model: the Gemini API serves many models; name one, e.g. gemini-1.5-flash-8b")
+    try:
+        found = client.get(f"/v1beta/models/{wanted}")
+    except ServerError as err:
+        raise UserError(f"server_model: {wanted!r} at {url}: {err}") from None
+    return wanted, f"Gemini API ({found.get('name', wanted)}, version {found.get('version', 'not reported')})"
 
 
 def _served_model(ids: list[str], wanted: str | None, url: str) -> str:
@@ -89,6 +120,13 @@ def _served_model(ids: list[str], wanted: str | None, url: str) -> str:
 
 
 def _software(client: ServerClient, name: str) -> str:
+    if name == "openai-enum":
+        info = (client.try_get("/openapi.json") or {}).get("info") or {}
+        if "llama" in str(info.get("title", "")).lower():
+            return f"llama-cpp-python {info.get('version', '?')}"
+        version = (client.try_get("/version") or {}).get("version")
+        return f"OpenAI-compatible server {version}" if version else "OpenAI-compatible (version not reported)"
+    name = name.split("-")[0]
     if name == "sglang":
         version = (client.try_get("/get_server_info") or {}).get("version")
         return f"SGLang {version}" if version else "SGLang (version not reported)"
@@ -106,6 +144,7 @@ def _software(client: ServerClient, name: str) -> str:
 
 def _tokenize(client: ServerClient, name: str, model: str, text: str) -> list[int]:
     """The server's token ids for ``text`` (special tokens parsed, nothing added), by its own tokenize route."""
+    name = name.split("-")[0]
     if name == "vllm":
         return client.post("/tokenize", {"model": model, "prompt": text, "add_special_tokens": False})["tokens"]
     if name == "sglang":  # the prompt's own tokens, as its input log-probabilities list them

@@ -1,0 +1,104 @@
+"""Labels drawn by the server: one request per query, the label read from the answer's text.
+
+The common part of every route where the server samples (llama.cpp's token grammar, the guided-choice and enum
+routes): per-query seeds derived as the local draws are, requests sent one after another (a single-slot server whose
+prefix cache keeps the previous request) or concurrently (a batching server), the answer checked to be a label, and
+tokens counted from what the server reports, never guessed.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from icrl_lib.engine.generation import Prediction, TokenCounter
+from icrl_lib.errors import ServerError
+from icrl_lib.serving.http import ServerClient
+
+Prompt = Any  # a rendered prompt (str) for completion routes, a message list for chat routes
+
+
+def query_seed(seed: int, stream: int, index: int) -> int:
+    """The server-side seed of one query: derived from (seed + step, stream, query index), as the local draws are;
+    below 2**32 - 1, which llama.cpp reads as "random"."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, stream, index]).generate_state(1)[0]
+    return int(state) % 0xFFFFFFFF
+
+
+def server_cache_report() -> dict[str, int]:
+    """A server backend's line in the steps log: the KV cache lives on the server, nothing is held here."""
+    return {"entries": 0, "tokens": 0, "evictions": 0}
+
+
+class ServerSampledPredictor:
+    """Base of the routes where the server draws the label. Subclasses say the request, where the answer's text is,
+    and what the server reports of its token use (:meth:`usage`)."""
+
+    path = "/v1/completions"
+    send_ids = False  # True: ``request`` gets the prompt's token ids (the run's tokenization), not its text
+    chat = False  # True: prompts are message lists, and the server applies the model's chat template itself
+
+    def __init__(self, client: ServerClient, model: str, labels: Sequence[str], temperature: float,
+                 encode_batch=None, concurrency: int = 1):
+        """``encode_batch``: the run's tokenizer, to count prompt tokens on the client (None: the server counts)."""
+        self.client, self.model, self.labels = client, model, tuple(labels)
+        self.temperature, self.encode_batch, self.concurrency = float(temperature), encode_batch, concurrency
+        self.tokens = TokenCounter(known=True)
+
+    def request(self, prompt: Prompt, seed: int) -> dict[str, Any]:
+        """The body of one query's request."""
+        raise NotImplementedError
+
+    def text(self, answer: Any) -> str | None:
+        """The label as the answer spells it (None: the answer holds no finished text)."""
+        raise NotImplementedError
+
+    def label(self, text: str) -> str | None:
+        """The label ``text`` names (None: not a label)."""
+        return text if text in self.labels else None
+
+    def usage(self, answer: Any) -> tuple[int | None, int | None, int]:
+        """(prompt tokens, of them served from the server's cache, generated tokens); None where not reported."""
+        raise NotImplementedError
+
+    def predict(self, prompts: Sequence[Prompt], seed: int, stream: int = 0,
+                context: str | None = None) -> list[Prediction]:
+        """One label per prompt, each drawn by the server with a seed of its own (``context`` is not needed)."""
+        ids = self.encode_batch(prompts) if self.encode_batch is not None else None
+        inputs = ids if self.send_ids else prompts
+        bodies = [self.request(x, query_seed(seed, stream, i)) for i, x in enumerate(inputs)]
+        path = self.path.format(model=self.model)
+        if self.concurrency > 1 and len(bodies) > 1:
+            with ThreadPoolExecutor(min(self.concurrency, len(bodies))) as pool:
+                answers = list(pool.map(lambda body: self.client.post(path, body), bodies))
+        else:
+            answers = [self.client.post(path, body) for body in bodies]
+        if ids is not None:
+            self.tokens.prompt += sum(len(x) for x in ids)
+        out = []
+        for answer in answers:
+            text = self.text(answer)
+            label = None if text is None else self.label(text)
+            if label is None:
+                raise ServerError(f"{self.model} answered {text!r}, not one of the {len(self.labels)} labels"
+                                  f"{self.unlabelled_hint}")
+            self._count(answer)
+            out.append(Prediction(label, None))
+        return out
+
+    unlabelled_hint = ""  # what a user can check when the server answered something else
+
+    def _count(self, answer: Any) -> None:
+        prompt, cached, generated = self.usage(answer)
+        self.tokens.generated += generated
+        if self.encode_batch is None:
+            self.tokens.prompt += prompt or 0
+        if prompt is None or cached is None:
+            self.tokens.known = False  # the server does not say what its cache served: unknown, not guessed
+        else:
+            self.tokens.computed += prompt - cached
+
+    def cache_report(self) -> dict[str, int]:
+        return server_cache_report()
