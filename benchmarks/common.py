@@ -23,7 +23,7 @@ def machine() -> str:
 @contextmanager
 def forward_timer(model):
     """Accumulate wall time spent inside ``model.forward`` (the raw forward passes) while the block runs."""
-    spent = {"seconds": 0.0, "calls": 0, "tokens": 0}
+    spent = {"seconds": 0.0, "calls": 0, "tokens": 0, "kept": 0}
     original = model.forward
 
     def timed(*args, **kwargs):
@@ -36,6 +36,8 @@ def forward_timer(model):
         spent["calls"] += 1
         ids = kwargs.get("input_ids")
         spent["tokens"] += int(ids.numel()) if ids is not None else 0
+        keep = kwargs.get("logits_to_keep")  # LM-head positions computed (an int keeps the last ones)
+        spent["kept"] += int(keep.numel()) if isinstance(keep, torch.Tensor) else int(keep or 0)
         return out
 
     model.forward = timed  # nn.Module.__call__ dispatches to the instance attribute
@@ -43,6 +45,20 @@ def forward_timer(model):
         yield spent
     finally:
         del model.forward
+
+
+def forward_flops(model, tokens: int, keys_per_token: float, logits: int = 0) -> float:
+    """Model FLOPs of ``tokens`` tokens that attend to ``keys_per_token`` keys on average (2 per multiply-add):
+    the layers' matrix products, attention scores and weighted values, and ``logits`` positions of the LM head."""
+    cfg = getattr(model.config, "text_config", model.config)
+    hidden, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    kv = (getattr(cfg, "num_key_value_heads", None) or heads) * head_dim
+    per_layer = hidden * (heads * head_dim) * 2 + hidden * kv * 2 + 3 * hidden * cfg.intermediate_size
+    linear = 2 * per_layer * layers * tokens
+    attention = 4 * heads * head_dim * layers * tokens * keys_per_token
+    return linear + attention + 2 * hidden * vocab * logits
 
 
 RANDOM_LLAMA = "random-llama-3.1-8b"

@@ -33,6 +33,7 @@ from icrl_lib.engine.kvcache import (
     packed_token_budget,
 )
 from icrl_lib.engine.models import LanguageModel
+from icrl_lib.engine.split_tokens import encode_shared
 from icrl_lib.tasks.trie import LabelTrie
 
 
@@ -99,8 +100,12 @@ class LabelPredictor:
     """Predicts labels for prompts with constrained decoding over ``labels``."""
 
     def __init__(self, lm: LanguageModel, trie: LabelTrie, temperature: float, fast: bool = True,
-                 batch_size: int | None = None, cache_budget_tokens: int | None = None, max_cached_contexts: int = 9):
+                 batch_size: int | None = None, cache_budget_tokens: int | None = None, max_cached_contexts: int = 9,
+                 cascade: bool = True):
+        """``cascade``: packed rows use cascade attention (:mod:`icrl_lib.engine.cascade`) where the model runs
+        SDPA; False keeps the block-diagonal mask (the same predictions, for comparison)."""
         self.lm = lm
+        self.cascade = cascade
         self.trie = trie  # the run plan's (tasks.task.check_label_tokens)
         self.temperature = float(temperature)
         self.fast = fast
@@ -115,25 +120,32 @@ class LabelPredictor:
     def predict(self, prompts: Sequence[str], seed: int, stream: int = 0,
                 context: str | None = None) -> list[Prediction]:
         """Sample one label per prompt. ``context`` (the prompt text without the query) marks the reusable prefix."""
-        ids = self.lm.encode_batch(prompts)
-        self.tokens.prompt += sum(len(x) for x in ids)
-        rngs = [query_rng(seed, stream, i) for i in range(len(ids))]
+        encoded = encode_shared(self.lm.tokenizer, prompts)  # a test set's shared context is tokenized once
+        self.tokens.prompt += encoded.total
+        rngs = [query_rng(seed, stream, i) for i in range(len(prompts))]
         if not self.fast:
-            return [self._predict_uncached(x, rng) for x, rng in zip(ids, rngs)]
+            return [self._predict_uncached(x, rng) for x, rng in zip(encoded.full(), rngs)]
         # Cache what every prompt shares (the context and the query's opening, e.g. "\n\nQuery:"); a lone prompt
         # (the training query) is cut back to the context, so its own text does not end up in the reusable cache.
-        shared = min(len(x) for x in ids) - 1  # every query keeps at least one token of its own
-        for x in ids[1:]:
-            shared = min(shared, common_prefix_length(ids[0], x))
-        if context is not None and len(ids) == 1:
-            shared = min(shared, common_prefix_length(ids[0], self.lm.encode(context)))
+        tails = encoded.tails
+        if len(tails) == 1:
+            ids = encoded.head + tails[0]
+            shared = len(ids) - 1  # the query keeps at least one token of its own
+            if context is not None:
+                shared = min(shared, common_prefix_length(ids, self.lm.encode(context)))
+            prefix, suffixes = ids[:shared], [ids[shared:]]
+        else:
+            common = min(len(t) for t in tails) - 1  # every query keeps at least one token of its own
+            for t in tails[1:]:
+                common = min(common, common_prefix_length(tails[0], t))
+            prefix, suffixes = encoded.head + tails[0][:common], [t[common:] for t in tails]
         before = self.pool.stats.computed_tokens
-        entry = self.pool.acquire(ids[0][:shared])
+        entry = self.pool.acquire(prefix)
         self.tokens.computed += self.pool.stats.computed_tokens - before
         out: list[Prediction] = []
-        for chunk in self._chunks([x[shared:] for x in ids], shared):
-            suffixes = [suffix for suffix, _ in chunk]
-            out.extend(self._decode_packed(entry.cache, shared, suffixes, [rngs[i] for _, i in chunk]))
+        for chunk in self._chunks(suffixes, len(prefix)):
+            rows = [s for s, _ in chunk]
+            out.extend(self._decode_packed(entry.cache, len(prefix), rows, [rngs[i] for _, i in chunk]))
         return out
 
     def _chunks(self, suffixes: list[list[int]], prefix_len: int):
@@ -169,7 +181,7 @@ class LabelPredictor:
         Tokens between two decisions (forced by the trie) go into the same forward; forced tokens after the last
         decision (e.g. the end-of-turn) are never computed.
         """
-        row = PackedRow(prefix_len)
+        row = PackedRow(prefix_len, cascade=self.cascade)
         tokens = [t for s in suffixes for t in s]
         owners = [i for i, s in enumerate(suffixes) for _ in s]
         ends = list(np.cumsum([len(s) for s in suffixes]) - 1)

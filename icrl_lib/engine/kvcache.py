@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from icrl_lib.engine.cascade import enable_cascade, plan_cascade
 from icrl_lib.engine.models import LanguageModel
 
+_NO_MASK = torch.zeros(1, 1, 1, 1)  # a 4D mask is passed through untouched: no causal mask is built for the cascade
 PREFILL_CHUNK = 2048  # tokens per forward when extending a prefix; bounds the attention scratch memory
 
 
@@ -36,6 +38,7 @@ class PackedRow:
     prefix_len: int
     owners: list[int] = field(default_factory=list)  # owner of every appended cache position
     lengths: dict[int, int] = field(default_factory=dict)  # tokens appended so far per owner
+    cascade: bool = True  # cascade attention (engine.cascade) where the model runs SDPA; False: the masked row
 
     def forward(self, lm: LanguageModel, cache, tokens: Sequence[int], owners: Sequence[int],
                 keep: Sequence[int]) -> torch.Tensor:
@@ -45,14 +48,33 @@ class PackedRow:
         earlier new tokens of its owner. Position ids continue each owner's own sequence after the prefix.
         """
         device = lm.model.device
-        new_owner = torch.tensor(owners, dtype=torch.long, device=device)
         positions = []
         for o in owners:
             n = self.lengths.get(o, 0)
             positions.append(self.prefix_len + n)
             self.lengths[o] = n + 1
+        if self.cascade and enable_cascade(lm.model):
+            # No mask at all: each layer attends to the prefix and to each query's own tokens apart (engine.cascade).
+            extra = {"attention_mask": _NO_MASK, "cascade": plan_cascade(self.prefix_len, self.owners, owners, device)}
+        else:
+            extra = {"attention_mask": self._mask(lm, owners, device)}
+        with torch.inference_mode():
+            out = lm.model(
+                input_ids=torch.tensor([list(tokens)], device=device),
+                position_ids=torch.tensor([positions], device=device),
+                use_cache=True,
+                logits_to_keep=torch.tensor(list(keep), device=device),
+                **extra,
+                **{lm.cache_arg: cache},
+            )
+        self.owners.extend(owners)
+        return out.logits[0].float()
+
+    def _mask(self, lm: LanguageModel, owners: Sequence[int], device) -> torch.Tensor:
+        """The block-diagonal mask of the whole row (the reference the cascade is tested against)."""
+        new_owner = torch.tensor(owners, dtype=torch.long, device=device)
         past_owner = torch.tensor(self.owners, dtype=torch.long, device=device)
-        q = len(tokens)
+        q = len(owners)
         order = torch.arange(q, device=device)  # the mask is built where the model runs
         mask = torch.cat(
             [
@@ -66,17 +88,7 @@ class PackedRow:
         # convert in every layer (measured 8% slower on CPU).
         dtype = lm.model.dtype
         additive = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, torch.finfo(dtype).min)
-        with torch.inference_mode():
-            out = lm.model(
-                input_ids=torch.tensor([list(tokens)], device=device),
-                attention_mask=additive[None, None],
-                position_ids=torch.tensor([positions], device=device),
-                use_cache=True,
-                logits_to_keep=torch.tensor(list(keep), device=device),
-                **{lm.cache_arg: cache},
-            )
-        self.owners.extend(owners)
-        return out.logits[0].float()
+        return additive[None, None]
 
     def release(self, cache) -> None:
         """Crop every appended token off ``cache``, restoring the prefix exactly."""

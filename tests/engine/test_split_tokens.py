@@ -1,0 +1,71 @@
+"""Split tokenization (engine.split_tokens): a test set's shared head tokenized once gives exactly the token ids of
+every whole prompt, on the five tasks' whole test sets; where head + tail would differ it tokenizes whole."""
+from __future__ import annotations
+
+import pytest
+
+from icrl_lib.engine.models import model_facts, resolve_model
+from icrl_lib.engine.split_tokens import encode_shared, special_strings, split_point
+from icrl_lib.paper.prompts import Episode, build_messages, render_prompt, system_prompt
+from icrl_lib.tasks.task import load_task
+
+TASKS = ("banking77", "clinic150", "nlu", "trec_coarse", "trec_fine")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return model_facts("smollm2-135m-instruct", resolve_model("smollm2-135m-instruct")).tokenizer
+
+
+def prompts_of(tokenizer, task, queries, episodes=6):
+    """The run's prompts for ``queries`` on one ICRL context with both feedback sentences."""
+    train = task.sample_train(episodes, seed=3)[1]
+    shown = [Episode(task.format_input(ex), task.answer(ex), task.answer(ex), i % 2) for i, ex in enumerate(train)]
+    system = system_prompt(True, task.description)
+    return [render_prompt(tokenizer, build_messages(system, shown, task.format_input(ex), icrl=True,
+                                                    prediction_prefix=task.prediction_prefix),
+                          task.prediction_prefix) for ex in queries]
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("name", TASKS)
+def test_split_tokenization_gives_every_test_prompts_own_token_ids(tokenizer, data_dir, name):
+    task = load_task(name, str(data_dir))
+    prompts = prompts_of(tokenizer, task, task.test)
+    encoded = encode_shared(tokenizer, prompts)
+    assert encoded.split and len(encoded.head) > 100  # the context really was tokenized once
+    assert encoded.full() == tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    assert encoded.total == sum(len(x) for x in encoded.full())
+
+
+class PrependsAMarker:
+    """A tokenizer that marks the start of every text it is given (as SentencePiece's leading space does): the
+    head + tail of a split prompt then differ from the prompt's own ids."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.all_special_tokens, self.added_tokens_decoder = inner.all_special_tokens, inner.added_tokens_decoder
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[0] + x for x in self.inner(texts, add_special_tokens=False)["input_ids"]]}
+
+
+@pytest.mark.data
+def test_a_split_that_would_change_the_ids_falls_back_to_whole_prompts(tokenizer, data_dir):
+    task = load_task("trec_coarse", str(data_dir))
+    prompts = prompts_of(tokenizer, task, task.test[:20])
+    marked = PrependsAMarker(tokenizer)
+    encoded = encode_shared(marked, prompts)
+    assert not encoded.split and encoded.head == []
+    assert encoded.full() == marked(prompts)["input_ids"]
+
+
+def test_the_split_falls_after_the_last_special_token_of_the_shared_text(tokenizer):
+    specials = special_strings(tokenizer)
+    assert "<|im_start|>" in specials and "<|im_end|>" in specials
+    a = "<|im_start|>user\nfeedback\n\nQuery: a<|im_end|>"
+    b = "<|im_start|>user\nfeedback\n\nQuery: b<|im_end|>"
+    assert split_point([a, b], specials) == len("<|im_start|>")
+    assert split_point(["<|im_start|>x", "<|im_start|>"], specials) == 0  # every prompt keeps a character of its own
+    assert split_point(["plain a", "plain b"], specials) == 0
+    assert not encode_shared(tokenizer, [a]).split  # a lone prompt: nothing to share
