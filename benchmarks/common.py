@@ -62,6 +62,9 @@ def forward_flops(model, tokens: int, keys_per_token: float, logits: int = 0) ->
 
 
 RANDOM_LLAMA = "random-llama-3.1-8b"
+RANDOM_SCALED = "random-llama-scaled"  # Llama 3.1's layout, scaled down for long contexts on a CPU
+SCALED_SHAPE = dict(hidden_size=256, intermediate_size=896, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2)
 
 
 def load_bench_model(model_name: str, layers: int | None = None, tokenizer: str | None = None,
@@ -85,7 +88,7 @@ def load_bench_model(model_name: str, layers: int | None = None, tokenizer: str 
     )
     from icrl_lib.paper.prompts import supports_system_role
 
-    if model_name != RANDOM_LLAMA:
+    if model_name not in (RANDOM_LLAMA, RANDOM_SCALED):
         return load_model(model_name)
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -97,9 +100,12 @@ def load_bench_model(model_name: str, layers: int | None = None, tokenizer: str 
     else:
         small = load_model(DEFAULT_MODEL)  # tokenizer, end-of-turn and chat template
         tok, eot_id, system_role = small.tokenizer, small.eot_id, small.system_role
-    config = LlamaConfig(  # meta-llama/Meta-Llama-3.1-8B-Instruct config.json
-        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=layers or 32,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
+    shape = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=8) if model_name == RANDOM_LLAMA else dict(SCALED_SHAPE)
+    if layers:
+        shape["num_hidden_layers"] = layers
+    config = LlamaConfig(  # meta-llama/Meta-Llama-3.1-8B-Instruct config.json (or its layout, scaled down)
+        vocab_size=128256, **shape, max_position_embeddings=131072, rms_norm_eps=1e-5,
         rope_theta=500000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
         attn_implementation="sdpa")
@@ -109,7 +115,7 @@ def load_bench_model(model_name: str, layers: int | None = None, tokenizer: str 
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(config).to(dtype).eval()
-    return LanguageModel(name=RANDOM_LLAMA, model=model, tokenizer=tok, eot_id=eot_id,
+    return LanguageModel(name=model_name, model=model, tokenizer=tok, eot_id=eot_id,
                          context_window=config.max_position_embeddings, system_role=system_role,
                          device=str(next(model.parameters()).device), cache_arg=cache_argument(model))
 

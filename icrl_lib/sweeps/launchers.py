@@ -145,7 +145,7 @@ def _local(sweep: Sweep, jobs: list[tuple]):
 
     gpus = _gpu_count()
     workers = min(sweep.workers, len(jobs), gpus) if gpus else min(sweep.workers, len(jobs))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = sweep.threads or max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: CUDA_VISIBLE_DEVICES applies before torch loads
     devices = ctx.Queue()
     for gpu in range(gpus):

@@ -6,6 +6,7 @@ A sweep is a base config (fields, and/or config YAML files) times axes (lists of
     name: demo                       # default: the file's stem
     launcher: local                  # local | slurm | ray (see icrl_lib.sweeps.launchers)
     workers: 2                       # runs at once (local: processes; slurm: array parallelism; ray: tasks)
+    threads: 1                       # local on CPU: torch threads per worker (default: the cores / workers)
     configs: [params/grid/*/*.yaml]  # optional config files (globs, relative to the checkout), each a base
     base: {task_name: trec_coarse, train_k: 50}   # fields for every run (after the files)
     axes:                            # every combination, applied in this order
@@ -42,7 +43,7 @@ from icrl_lib.runs.plan import Schedule
 from icrl_lib.runs.store import LOG_FILE, META_FILE, SWEEPS_DIR, TABLES_DIR, holder, run_dir, run_name
 
 LAUNCHERS = ("local", "slurm", "ray")
-SWEEP_KEYS = ("name", "launcher", "workers", "configs", "base", "axes", "slurm", "ray")
+SWEEP_KEYS = ("name", "launcher", "workers", "threads", "configs", "base", "axes", "slurm", "ray")
 STATES = ("done", "running", "failed", "pending")
 
 
@@ -54,6 +55,7 @@ class Sweep:
     configs: tuple[ExperimentConfig, ...]
     launcher: str = "local"
     workers: int = 1
+    threads: int | None = None  # local launcher on CPU: torch threads per worker (None: the cores / workers)
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per launcher: slurm / ray settings
 
     @property
@@ -80,6 +82,9 @@ def load_sweep(source: str | Path | Mapping[str, Any], root: str | Path | None =
         raise UserError(f"{label}: launcher: got {launcher!r}; allowed: {', '.join(LAUNCHERS)}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserError(f"{label}: workers: must be an integer >= 1, got {workers!r}")
+    threads = spec.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UserError(f"{label}: threads: must be an integer >= 1 (torch threads per local worker), got {threads!r}")
     bases = [dict(spec.get("base") or {})]
     if spec.get("configs"):
         files = sorted({f for pattern in _as_list(spec["configs"])
@@ -90,7 +95,7 @@ def load_sweep(source: str | Path | Mapping[str, Any], root: str | Path | None =
     configs = expand(bases, spec.get("axes") or {}, label)
     configs = [with_paths_resolved(c) for c in configs]
     options = {k: MappingProxyType(dict(spec.get(k) or {})) for k in ("slurm", "ray")}
-    return Sweep(str(name), tuple(configs), launcher, workers, MappingProxyType(options))
+    return Sweep(str(name), tuple(configs), launcher, workers, threads, MappingProxyType(options))
 
 
 def expand(bases: list[Mapping[str, Any]], axes: Mapping[str, list], label: str = "sweep") -> list[ExperimentConfig]:

@@ -179,3 +179,35 @@ def test_pool_reuses_the_longest_common_prefix_and_respects_its_budget(tiny, tre
     pool.acquire(list(reversed(a)))  # nothing in common: the least recently used entry goes
     assert [e.ids for e in pool.entries] == [half, list(reversed(a))] and pool.stats.evictions == 1
     assert sum(len(e.ids) for e in pool.entries) <= pool.budget_tokens
+
+
+@pytest.mark.tiny
+def test_a_pool_too_small_for_the_contexts_evicts_and_recomputes_with_the_same_predictions(tiny, trec):
+    """Approximate ICRL at a size where K contexts do not fit the memory budget: the pool never holds more than its
+    budget, evicts the least recently used context and recomputes it when it comes back; predictions do not change."""
+    lm = tiny
+    system = system_prompt(True, trec.description)
+
+    def messages(shown, query):
+        return build_messages(system, shown, query, icrl=True, prediction_prefix=trec.prediction_prefix,
+                              system_role=lm.system_role)
+
+    contexts = []
+    for seed in (1, 2, 3):  # three unrelated contexts, as K=3 approximate contexts are
+        train = trec.sample_train(8, seed=seed)[1]
+        shown = [Episode(trec.format_input(ex), trec.answer(ex), trec.answer(ex), 1) for ex in train[:6]]
+        prompts = [render_prompt(lm.tokenizer, messages(shown, trec.format_input(ex)), trec.prediction_prefix)
+                   for ex in train[6:]]
+        contexts.append((prompts, render_context(lm.tokenizer, messages(shown, None))))
+    longest = max(len(lm.encode(c)) for _, c in contexts)
+    small = predictor(lm, trec, 1.0, fast=True, cache_budget_tokens=int(1.5 * longest))
+    large = predictor(lm, trec, 1.0, fast=True, cache_budget_tokens=10**6)
+    for step, k in enumerate([0, 1, 2, 0, 1, 2, 0]):
+        prompts, context = contexts[k]
+        got = small.predict(prompts, seed=step, stream=1, context=context)
+        want = large.predict(prompts, seed=step, stream=1, context=context)
+        assert [p.label for p in got] == [p.label for p in want]
+        assert [p.logprob for p in got] == pytest.approx([p.logprob for p in want], abs=1e-5)
+        assert small.cache_report()["tokens"] <= small.pool.budget_tokens
+    assert small.pool.stats.evictions >= 5 and large.pool.stats.evictions == 0
+    assert small.pool.stats.computed_tokens > large.pool.stats.computed_tokens  # evicted contexts were recomputed

@@ -64,6 +64,7 @@ def test_the_paper_grid_is_one_sweep_of_the_forty_grid_files():
     ({"axes": {"temperature": []}}, "axes.temperature: expected a non-empty list"),
     ({"launcher": "slrum"}, "launcher: got 'slrum'; allowed: local, slurm, ray"),
     ({"workers": 0}, "workers: must be an integer >= 1"),
+    ({"threads": 1.5}, "threads: must be an integer >= 1 (torch threads per local worker), got 1.5"),
     ({"axis": {}}, "unknown key(s) ['axis']"),
     ({"configs": ["nowhere/*.yaml"]}, "configs: no file matches"),
     ({"axes": {"temperature": [-1.0]}}, "temperature: must be >= 0"),
