@@ -18,7 +18,7 @@ import math
 import time
 
 import torch
-from common import RANDOM_LLAMA, RANDOM_SCALED, forward_flops, load_bench_model, machine, parser
+from common import RANDOM_LLAMA, RANDOM_SCALED, forward_flops, forward_timer, load_bench_model, machine, parser
 
 from icrl_lib.engine.generation import LabelPredictor
 from icrl_lib.engine.kvcache import extend_cache, new_cache
@@ -93,19 +93,20 @@ def run_method(bench: Bench, name: str, history: list[Episode], stream, max_exam
         predictor.tokens.take()
         predictor.cache_report()
     computed, held, evictions = [], [], 0
-    start = time.perf_counter()
-    for step in range(steps):
-        selection, state = strategy.select(state, [1] * len(history), seed=100 + step)
-        episodes = [history[i] for i in selection.indices]
-        ex = stream[step]
-        query = bench.task.format_input(ex)
-        pred = predictor.predict([bench.prompt(episodes, query)], seed=100 + step, context=bench.context(episodes))
-        history.append(Episode(query, bench.task.answer(ex), pred[0].label, 1))
-        computed.append(predictor.tokens.take()["computed"])
-        report = predictor.cache_report()
-        held.append(report["tokens"])
-        evictions += report["evictions"]
-    seconds = time.perf_counter() - start
+    with forward_timer(lm.model) as spent:  # time inside the raw forwards, for the efficiency
+        start = time.perf_counter()
+        for step in range(steps):
+            selection, state = strategy.select(state, [1] * len(history), seed=100 + step)
+            episodes = [history[i] for i in selection.indices]
+            ex = stream[step]
+            query = bench.task.format_input(ex)
+            pred = predictor.predict([bench.prompt(episodes, query)], seed=100 + step, context=bench.context(episodes))
+            history.append(Episode(query, bench.task.answer(ex), pred[0].label, 1))
+            computed.append(predictor.tokens.take()["computed"])
+            report = predictor.cache_report()
+            held.append(report["tokens"])
+            evictions += report["evictions"]
+        seconds = time.perf_counter() - start
     context = bench.context(episodes)
     prompts = [bench.prompt(episodes, bench.task.format_input(ex)) for ex in queries]
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
@@ -116,7 +117,7 @@ def run_method(bench: Bench, name: str, history: list[Episode], stream, max_exam
     test_s = time.perf_counter() - start
     return dict(steps_per_s=steps / seconds, computed=sum(computed) / steps, late=sum(computed[steps // 2:]) / max(
         1, steps - steps // 2), held=max(held), evictions=evictions, test_s=test_s, context=len(episodes),
-        budget=predictor.pool.budget_tokens)
+        budget=predictor.pool.budget_tokens, efficiency=spent["seconds"] / seconds)
 
 
 def main() -> None:
@@ -170,7 +171,8 @@ def main() -> None:
             print(f"  {name:11s} {r['steps_per_s']:.3f} steps/s; tokens computed/step {r['computed']:.0f} (last half "
                   f"{r['late']:.0f}); KV cache held {r['held']} tokens = {gib:.2f} GiB (budget {r['budget']} "
                   f"tokens), {r['evictions']} evictions; test evaluation of "
-                  f"{args.queries} queries {r['test_s']:.2f} s; context {r['context']} episodes")
+                  f"{args.queries} queries {r['test_s']:.2f} s; context {r['context']} episodes; efficiency "
+                  f"{r['efficiency']:.3f}")
         e, a = rows["explorative"]["late"], rows["approximate"]["late"]
         print(f"  cost model: explorative / approximate tokens computed per step {e:.0f} / {a:.0f} = "
               f"{e / max(a, 1):.0f}x here; the paper's Table 3 (Llama-3.1-8B, Banking77, whole runs): "

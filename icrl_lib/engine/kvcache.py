@@ -2,9 +2,10 @@
 
 Every ICRL step re-reads a long context (system prompt + episodes) and then a short query. We encode the context
 once, keep its KV cache, and run every query on top of it. Many queries (the test set) go into ONE row after the
-cached prefix, each attending to the prefix and to its own tokens only (a block-diagonal 4D attention mask with
-explicit position ids). Measured on the embedded model this beats per-query cache copies ~3x and batched copies
-4-6x (../shared/notes/embedded-model.md). Tokens appended for the queries are cropped off afterwards, so the
+cached prefix, each attending to the prefix and to its own tokens only: cascade attention
+(:mod:`icrl_lib.engine.cascade`), or a block-diagonal 4D attention mask where the model does not run SDPA; explicit
+position ids. Measured on the embedded model this beats per-query cache copies ~3x and batched copies 4-6x
+(../shared/notes/embedded-model.md). Tokens appended for the queries are cropped off afterwards, so the
 cached prefix is never changed by them.
 """
 from __future__ import annotations
@@ -246,11 +247,12 @@ def free_memory_bytes(lm: LanguageModel) -> int:
 def packed_token_budget(lm: LanguageModel, prefix_len: int) -> int:
     """Query tokens per packed forward on a cached prefix of ``prefix_len`` tokens (``batch_size`` overrides it).
 
-    A packed row of Q tokens computes attention scores for all Q x (prefix + Q) pairs, although each query only needs
-    its own block: the waste is Q / (prefix + Q) of the attention work, so Q is half the prefix (a third of the
-    scores wasted), within [512, 2048] tokens on CPU (measured: throughput flat from 500 to 1,000 query tokens on a
-    2k prefix, -20% at 2k) and [2048, 16384] on GPU, where larger matmuls keep the device busy. It is then capped so
-    the fp32 scores of one layer (heads x Q x (prefix + Q) x 4 bytes) take at most a quarter of free memory.
+    The masked row (models not on SDPA) computes attention scores for all Q x (prefix + Q) pairs although each query
+    needs only its own block, a waste of Q / (prefix + Q); cascade attention wastes nothing, but the same sizes serve
+    it: Q is half the prefix, within [512, 2048] tokens on CPU (measured on the masked row: throughput flat from 500 to
+    1,000 query tokens on a 2k prefix, -20% at 2k) and [2048, 16384] on GPU, where larger matmuls keep it busy. It is
+    then capped so the fp32 scores of one layer (heads x Q x (prefix + Q) x 4 bytes) take at most a quarter of free
+    memory.
     """
     low, high = (2048, 16384) if lm.device.startswith("cuda") else (512, 2048)
     q = max(low, min(high, prefix_len // 2))

@@ -46,8 +46,8 @@ def family_sweep(fam: Family, params: Mapping[str, Any]) -> tuple[Sweep, Mapping
     pairs = [(a, replace(c, output_dir=output_dir)) for a, c in pairs]
     launcher = params.get("launcher", "local")
     options = {launcher: MappingProxyType(dict(params.get("launcher_options") or {}))}
-    sweep = Sweep(f"family_{fam.name}", tuple(c for _, c in pairs), launcher, int(params.get("workers", 1)),
-                  MappingProxyType(options))
+    sweep = Sweep(f"family_{fam.name}", tuple(c for _, c in pairs), launcher=launcher,
+                  workers=int(params.get("workers", 1)), options=MappingProxyType(options))
     return sweep, MappingProxyType({run_name(c): a for a, c in pairs})
 
 

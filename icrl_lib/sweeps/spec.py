@@ -27,7 +27,7 @@ import glob
 import itertools
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -53,6 +53,7 @@ class Sweep:
 
     name: str
     configs: tuple[ExperimentConfig, ...]
+    _: KW_ONLY  # the settings by name: a new one never shifts the others
     launcher: str = "local"
     workers: int = 1
     threads: int | None = None  # local launcher on CPU: torch threads per worker (None: the cores / workers)
@@ -95,7 +96,8 @@ def load_sweep(source: str | Path | Mapping[str, Any], root: str | Path | None =
     configs = expand(bases, spec.get("axes") or {}, label)
     configs = [with_paths_resolved(c) for c in configs]
     options = {k: MappingProxyType(dict(spec.get(k) or {})) for k in ("slurm", "ray")}
-    return Sweep(str(name), tuple(configs), launcher, workers, threads, MappingProxyType(options))
+    return Sweep(str(name), tuple(configs), launcher=launcher, workers=workers, threads=threads,
+                 options=MappingProxyType(options))
 
 
 def expand(bases: list[Mapping[str, Any]], axes: Mapping[str, list], label: str = "sweep") -> list[ExperimentConfig]:

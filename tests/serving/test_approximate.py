@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -24,6 +22,7 @@ from icrl_lib.serving.probe import connect
 from icrl_lib.serving.sampled import query_seed
 from icrl_lib.tasks.task import load_task
 from tests.helpers import TICKETS, small
+from tests.serving.conftest import JsonHandler, serving
 
 LABELS = ("order", "order status", "refund (partial)", "cancel")
 KEY = "test-key-8c1e"  # what the fake Gemini API expects in x-goog-api-key
@@ -33,7 +32,7 @@ def encode_batch(texts):
     return [[ord(c) for c in t] for t in texts]
 
 
-class Documented(BaseHTTPRequestHandler):
+class Documented(JsonHandler):
     """Answers vLLM's guided choice, SGLang's regex and Gemini's enum requests: the answer is the option the request's
     seed picks (SGLang, which takes no seed: the prompt's length), so a test can tell that each query got its own."""
 
@@ -43,12 +42,12 @@ class Documented(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - http.server's naming
         if self.path.startswith("/v1beta/models/"):
             if self.headers.get("x-goog-api-key") != KEY or self.headers.get("authorization"):
-                return self._send({"error": {"message": "API key not valid. Please pass a valid API key."}}, 400)
+                return self.send_json({"error": {"message": "API key not valid. Please pass a valid API key."}}, 400)
             name = self.path.rsplit("/", 1)[1]
             if name != "gemini-test":
-                return self._send({"error": {"message": f"models/{name} is not found"}}, 404)
-            return self._send({"name": "models/gemini-test", "version": "001"})
-        self._send({"/v1/models": {"data": [{"id": "served"}]}, "/version": {"version": "0.11.0"},
+                return self.send_json({"error": {"message": f"models/{name} is not found"}}, 404)
+            return self.send_json({"name": "models/gemini-test", "version": "001"})
+        self.send_json({"/v1/models": {"data": [{"id": "served"}]}, "/version": {"version": "0.11.0"},
                     "/get_server_info": {"version": "0.5.0"}}.get(self.path, {}), 200 if self.path else 404)
 
     def do_POST(self):  # noqa: N802
@@ -56,45 +55,34 @@ class Documented(BaseHTTPRequestHandler):
         type(self).bodies.append((self.path, body))
         forced = type(self).answer_text
         if self.path == "/tokenize":
-            return self._send({"tokens": encode_batch([body["prompt"]])[0]})
+            return self.send_json({"tokens": encode_batch([body["prompt"]])[0]})
         if self.path == "/v1/completions":
             options = body["structured_outputs"]["choice"]
             text = forced or options[body["seed"] % len(options)]
-            return self._send({"choices": [{"text": text, "finish_reason": "stop"}],
+            return self.send_json({"choices": [{"text": text, "finish_reason": "stop"}],
                                "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 2}})
         if self.path == "/generate":
             if body.get("input_ids") == []:
                 raise ValueError
             options = [o.replace("\\", "") for o in body["sampling_params"]["regex"][1:-1].split("|")]
             text = forced or options[len(body["input_ids"]) % len(options)]
-            return self._send({"text": text, "meta_info": {"prompt_tokens": len(body["input_ids"]), "cached_tokens": 3,
-                                                           "completion_tokens": 2, "finish_reason": {"type": "stop"}}})
+            meta = {"prompt_tokens": len(body["input_ids"]), "cached_tokens": 3, "completion_tokens": 2,
+                    "finish_reason": {"type": "stop"}}
+            return self.send_json({"text": text, "meta_info": meta})
         config = body["generationConfig"]
         options = config["responseSchema"]["enum"]
         text = forced or options[config["seed"] % len(options)]
-        self._send({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
-                    "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": 1}})
+        candidate = {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}
+        usage = {"promptTokenCount": 40, "candidatesTokenCount": 1}
+        self.send_json({"candidates": [candidate], "usageMetadata": usage})
 
-    def _send(self, answer, status=200):
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
 def documented():
     Documented.bodies, Documented.answer_text = [], None
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Documented)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(Documented) as url:
+        yield url
 
 
 def test_the_label_regex_matches_exactly_the_labels_with_their_space():

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from icrl_lib.errors import ServerError, UserError
 from icrl_lib.serving.http import ServerClient
+from tests.serving.conftest import JsonHandler, serving
 
 
-class Scripted(BaseHTTPRequestHandler):
+class Scripted(JsonHandler):
     """Answers from a script of (status, headers, body); records what it was sent."""
 
     script: list = []
@@ -23,28 +22,14 @@ class Scripted(BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length", 0))
         type(self).seen.append((self.path, dict(self.headers), json.loads(self.rfile.read(length) or b"null")))
         status, headers, body = type(self).script.pop(0)
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(body, status, headers)
 
 
 @pytest.fixture
 def server():
     Scripted.script, Scripted.seen = [], []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(Scripted) as url:
+        yield url
 
 
 def test_busy_and_failing_servers_are_retried_with_backoff_and_retry_after(server):

@@ -3,8 +3,6 @@ scorer on the tiny model; and the vLLM request shape (neutral sampling, the chil
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -13,6 +11,7 @@ from icrl_lib.engine.kvcache import extend_cache, new_cache
 from icrl_lib.errors import ServerError
 from icrl_lib.serving.nodewalk import NodeWalkPredictor, SglangScorer, VllmScorer
 from tests.engine.test_generation import make_prompts, predictor
+from tests.serving.conftest import JsonHandler, serving
 
 
 class InProcessScorer:
@@ -84,7 +83,7 @@ def test_raw_vllm_logprobs_that_miss_a_child_name_the_server_flag():
         scorer._parse(answer, (7, 9))
 
 
-class ModelServer(BaseHTTPRequestHandler):
+class ModelServer(JsonHandler):
     """A 127.0.0.1 server that answers vLLM's and SGLang's documented node requests from the tiny model: vLLM's
     processed log-probabilities (over the allowed tokens), SGLang's full-vocabulary ones for the asked ids."""
 
@@ -93,7 +92,7 @@ class ModelServer(BaseHTTPRequestHandler):
     raw = False  # vLLM without --logprobs-mode processed_logprobs: the whole vocabulary's top tokens
 
     def do_GET(self):  # noqa: N802
-        self._send({"/v1/models": {"data": [{"id": "tiny"}]}, "/version": {"version": "0.11.0"}}[self.path])
+        self.send_json({"/v1/models": {"data": [{"id": "tiny"}]}, "/version": {"version": "0.11.0"}}[self.path])
 
     def do_POST(self):  # noqa: N802 - http.server's naming
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
@@ -118,22 +117,11 @@ class ModelServer(BaseHTTPRequestHandler):
                 pairs = [[float(logp[t]), t, None] for t in asked]
                 answer.append({"meta_info": {"prompt_tokens": len(ids), "cached_tokens": 0,
                                              "output_token_ids_logprobs": [pairs]}})
-        self._send(answer)
-
-    def _send(self, answer):
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(answer)
 
     def _logits(self, ids):
         with torch.inference_mode():
             return extend_cache(type(self).lm, new_cache(type(self).lm), ids)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.mark.tiny
@@ -146,20 +134,15 @@ def test_the_walk_over_http_draws_what_the_local_backend_draws(tiny, backend):
     from tests.helpers import TICKETS
 
     ModelServer.lm, ModelServer.bodies = tiny, []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ModelServer)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
+    with serving(ModelServer) as url:
         task = load_task(TICKETS)
         local = predictor(tiny, task, 1.0, fast=False)
         prompts, _ = make_prompts(tiny, task, n_context=2, n_queries=6)
-        client = ServerClient(f"http://127.0.0.1:{httpd.server_address[1]}")
+        client = ServerClient(url)
         scorer = VllmScorer(client, "tiny", concurrency=4) if backend == "vllm" else SglangScorer(client)
         walk = NodeWalkPredictor(tiny.encode_batch, local.trie, 1.0, scorer)
         ours = walk.predict(prompts, 9, stream=1)
         theirs = local.predict(prompts, 9, stream=1)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
     assert [p.label for p in ours] == [p.label for p in theirs]
     assert [p.logprob for p in ours] == pytest.approx([p.logprob for p in theirs], abs=1e-5)
     assert walk.tokens.take()["computed"] == (None if backend == "vllm" else sum(  # vLLM here omits cached_tokens
@@ -191,17 +174,13 @@ def test_the_probe_names_vllms_missing_flag_before_the_run_starts(tiny):
     from icrl_lib.serving.probe import connect
 
     ModelServer.lm, ModelServer.bodies, ModelServer.raw = tiny, [], False
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ModelServer)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{httpd.server_address[1]}"
     try:
-        conn = connect("vllm", url, None, None, 30.0, 0, tiny.encode, ["Query: where is my parcel?"])
-        assert (conn.info.software, conn.info.model, conn.info.exact) == ("vLLM 0.11.0", "tiny", True)
-        ModelServer.raw = True
-        with pytest.raises(UserError, match="^server_url: vLLM returned no log-probability .*--logprobs-mode "
-                                            "processed_logprobs"):
-            connect("vllm", url, None, None, 30.0, 0, tiny.encode, ["Query: where is my parcel?"])
+        with serving(ModelServer) as url:
+            conn = connect("vllm", url, None, None, 30.0, 0, tiny.encode, ["Query: where is my parcel?"])
+            assert (conn.info.software, conn.info.model, conn.info.exact) == ("vLLM 0.11.0", "tiny", True)
+            ModelServer.raw = True
+            with pytest.raises(UserError, match="^server_url: vLLM returned no log-probability .*--logprobs-mode "
+                                                "processed_logprobs"):
+                connect("vllm", url, None, None, 30.0, 0, tiny.encode, ["Query: where is my parcel?"])
     finally:
         ModelServer.raw = False
-        httpd.shutdown()
-        httpd.server_close()
