@@ -33,7 +33,7 @@ from icrl_lib.engine.kvcache import (
     packed_token_budget,
 )
 from icrl_lib.engine.models import LanguageModel
-from icrl_lib.engine.split_tokens import encode_shared
+from icrl_lib.engine.split_tokens import PromptTokenizer, SharedIds
 from icrl_lib.tasks.trie import LabelTrie
 
 
@@ -106,6 +106,7 @@ class LabelPredictor:
         SDPA; False keeps the block-diagonal mask (the same predictions, for comparison)."""
         self.lm = lm
         self.cascade = cascade
+        self.prompt_ids = PromptTokenizer(lm.tokenizer)  # heads of recent contexts, tokenized once
         self.trie = trie  # the run plan's (tasks.task.check_label_tokens)
         self.temperature = float(temperature)
         self.fast = fast
@@ -120,7 +121,12 @@ class LabelPredictor:
     def predict(self, prompts: Sequence[str], seed: int, stream: int = 0,
                 context: str | None = None) -> list[Prediction]:
         """Sample one label per prompt. ``context`` (the prompt text without the query) marks the reusable prefix."""
-        encoded = encode_shared(self.lm.tokenizer, prompts)  # a test set's shared context is tokenized once
+        shared_with_context = None
+        if len(prompts) == 1 and context is not None:  # a training query: its context's head is tokenized once
+            ids, shared_with_context = self.prompt_ids.with_context(prompts[0], context)
+            encoded = SharedIds([], [ids], False)
+        else:  # a test set: its shared context is tokenized once
+            encoded = self.prompt_ids.shared(prompts)
         self.tokens.prompt += encoded.total
         rngs = [query_rng(seed, stream, i) for i in range(len(prompts))]
         if not self.fast:
@@ -131,8 +137,8 @@ class LabelPredictor:
         if len(tails) == 1:
             ids = encoded.head + tails[0]
             shared = len(ids) - 1  # the query keeps at least one token of its own
-            if context is not None:
-                shared = min(shared, common_prefix_length(ids, self.lm.encode(context)))
+            if shared_with_context is not None:
+                shared = min(shared, shared_with_context)
             prefix, suffixes = ids[:shared], [ids[shared:]]
         else:
             common = min(len(t) for t in tails) - 1  # every query keeps at least one token of its own

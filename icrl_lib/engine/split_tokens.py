@@ -1,18 +1,24 @@
-"""Tokenizing a test set without tokenizing its shared context once per query.
+"""Tokenizing prompts without tokenizing their shared context again and again.
 
-Every prompt of a test step is the same context followed by one query. A tokenizer splits its input at special
-tokens before any normalisation or BPE merge, so no merge crosses a special token: the token ids of a prompt are the
-ids of its text up to the last special token inside the shared part, followed by the ids of the rest. We tokenize
-that head once and only each query's tail. One check keeps it exact: the first prompt, tokenized whole, must equal
-head + tail (every tail begins with the same text, so whatever the tokenizer does at the start of a segment, such
-as SentencePiece's leading-space marker, it does to all of them alike); otherwise every prompt is tokenized whole.
+Every prompt of a test step is the same context followed by one query, and a training step's context is, for
+approximate ICRL, the previous one with one episode more. A tokenizer splits its input at special tokens before any
+normalisation or BPE merge, so no merge crosses a special token: the token ids of a text are the ids of its part up
+to a special token followed by the ids of the rest. So the head of a prompt (up to the last special token that the
+prompts, or the prompt and its context, share) is tokenized once, and a longer head is the ids of a cached head it
+extends plus the ids of the new text. One check keeps it exact: a prompt tokenized whole must equal head + tail (the
+tails begin with the same text, so whatever the tokenizer does at the start of a text, such as SentencePiece's
+leading-space marker, it does to all of them alike) — on every test set, and on the first lone prompt; where it
+fails, prompts are tokenized whole from then on.
 """
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from icrl_lib.engine.kvcache import common_prefix_length
 
 
 @dataclass(frozen=True)
@@ -40,24 +46,69 @@ def special_strings(tokenizer: Any) -> tuple[str, ...]:
     return tuple(sorted((t for t in texts if t), key=len, reverse=True))
 
 
-def split_point(prompts: Sequence[str], specials: Sequence[str]) -> int:
-    """Characters of the shared head: the end of the last special token within the prompts' common prefix, with at
-    least one character of each prompt after it (0: no such token)."""
-    common = os.path.commonprefix(list(prompts))
-    common = common[:min(len(p) for p in prompts) - 1]
+def split_point(texts: Sequence[str], specials: Sequence[str]) -> int:
+    """Characters of the shared head: the end of the last special token within the texts' common prefix, with at
+    least one character of each text after it (0: no such token)."""
+    common = os.path.commonprefix(list(texts))
+    common = common[:min(len(t) for t in texts) - 1]
     return max((common.rfind(s) + len(s) for s in specials if common.rfind(s) >= 0), default=0)
 
 
-def encode_shared(tokenizer: Any, prompts: Sequence[str], specials: Sequence[str] | None = None) -> SharedIds:
-    """The token ids of ``prompts`` (no special tokens added), tokenizing their shared head once when exact."""
-    def encode(texts: Sequence[str]) -> list[list[int]]:
-        return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+class PromptTokenizer:
+    """Token ids of prompts with their heads tokenized incrementally (the last ``max_heads`` heads are kept)."""
 
-    cut = split_point(prompts, specials if specials is not None else special_strings(tokenizer)) if len(
-        prompts) > 1 else 0
-    if cut:
-        head = encode([prompts[0][:cut]])[0]
-        tails = encode([p[cut:] for p in prompts])
-        if head + tails[0] == encode([prompts[0]])[0]:
-            return SharedIds(head, tails, True)
-    return SharedIds([], encode(prompts), False)
+    def __init__(self, tokenizer: Any, max_heads: int = 16):
+        self.tokenizer, self.max_heads = tokenizer, max_heads
+        self.specials = special_strings(tokenizer)
+        self.heads: OrderedDict[str, list[int]] = OrderedDict()  # every key ends with a special token
+        self.exact: bool | None = None  # None: not checked yet; False: the check failed, prompts go whole
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of ``texts`` tokenized whole (no special tokens added)."""
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+
+    def head_ids(self, head: str) -> list[int]:
+        """Ids of ``head`` (which ends with a special token): a cached head it extends, then the new text."""
+        if head in self.heads:
+            self.heads.move_to_end(head)
+            return self.heads[head]
+        base = max((k for k in self.heads if head.startswith(k)), key=len, default="")
+        ids = [*self.heads[base], *self.encode([head[len(base):]])[0]] if base else self.encode([head])[0]
+        self.heads[head] = ids
+        while len(self.heads) > self.max_heads:
+            self.heads.popitem(last=False)
+        return ids
+
+    def shared(self, prompts: Sequence[str]) -> SharedIds:
+        """The ids of a test set's ``prompts``: their shared head once, then each tail (checked on prompt 0)."""
+        cut = split_point(prompts, self.specials) if len(prompts) > 1 and self.exact is not False else 0
+        if cut:
+            head = self.head_ids(prompts[0][:cut])
+            tails = self.encode([p[cut:] for p in prompts])
+            if self._check(prompts[0], head + tails[0], always=True):
+                return SharedIds(head, tails, True)
+        return SharedIds([], self.encode(prompts), False)
+
+    def with_context(self, prompt: str, context: str) -> tuple[list[int], int]:
+        """(ids of ``prompt``, how many of them the ids of ``context`` share): one training query's prompt."""
+        cut = split_point([prompt, context], self.specials) if self.exact is not False else 0
+        if cut:
+            head = self.head_ids(prompt[:cut])
+            tail, context_tail = self.encode([prompt[cut:], context[cut:]])
+            ids = head + tail
+            if self._check(prompt, ids, always=False):
+                return ids, len(head) + common_prefix_length(tail, context_tail)
+        ids, context_ids = self.encode([prompt, context])
+        return ids, common_prefix_length(ids, context_ids)
+
+    def _check(self, prompt: str, ids: list[int], always: bool) -> bool:
+        if always or self.exact is None:
+            self.exact = self.encode([prompt])[0] == ids
+            if not self.exact:
+                self.heads.clear()
+        return bool(self.exact)
+
+
+def encode_shared(tokenizer: Any, prompts: Sequence[str]) -> SharedIds:
+    """The token ids of ``prompts`` (no special tokens added), their shared head tokenized once when exact."""
+    return PromptTokenizer(tokenizer).shared(prompts)

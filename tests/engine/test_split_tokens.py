@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from icrl_lib.engine.models import model_facts, resolve_model
-from icrl_lib.engine.split_tokens import encode_shared, special_strings, split_point
-from icrl_lib.paper.prompts import Episode, build_messages, render_prompt, system_prompt
+from icrl_lib.engine.split_tokens import PromptTokenizer, encode_shared, special_strings, split_point
+from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
 from icrl_lib.tasks.task import load_task
 
 TASKS = ("banking77", "clinic150", "nlu", "trec_coarse", "trec_fine")
@@ -69,3 +69,43 @@ def test_the_split_falls_after_the_last_special_token_of_the_shared_text(tokeniz
     assert split_point(["<|im_start|>x", "<|im_start|>"], specials) == 0  # every prompt keeps a character of its own
     assert split_point(["plain a", "plain b"], specials) == 0
     assert not encode_shared(tokenizer, [a]).split  # a lone prompt: nothing to share
+
+
+class Counting:
+    """The tokenizer, counting the characters it is given."""
+
+    def __init__(self, inner):
+        self.inner, self.chars = inner, 0
+        self.all_special_tokens, self.added_tokens_decoder = inner.all_special_tokens, inner.added_tokens_decoder
+
+    def __call__(self, texts, add_special_tokens=False):
+        self.chars += sum(len(t) for t in texts)
+        return self.inner(texts, add_special_tokens=add_special_tokens)
+
+
+@pytest.mark.data
+def test_a_growing_context_is_tokenized_incrementally_with_the_same_ids(tokenizer, data_dir):
+    """Approximate ICRL's contexts grow by one episode: each training prompt's ids equal its whole tokenization, and
+    after the first step only the new text is tokenized (plus the prompt's and context's short tails)."""
+    task = load_task("banking77", str(data_dir))
+    train = task.sample_train(60, seed=4)[1]
+    system = system_prompt(True, task.description)
+    counting = Counting(tokenizer)
+    prompts = PromptTokenizer(counting)
+    shown: list[Episode] = []
+    for i, ex in enumerate(train):
+        query = task.format_input(ex)
+        if shown:
+            ctx = render_context(tokenizer, build_messages(system, shown, None, icrl=True,
+                                                           prediction_prefix=task.prediction_prefix))
+            prompt = render_prompt(tokenizer, build_messages(system, shown, query, icrl=True,
+                                                             prediction_prefix=task.prediction_prefix),
+                                   task.prediction_prefix)
+            before = counting.chars
+            ids, shared = prompts.with_context(prompt, ctx)
+            whole, context_ids = tokenizer([prompt, ctx], add_special_tokens=False)["input_ids"]
+            assert ids == whole and ids[:shared] == context_ids[:shared] and shared >= len(context_ids) - 8
+            if i > 2:  # the head came from the cache: the new episode and two short tails, not the whole context
+                assert counting.chars - before < 1000
+        shown.append(Episode(query, task.answer(ex), task.answer(ex), i % 2))
+    assert prompts.exact is True and len(prompt) > 10_000  # 1,000 characters: a tenth of the last prompt at most
