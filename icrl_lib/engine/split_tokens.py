@@ -107,8 +107,3 @@ class PromptTokenizer:
             if not self.exact:
                 self.heads.clear()
         return bool(self.exact)
-
-
-def encode_shared(tokenizer: Any, prompts: Sequence[str]) -> SharedIds:
-    """The token ids of ``prompts`` (no special tokens added), their shared head tokenized once when exact."""
-    return PromptTokenizer(tokenizer).shared(prompts)

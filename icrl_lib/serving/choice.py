@@ -27,14 +27,12 @@ class _CompletionChoice(ServerSampledPredictor):
     """A completion route: the run's prompt as token ids, the label read back as the text `` <label>``."""
 
     send_ids = True
+    spaced = True
 
     def __init__(self, client: ServerClient, model: str, encode_batch, labels: Sequence[str], temperature: float,
                  concurrency: int = 64):
         super().__init__(client, model, labels, temperature, encode_batch, concurrency)
         self.max_tokens = max(len(x) for x in self.labels) + 2  # one token per character at worst, then the end
-
-    def label(self, text: str) -> str | None:
-        return super().label(text[1:]) if text.startswith(" ") else None
 
 
 class VllmChoicePredictor(_CompletionChoice):

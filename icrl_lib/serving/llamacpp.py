@@ -45,6 +45,7 @@ class GrammarPredictor(ServerSampledPredictor):
     its own tokens. llama-cpp-python reports no cache counters: tokens computed are unknown."""
 
     unlabelled_hint = ": does the server support token-id grammars (llama.cpp 2025 or later)?"
+    spaced = True
 
     def __init__(self, client: ServerClient, model: str, encode_batch, trie: LabelTrie, temperature: float,
                  banned: Sequence[int], exact: bool = True):
@@ -62,9 +63,6 @@ class GrammarPredictor(ServerSampledPredictor):
     def text(self, answer: dict[str, Any]) -> str | None:
         choice = answer["choices"][0]
         return choice["text"] if choice.get("finish_reason") == "stop" else None
-
-    def label(self, text: str) -> str | None:
-        return super().label(text[1:]) if text.startswith(" ") else None
 
     def usage(self, answer: dict[str, Any]) -> tuple[int | None, int | None, int]:
         return None, None, int((answer.get("usage") or {}).get("completion_tokens") or 0)

@@ -119,11 +119,16 @@ def _served_model(ids: list[str], wanted: str | None, url: str) -> str:
     return ids[0]
 
 
+def _llama_cpp_python(client: ServerClient) -> str | None:
+    """``llama-cpp-python <version>`` if that is the server (its OpenAPI title says so), else None."""
+    info = (client.try_get("/openapi.json") or {}).get("info") or {}
+    return f"llama-cpp-python {info.get('version', '?')}" if "llama" in str(info.get("title", "")).lower() else None
+
+
 def _software(client: ServerClient, name: str) -> str:
     if name == "openai-enum":
-        info = (client.try_get("/openapi.json") or {}).get("info") or {}
-        if "llama" in str(info.get("title", "")).lower():
-            return f"llama-cpp-python {info.get('version', '?')}"
+        if found := _llama_cpp_python(client):
+            return found
         version = (client.try_get("/version") or {}).get("version")
         return f"OpenAI-compatible server {version}" if version else "OpenAI-compatible (version not reported)"
     name = name.split("-")[0]
@@ -136,10 +141,7 @@ def _software(client: ServerClient, name: str) -> str:
     props = client.try_get("/props")
     if isinstance(props, dict) and props.get("build_info"):
         return f"llama.cpp server {props['build_info']}"
-    info = (client.try_get("/openapi.json") or {}).get("info") or {}
-    if "llama" in str(info.get("title", "")).lower():
-        return f"llama-cpp-python {info.get('version', '?')}"
-    return "llama.cpp (version not reported)"
+    return _llama_cpp_python(client) or "llama.cpp (version not reported)"
 
 
 def _tokenize(client: ServerClient, name: str, model: str, text: str) -> list[int]:

@@ -39,6 +39,7 @@ class ServerSampledPredictor:
     path = "/v1/completions"
     send_ids = False  # True: ``request`` gets the prompt's token ids (the run's tokenization), not its text
     chat = False  # True: prompts are message lists, and the server applies the model's chat template itself
+    spaced = False  # True: the answer continues the prompt's prediction prefix, so it reads " <label>"
 
     def __init__(self, client: ServerClient, model: str, labels: Sequence[str], temperature: float,
                  encode_batch=None, concurrency: int = 1):
@@ -56,7 +57,12 @@ class ServerSampledPredictor:
         raise NotImplementedError
 
     def label(self, text: str) -> str | None:
-        """The label ``text`` names (None: not a label)."""
+        """The label ``text`` names (None: not a label): after the prediction prefix a completion route's answer is
+        `` <label>`` (``spaced``); a chat route's is the bare label."""
+        if self.spaced:
+            if not text.startswith(" "):
+                return None
+            text = text[1:]
         return text if text in self.labels else None
 
     def usage(self, answer: Any) -> tuple[int | None, int | None, int]:

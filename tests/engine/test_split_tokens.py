@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from icrl_lib.engine.models import model_facts, resolve_model
-from icrl_lib.engine.split_tokens import PromptTokenizer, encode_shared, special_strings, split_point
+from icrl_lib.engine.split_tokens import PromptTokenizer, special_strings, split_point
 from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
 from icrl_lib.tasks.task import load_task
 
@@ -32,7 +32,7 @@ def prompts_of(tokenizer, task, queries, episodes=6):
 def test_split_tokenization_gives_every_test_prompts_own_token_ids(tokenizer, data_dir, name):
     task = load_task(name, str(data_dir))
     prompts = prompts_of(tokenizer, task, task.test)
-    encoded = encode_shared(tokenizer, prompts)
+    encoded = PromptTokenizer(tokenizer).shared(prompts)
     assert encoded.split and len(encoded.head) > 100  # the context really was tokenized once
     assert encoded.full() == tokenizer(prompts, add_special_tokens=False)["input_ids"]
     assert encoded.total == sum(len(x) for x in encoded.full())
@@ -55,7 +55,7 @@ def test_a_split_that_would_change_the_ids_falls_back_to_whole_prompts(tokenizer
     task = load_task("trec_coarse", str(data_dir))
     prompts = prompts_of(tokenizer, task, task.test[:20])
     marked = PrependsAMarker(tokenizer)
-    encoded = encode_shared(marked, prompts)
+    encoded = PromptTokenizer(marked).shared(prompts)
     assert not encoded.split and encoded.head == []
     assert encoded.full() == marked(prompts)["input_ids"]
 
@@ -68,7 +68,7 @@ def test_the_split_falls_after_the_last_special_token_of_the_shared_text(tokeniz
     assert split_point([a, b], specials) == len("<|im_start|>")
     assert split_point(["<|im_start|>x", "<|im_start|>"], specials) == 0  # every prompt keeps a character of its own
     assert split_point(["plain a", "plain b"], specials) == 0
-    assert not encode_shared(tokenizer, [a]).split  # a lone prompt: nothing to share
+    assert not PromptTokenizer(tokenizer).shared([a]).split  # a lone prompt: nothing to share
 
 
 class Counting:
