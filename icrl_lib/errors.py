@@ -30,3 +30,8 @@ class ServerError(UserError):
     """An inference server that cannot be used: down, unreachable, refusing the request, or not the expected model.
 
     Raised only before a step is logged; the runner adds where the run stopped and how to resume."""
+
+
+class ServerRefused(ServerError):
+    """The server refused a request (a 4xx other than busy) or answered in a shape the route cannot read: running
+    the same command again changes nothing. The message says what to change (the server's flag, a config field)."""

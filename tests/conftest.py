@@ -67,7 +67,7 @@ def _markers_are_honest(request, monkeypatch):
         raise AssertionError(message)
 
     from icrl_lib.engine import models
-    from icrl_lib.runs import loop, window
+    from icrl_lib.runs import window
 
-    for module in (models, loop, window):
+    for module in (models, window):
         monkeypatch.setattr(module, "load_model", refuse)

@@ -17,7 +17,6 @@ from icrl_lib.paper.methods import key_of, name_run
 from icrl_lib.runs.config import ExperimentConfig, read_yaml_mapping
 from icrl_lib.runs.store import CONFIG_FILE, META_FILE, read_records, run_folders
 from icrl_lib.runs.tables import require_columns, run_column, steps_table, test_predictions_table, tests_table
-from icrl_lib.serving.backends import BACKENDS
 
 CONFIG_COLUMNS = ("model_name", "task_name", "context_strategy_name", "context_p_keep", "temperature", "icrl",
                   "max_context_examples", "max_contexts", "approximate_context_sampling_method", "seed",
@@ -39,15 +38,23 @@ def _with_config(df: pd.DataFrame, run_dir: Path, config: dict) -> pd.DataFrame:
     df.insert(0, "run", run_dir.name)
     df["method"] = name_run(config)
     df["method_key"] = key_of(config)
-    df["paper_method"], df["paper_setting"] = _paper_coordinate(config)
+    parsed = _config(config)
+    df["paper_method"], df["paper_setting"] = _paper_coordinate(parsed)
     for key in CONFIG_COLUMNS:
         df[key] = config.get(key)
-    df["backend"] = backend = config.get("backend", "local")
-    df["exact"] = BACKENDS[backend].exact  # False: an approximate route (allow_approximate), never the paper's law
-    if backend != "local":  # as in the run's folder name: never averaged with the local backend's runs
-        model = config["server_model"] if BACKENDS[backend].chat else config["model_name"]
-        df["model_name"] = f"{model}@{backend}"
+    df["backend"] = parsed.backend if parsed else config.get("backend")
+    df["exact"] = parsed.backend_entry.exact if parsed else True  # False: an approximate route, never the paper's law
+    if parsed is not None:  # as in the run's folder name: a server's runs are never averaged with another backend's
+        df["model_name"] = parsed.model_tag
     return df
+
+
+def _config(config: dict) -> ExperimentConfig | None:
+    """The run's config as this version reads it, or None for one it cannot read (the run still loads)."""
+    try:
+        return ExperimentConfig.from_dict(config)
+    except ValueError:
+        return None
 
 
 class Loaded(NamedTuple):
@@ -69,13 +76,12 @@ def _window(run_dir: Path, config: dict) -> float:
         return math.nan
 
 
-def _paper_coordinate(config: dict) -> tuple[str | None, str | None]:
+def _paper_coordinate(parsed: ExperimentConfig | None) -> tuple[str | None, str | None]:
     """The paper's (method, setting) of a run's config (``paper_coordinates``, its first family), or (None, None)
     where the paper ran no such setting."""
-    try:
-        found = paper_coordinates(ExperimentConfig.from_dict(config))
-    except ValueError:  # a config this version cannot read: no paper counterpart, but the run still loads
+    if parsed is None:  # a config this version cannot read: no paper counterpart, but the run still loads
         return None, None
+    found = paper_coordinates(parsed)
     return found[0][1:] if found else (None, None)
 
 

@@ -18,82 +18,31 @@ Two execution paths give the same distribution and, given the same draws, the sa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from icrl_lib.engine.draws import Prediction, TokenCounter, choose_scored, query_rng
 from icrl_lib.engine.kvcache import (
     PackedRow,
     PrefixCachePool,
-    common_prefix_length,
     default_cache_budget,
     extend_cache,
     new_cache,
     packed_token_budget,
 )
 from icrl_lib.engine.models import LanguageModel
-from icrl_lib.engine.split_tokens import PromptTokenizer, SharedIds
+from icrl_lib.engine.split_tokens import PromptTokenizer, SharedIds, common_prefix_length
 from icrl_lib.tasks.trie import LabelTrie
 
 
 def choose_token(logits: torch.Tensor | None, allowed: tuple[int, ...], temperature: float, u: float
                  ) -> tuple[int, float]:
     """Pick one of ``allowed`` from ``logits`` (the whole vocabulary's) restricted to them; return (token, its
-    log-probability). See :func:`choose_scored`."""
-    return choose_scored(None if logits is None or len(allowed) == 1 else logits[list(allowed)], allowed,
-                         temperature, u)
-
-
-def choose_scored(scores: torch.Tensor | None, allowed: tuple[int, ...], temperature: float, u: float
-                  ) -> tuple[int, float]:
-    """Pick one of ``allowed`` given ``scores[i]`` = the logit (or any shift of it, e.g. a log-probability) of
-    ``allowed[i]``: softmax(scores / T) renormalised over ``allowed``; return (token, its log-probability).
-
-    ``u`` is a uniform draw in [0, 1) (always consumed, so every execution path stays in step). A single allowed
-    token is forced (probability 1): no scores are needed, so callers skip the forward that would compute them.
-    """
-    if len(allowed) == 1:
-        return allowed[0], 0.0
-    values = scores.double().cpu()  # a handful of values; the draw below is made on the CPU
-    if temperature == 0:
-        best = int(torch.argmax(values))  # ties -> lowest token id, as allowed is sorted
-        return allowed[best], 0.0
-    logp = torch.log_softmax(values / temperature, dim=0)
-    cdf = torch.cumsum(logp.exp(), dim=0)
-    index = int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])], dtype=cdf.dtype), right=True)[0])
-    index = min(index, len(allowed) - 1)
-    return allowed[index], float(logp[index])
-
-
-def query_rng(seed: int, stream: int, index: int) -> np.random.Generator:
-    """Independent generator per (seed + step, stream, query index); stream 0 = training query, 1 = test set."""
-    return np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, stream, index])
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One constrained prediction: the label and its log-probability under the constrained distribution."""
-
-    label: str
-    logprob: float | None  # None: the backend samples on the server and does not say
-
-
-@dataclass
-class TokenCounter:
-    """Tokens the prompts contain vs tokens the model actually ran (prefill + fed-back label tokens)."""
-
-    prompt: int = 0
-    computed: int = 0
-    generated: int = 0  # label tokens fed back while decoding (part of computed)
-    known: bool = True  # False: the model runs on a server that does not report its cache (computed is None)
-
-    def take(self) -> dict[str, int | None]:
-        """Return the counts so far and reset them (the runner records them per step)."""
-        out = {"prompt": self.prompt, "computed": self.computed if self.known else None,
-               "generated": self.generated}
-        self.prompt = self.computed = self.generated = 0
-        return out
+    log-probability). See :func:`~icrl_lib.engine.draws.choose_scored`."""
+    if logits is None or len(allowed) == 1:
+        return choose_scored(None, allowed, temperature, u)
+    return choose_scored(logits[list(allowed)].double().cpu().numpy(), allowed, temperature, u)
 
 
 class LabelPredictor:

@@ -18,18 +18,10 @@ import torch
 
 from icrl_lib.engine.cascade import enable_cascade, plan_cascade
 from icrl_lib.engine.models import LanguageModel
+from icrl_lib.engine.split_tokens import common_prefix_length
 
 _NO_MASK = torch.zeros(1, 1, 1, 1)  # a 4D mask is passed through untouched: no causal mask is built for the cascade
 PREFILL_CHUNK = 2048  # tokens per forward when extending a prefix; bounds the attention scratch memory
-
-
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token sequences."""
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 @dataclass

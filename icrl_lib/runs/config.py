@@ -20,14 +20,14 @@ from typing import Any
 from icrl_lib.errors import UserError, os_error
 from icrl_lib.paper.strategies import check_parameters
 from icrl_lib.paths import resolve_path
-from icrl_lib.serving.backends import BACKENDS, SERVER_BACKENDS, check_backend
+from icrl_lib.serving.backends import DEFAULT_BACKEND, SERVER_BACKENDS, Backend, backend, backend_help, check_backend
 from icrl_lib.tasks.sources import data_dir_param
 from icrl_lib.tasks.task import parse_task_name
 
 # Fields that change what an experiment computes; the others (where it runs, how it reports) may differ on resume.
 NON_RESULT_FIELDS = frozenset({"verbose", "output_dir", "data_dir", "device", "fast", "batch_size", "log_every",
                                "debug_k", "hf_token", "server_url", "api_key_env", "request_timeout",
-                               "request_retries", "allow_approximate"})
+                               "request_retries", "server_concurrency", "allow_approximate"})
 # Result fields that are not part of a run's identity: a larger train_k continues the same run (its stream begins
 # with the shorter one's), so the run folder does not depend on it.
 EXTENDABLE_FIELDS = frozenset({"train_k"})
@@ -77,13 +77,14 @@ class ExperimentConfig:
     system_prompt: str | None = _f(None, "system prompt wording; None = the paper's (ICRL or ICL variant)")
     hf_token: str | None = _f(None, "Hugging Face token for gated models; never stored (prefer $HF_TOKEN)", repr=False)
     log_every: int = _f(25, "headless runs print a progress line every log_every steps (and at test steps)")
-    backend: str = _f("local", "where the model runs: local (transformers here) | llamacpp | vllm | sglang (exact) | "
-                      "llamacpp-choice | vllm-choice | sglang-choice | openai-enum | gemini-enum (approximate)")
+    backend: str = _f(DEFAULT_BACKEND, backend_help())
     server_url: str | None = _f(None, "the inference server's address, e.g. http://127.0.0.1:8080 (server backends)")
     server_model: str | None = _f(None, "the served model's id; None = the server's only model (hosted: required)")
     api_key_env: str | None = _f(None, "environment variable that holds the server's API key (the key is never stored)")
     request_timeout: float = _f(600.0, "seconds to wait for one answer of the server")
     request_retries: int = _f(5, "tries again after a timeout, 429 or 5xx (with backoff) before the run stops")
+    server_concurrency: int | None = _f(None, "requests in flight at once on a server; None = the route's choice: 1 "
+                                              "where the server draws (its seeds reproduce only one at a time)")
     allow_approximate: bool = _f(False, "run a backend whose sampling law is not the paper's (e.g. llamacpp-choice); "
                                         "its runs carry the backend's name")
     yarn_factor: float | None = _f(None, "YaRN rope scaling of the positions the model was trained on, applied at load "
@@ -127,7 +128,7 @@ class ExperimentConfig:
             _range("icrl_flip_feedback_prob", self.icrl_flip_feedback_prob, 0.0, 1.0)
         for name, low in (("train_k", 1), ("test_every", 1), ("log_every", 1), ("exemplars_per_label", 0),
                           ("debug_k", 0), ("max_context_examples", 0), ("test_k", 1), ("max_window_tokens", 1),
-                          ("batch_size", 1)):
+                          ("batch_size", 1), ("server_concurrency", 1)):
             value = getattr(self, name)
             if value is not None and value < low:
                 raise ValueError(f"{name}: must be >= {low}, got {value}")
@@ -137,25 +138,25 @@ class ExperimentConfig:
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ValueError(f"device: got {self.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
         entry = check_backend(self.backend, self.allow_approximate)
-        if self.backend == "local":
-            for name in ("server_url", "server_model", "api_key_env"):
+        if entry.in_process:
+            for name in ("server_url", "server_model", "api_key_env", "server_concurrency"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}: only for a server backend (backend: {' | '.join(SERVER_BACKENDS)})"
-                                     "; backend is local")
+                                     f"; backend is {self.backend}")
         elif entry.chat and self.server_model is None:
             raise ValueError(f"server_model: backend {self.backend} needs the hosted model's id, e.g. "
                              "gemini-1.5-flash-8b or gpt-4o-mini")
         elif entry.chat and self.max_context_examples is None:
             raise ValueError(f"max_context_examples: backend {self.backend} sends messages that the server "
                              "tokenizes, so how many episodes fit its window cannot be counted here; set it")
-        if self.backend != "local" and not (self.server_url or "").startswith(("http://", "https://")):
+        if not entry.in_process and not (self.server_url or "").startswith(("http://", "https://")):
             raise ValueError(f"server_url: backend {self.backend} needs the server's address, e.g. "
                              f"http://127.0.0.1:8080; got {self.server_url!r}")
         if self.request_timeout <= 0:
             raise ValueError(f"request_timeout: must be > 0 seconds, got {self.request_timeout}")
         if self.yarn_factor is not None and self.yarn_factor <= 1:
             raise ValueError(f"yarn_factor: must be > 1 (e.g. 4.0 for Qwen2.5 at 128K tokens), got {self.yarn_factor}")
-        if self.yarn_factor is not None and self.backend != "local":
+        if self.yarn_factor is not None and not entry.in_process:
             raise ValueError("yarn_factor: applies to the local backend; a server scales positions itself (vLLM: "
                              "--hf-overrides with rope_scaling; llama.cpp: --rope-scaling yarn --rope-scale 4)")
         if self.request_retries < 0:
@@ -178,10 +179,21 @@ class ExperimentConfig:
         return self.max_context_examples == 0
 
     @property
+    def backend_entry(self) -> Backend:
+        """The registry entry of ``backend`` (:mod:`icrl_lib.serving.backends`)."""
+        return backend(self.backend)
+
+    @property
     def model_id(self) -> str:
         """The model the run is of: ``server_model`` on a hosted chat backend (model_name is not used there),
         else ``model_name``."""
-        return self.server_model if BACKENDS[self.backend].chat else self.model_name
+        return self.server_model if self.backend_entry.chat else self.model_name
+
+    @property
+    def model_tag(self) -> str:
+        """The model as runs and tables name it: ``model_id``, followed by ``@backend`` where a server ran it (so a
+        server's runs are never averaged with another backend's). The one rule, for run folders and tables."""
+        return self.model_id if self.backend_entry.in_process else f"{self.model_id}@{self.backend}"
 
     def identity(self) -> dict[str, Any]:
         """The result fields that this experiment actually uses: they name and check its run folder.
@@ -193,9 +205,9 @@ class ExperimentConfig:
         ``max_context_examples`` is set.
         """
         unused = set(EXTENDABLE_FIELDS)
-        if self.backend == "local":  # local runs keep the folder names they had before server backends existed
+        if self.backend_entry.in_process:  # local runs keep the folder names they had before server backends existed
             unused |= {"backend", "server_model"}
-        elif BACKENDS[self.backend].chat:  # the server's own template and tokenizer: model_name has no effect
+        elif self.backend_entry.chat:  # the server's own template and tokenizer: model_name has no effect
             unused.add("model_name")
         if self.yarn_factor is None:  # likewise before the option existed
             unused.add("yarn_factor")

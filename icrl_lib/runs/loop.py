@@ -17,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from icrl_lib.engine.generation import LabelPredictor
-from icrl_lib.engine.models import LanguageModel, load_model
-from icrl_lib.errors import RunInterrupted, ServerError
+from icrl_lib.engine.draws import Predictor
+from icrl_lib.engine.models import LanguageModel
+from icrl_lib.errors import RunInterrupted, ServerError, ServerRefused
+from icrl_lib.runs.backend import open_backend
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.context import ContextBuilder, shown_feedback
 from icrl_lib.runs.plan import RunPlan, prepare
 from icrl_lib.runs.progress import Progress
 from icrl_lib.runs.record import StepRecord, TestRecord, TrainRecord
 from icrl_lib.runs.replay import replay
-from icrl_lib.runs.server import check_same_server, connect_plan, server_predictor
 from icrl_lib.runs.store import META_FILE, RunStore
 from icrl_lib.runs.stream import check_data
 from icrl_lib.runs.tables import steps_table, tests_table, write_tables
@@ -64,29 +64,21 @@ def run(plan: RunPlan, progress: bool | None = True, lm: LanguageModel | None = 
     """Run the steps of ``plan`` that its run folder does not hold yet."""
     _show_verbose_logs(plan.config)
     builder = ContextBuilder(plan)
-    server = connect_plan(plan, builder)  # a server backend is probed before the run folder is locked
+    route = open_backend(plan, builder)  # a server backend is probed before the run folder is locked
     with RunStore.open(plan.config) as store:
         check_data(store, plan.task, plan.data, dict(plan.fingerprint))
         records = store.records()
-        check_same_server(store.path / META_FILE, server)
+        route.check_resume(store.read_json(META_FILE) or {})
         print(f"[icrl] run folder: {store.path} ({len(records)} steps logged)", flush=True)
         replay(plan, records, builder, store.log_path)
         store.trim_debug_prompts(min(sum(r.model_calls for r in records), plan.config.debug_k))
         if len(records) >= plan.schedule.steps:
             write_tables(store.path, records)
             return RunResult(store.path, records, plan.budget)
-        c = plan.config
-        if server is None:
-            lm = lm or load_model(c.model_name, c.device, c.trust_remote_code, source=plan.source, facts=plan.model,
-                                  yarn_factor=c.yarn_factor)
-            # One cache entry per approximate context (they only grow: each is extended in place) plus one spare.
-            predictor = LabelPredictor(lm, plan.trie, c.temperature, fast=c.fast, batch_size=c.batch_size,
-                                       max_cached_contexts=max(9, (c.max_contexts or 0) + 1))
-            where = {"kv_cache": predictor.pool.settings(), "device": lm.device}
-        else:
-            predictor, where = server_predictor(server, plan), {"server": server.info.record()}
-        stepper = Stepper(plan, predictor, builder, store, debug_left=c.debug_k - sum(r.model_calls for r in records))
-        store.write_json(META_FILE, {**plan.summary(), **where})
+        predictor = route.predictor(lm)
+        stepper = Stepper(plan, predictor, builder, store,
+                          debug_left=plan.config.debug_k - sum(r.model_calls for r in records))
+        store.write_json(META_FILE, {**plan.summary(), **route.record()})
         return RunResult(store.path, stepper.run(records, progress), plan.budget)
 
 
@@ -102,8 +94,8 @@ def _show_verbose_logs(config: ExperimentConfig) -> None:
 class Stepper:
     """Computes a run's steps on a loaded model: context, training prediction, test predictions, the record."""
 
-    def __init__(self, plan: RunPlan, predictor, builder: ContextBuilder, store: RunStore, debug_left: int):
-        """``predictor``: the backend's (``engine.generation.LabelPredictor`` or a ``serving`` one)."""
+    def __init__(self, plan: RunPlan, predictor: Predictor, builder: ContextBuilder, store: RunStore, debug_left: int):
+        """``predictor``: the backend's (``engine.generation.LabelPredictor`` or a ``serving`` route's)."""
         self.plan, self.predictor, self.builder, self.store = plan, predictor, builder, store
         self.debug_left = debug_left
         self.test_queries = [plan.task.format_input(ex) for ex in plan.data.test]
@@ -128,6 +120,10 @@ class Stepper:
         except KeyboardInterrupt:
             raise RunInterrupted(f"interrupted at step {step} of {self.plan.schedule.steps}: {len(records)} steps are "
                                  f"logged in {self.store.log_path}; rerun the same command to resume") from None
+        except ServerRefused as err:  # a rerun alone would meet the same refusal: the message says what to change
+            raise ServerRefused(f"{err}; stopped at step {step} of {self.plan.schedule.steps}: {len(records)} steps "
+                                f"are logged in {self.store.log_path}, and the same command resumes once that is "
+                                "changed") from None
         except ServerError as err:  # the step was not logged: nothing is lost
             raise ServerError(f"{err}; stopped at step {step} of {self.plan.schedule.steps}: {len(records)} steps are "
                               f"logged in {self.store.log_path}; rerun the same command to resume") from None

@@ -57,7 +57,7 @@ def run_name(config: ExperimentConfig) -> str:
     __icrl__t1__seed100-100-100__1a2b3c4d`` (zero-shot: ``...__zeroshot__t1__seed100-100__<hash>``); a server
     backend follows the model: ``smollm2-135m-instruct@llamacpp``."""
     c = config
-    model = model_label(c.model_id) + ("" if c.backend == "local" else f"@{c.backend}")
+    model = model_label(c.model_tag)
     identity = digest(json.dumps(c.identity(), sort_keys=True))[:8]
     if c.zero_shot:
         parts = [task_label(c.task_name), model, "zeroshot" if c.icrl else "zeroshot-icl", f"t{c.temperature:g}",

@@ -13,10 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from icrl_lib.engine.generation import Prediction, TokenCounter
-from icrl_lib.errors import ServerError
+from icrl_lib.engine.draws import Prediction, TokenCounter
+from icrl_lib.errors import ServerRefused
 from icrl_lib.serving.http import ServerClient
+from icrl_lib.serving.nodewalk import server_cache_report
 
+# Sampling fields that switch every filter and penalty off, by the names vLLM and SGLang share (top_k -1 = off).
+NEUTRAL: dict[str, Any] = {"top_p": 1.0, "top_k": -1, "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                           "repetition_penalty": 1.0}
 Prompt = Any  # a rendered prompt (str) for completion routes, a message list for chat routes
 
 
@@ -27,16 +31,12 @@ def query_seed(seed: int, stream: int, index: int) -> int:
     return int(state) % 0xFFFFFFFF
 
 
-def server_cache_report() -> dict[str, int]:
-    """A server backend's line in the steps log: the KV cache lives on the server, nothing is held here."""
-    return {"entries": 0, "tokens": 0, "evictions": 0}
-
-
 class ServerSampledPredictor:
     """Base of the routes where the server draws the label. Subclasses say the request, where the answer's text is,
     and what the server reports of its token use (:meth:`usage`)."""
 
     path = "/v1/completions"
+    what = "the server"  # names the server and route in errors about its answers
     send_ids = False  # True: ``request`` gets the prompt's token ids (the run's tokenization), not its text
     chat = False  # True: prompts are message lists, and the server applies the model's chat template itself
     spaced = False  # True: the answer continues the prompt's prediction prefix, so it reads " <label>"
@@ -88,8 +88,8 @@ class ServerSampledPredictor:
             text = self.text(answer)
             label = None if text is None else self.label(text)
             if label is None:
-                raise ServerError(f"{self.model} answered {text!r}, not one of the {len(self.labels)} labels"
-                                  f"{self.unlabelled_hint}")
+                raise ServerRefused(f"{self.model} answered {text!r}, not one of the {len(self.labels)} labels"
+                                    f"{self.unlabelled_hint}")
             self._count(answer)
             out.append(Prediction(label, None))
         return out

@@ -56,7 +56,7 @@ def run_one(config_fields: dict[str, Any], sweep_folder: str) -> dict[str, Any]:
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             from icrl_lib.runs.loop import run_experiment
 
-            lm = _model(config) if config.backend == "local" else None  # a server backend loads no weights here
+            lm = _model(config) if config.backend_entry.in_process else None  # a server loads none here
             out["model_ready"] = time.time()
             result = run_experiment(config, progress=False, lm=lm)
         failure.unlink(missing_ok=True)

@@ -1,11 +1,12 @@
-"""The approximate routes: refused unless asked, named as approximate in run folders and tables, and their requests
-in each server's documented shape. vLLM's and SGLang's guided choice and the Gemini API are answered by a 127.0.0.1
-server that checks the request and draws by the seed it was sent; the OpenAI-compatible enum route runs against the
-real llama-cpp-python server (tests/serving/test_llamacpp.py's fixture)."""
+"""The approximate routes: refused unless asked, named as approximate in run folders and tables. The Gemini API (no
+server of it can run here) is answered by a 127.0.0.1 server in its documented shape that draws by the seed it was
+sent; the OpenAI-compatible enum route runs against the real llama-cpp-python server. vLLM's guided choice runs
+against the real vLLM (test_vllm.py), SGLang's regex route against SGLang's own request contract (test_sglang.py)."""
 from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -15,11 +16,10 @@ from icrl_lib.errors import ServerError, UserError
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.loop import run_experiment
 from icrl_lib.runs.store import model_label
-from icrl_lib.serving.choice import SglangChoicePredictor, VllmChoicePredictor, choice_regex
-from icrl_lib.serving.hosted import GeminiEnumPredictor, gemini_contents
-from icrl_lib.serving.http import ServerClient
-from icrl_lib.serving.probe import connect
+from icrl_lib.serving.backends import BACKENDS
+from icrl_lib.serving.hosted import GeminiEnumPredictor, GeminiEnumRoute, gemini_contents
 from icrl_lib.serving.sampled import query_seed
+from icrl_lib.serving.sglang import choice_regex
 from icrl_lib.tasks.task import load_task
 from tests.helpers import TICKETS, small
 from tests.serving.conftest import JsonHandler, serving
@@ -28,54 +28,32 @@ LABELS = ("order", "order status", "refund (partial)", "cancel")
 KEY = "test-key-8c1e"  # what the fake Gemini API expects in x-goog-api-key
 
 
-def encode_batch(texts):
-    return [[ord(c) for c in t] for t in texts]
-
-
 class Documented(JsonHandler):
-    """Answers vLLM's guided choice, SGLang's regex and Gemini's enum requests: the answer is the option the request's
-    seed picks (SGLang, which takes no seed: the prompt's length), so a test can tell that each query got its own."""
+    """Answers the Gemini API's model resource and enum requests: the answer is the option the request's seed picks,
+    so a test can tell that each query got its own."""
 
     bodies: list = []
     answer_text: str | None = None  # forces this text (an answer that is not a label)
 
     def do_GET(self):  # noqa: N802 - http.server's naming
-        if self.path.startswith("/v1beta/models/"):
-            if self.headers.get("x-goog-api-key") != KEY or self.headers.get("authorization"):
-                return self.send_json({"error": {"message": "API key not valid. Please pass a valid API key."}}, 400)
-            name = self.path.rsplit("/", 1)[1]
-            if name != "gemini-test":
-                return self.send_json({"error": {"message": f"models/{name} is not found"}}, 404)
-            return self.send_json({"name": "models/gemini-test", "version": "001"})
-        self.send_json({"/v1/models": {"data": [{"id": "served"}]}, "/version": {"version": "0.11.0"},
-                    "/get_server_info": {"version": "0.5.0"}}.get(self.path, {}), 200 if self.path else 404)
+        if not self.path.startswith("/v1beta/models/"):
+            return self.send_json({"error": {"message": "not found"}}, 404)
+        if self.headers.get("x-goog-api-key") != KEY or self.headers.get("authorization"):
+            return self.send_json({"error": {"message": "API key not valid. Please pass a valid API key."}}, 400)
+        name = self.path.rsplit("/", 1)[1]
+        if name != "gemini-test":
+            return self.send_json({"error": {"message": f"models/{name} is not found"}}, 404)
+        return self.send_json({"name": "models/gemini-test", "version": "001"})
 
     def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        body = self.body()
         type(self).bodies.append((self.path, body))
-        forced = type(self).answer_text
-        if self.path == "/tokenize":
-            return self.send_json({"tokens": encode_batch([body["prompt"]])[0]})
-        if self.path == "/v1/completions":
-            options = body["structured_outputs"]["choice"]
-            text = forced or options[body["seed"] % len(options)]
-            return self.send_json({"choices": [{"text": text, "finish_reason": "stop"}],
-                               "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": 2}})
-        if self.path == "/generate":
-            if body.get("input_ids") == []:
-                raise ValueError
-            options = [o.replace("\\", "") for o in body["sampling_params"]["regex"][1:-1].split("|")]
-            text = forced or options[len(body["input_ids"]) % len(options)]
-            meta = {"prompt_tokens": len(body["input_ids"]), "cached_tokens": 3, "completion_tokens": 2,
-                    "finish_reason": {"type": "stop"}}
-            return self.send_json({"text": text, "meta_info": meta})
         config = body["generationConfig"]
         options = config["responseSchema"]["enum"]
-        text = forced or options[config["seed"] % len(options)]
+        text = type(self).answer_text or options[config["seed"] % len(options)]
         candidate = {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}
         usage = {"promptTokenCount": 40, "candidatesTokenCount": 1}
         self.send_json({"candidates": [candidate], "usageMetadata": usage})
-
 
 
 @pytest.fixture
@@ -91,35 +69,6 @@ def test_the_label_regex_matches_exactly_the_labels_with_their_space():
     assert not pattern.fullmatch(" refund partial") and not pattern.fullmatch("order")
 
 
-@pytest.mark.parametrize("kind", ["vllm", "sglang"])
-def test_guided_choice_sends_our_token_ids_with_neutral_sampling_and_reads_the_label(documented, kind):
-    client = ServerClient(documented, retries=0)
-    cls = VllmChoicePredictor if kind == "vllm" else SglangChoicePredictor
-    predictor = cls(client, "served", encode_batch, LABELS, 0.7, concurrency=4)
-    prompts = [f"<|im_start|>user\nQuery: {i}{'!' * i}<|im_end|>\nIntent:" for i in range(6)]
-    labels = [p.label for p in predictor.predict(prompts, seed=107, stream=1)]
-    sent = sorted((b for _, b in Documented.bodies), key=lambda b: len(b.get("prompt") or b.get("input_ids")))
-    ids = encode_batch(prompts)
-    if kind == "vllm":
-        assert [b["prompt"] for b in sent] == ids  # the run's own tokens, not text the server would re-tokenize
-        assert sorted(b["seed"] for b in sent) == sorted(query_seed(107, 1, i) for i in range(6))
-        assert sent[0]["structured_outputs"]["choice"] == [" " + x for x in LABELS]
-        params = sent[0]
-        assert labels == [LABELS[query_seed(107, 1, i) % 4] for i in range(6)]
-        assert predictor.tokens.take() == {"prompt": sum(map(len, ids)), "computed": None, "generated": 12}
-    else:
-        assert [b["input_ids"] for b in sent] == ids
-        params = sent[0]["sampling_params"]
-        assert labels == [LABELS[len(x) % 4] for x in ids]
-        assert predictor.tokens.take() == {"prompt": sum(map(len, ids)), "computed": sum(map(len, ids)) - 18,
-                                           "generated": 12}
-    assert (params["temperature"], params["top_p"], params["top_k"], params["min_p"]) == (0.7, 1.0, -1, 0.0)
-    assert all(p.logprob is None for p in predictor.predict(prompts[:1], seed=1))
-    Documented.answer_text = " order status please"
-    with pytest.raises(ServerError, match=r"^served answered ' order status please', not one of the 4 labels$"):
-        predictor.predict(prompts[:1], seed=1)
-
-
 def test_gemini_gets_the_chat_as_contents_and_a_system_instruction():
     messages = [{"role": "system", "content": "You are an useful assistant."}, {"role": "user", "content": "Q: a"},
                 {"role": "assistant", "content": "Intent: order"}, {"role": "user", "content": "good\n\nQ: b"}]
@@ -129,12 +78,20 @@ def test_gemini_gets_the_chat_as_contents_and_a_system_instruction():
         ("user", "Q: a"), ("model", "Intent: order"), ("user", "good\n\nQ: b")]
 
 
+def gemini(url, model="gemini-test"):
+    """The Gemini route opened as a run opens it (a plan that needs no model: the server renders the chat)."""
+    config = ExperimentConfig(backend="gemini-enum", server_url=url, server_model=model, api_key_env="GEMINI_KEY",
+                              allow_approximate=True, max_context_examples=8, request_retries=0)
+    plan = SimpleNamespace(config=config, trie=SimpleNamespace(labels=LABELS), model=None)
+    return GeminiEnumRoute.open(BACKENDS["gemini-enum"], plan, ["never tokenized"])
+
+
 def test_gemini_requests_an_enum_with_the_key_in_its_header(documented, monkeypatch):
     monkeypatch.setenv("GEMINI_KEY", KEY)
-    conn = connect("gemini-enum", documented, "gemini-test", "GEMINI_KEY", 30.0, 0, None, ["never tokenized"])
-    assert conn.info.software == "Gemini API (models/gemini-test, version 001)" and not conn.info.exact
-    assert conn.info.tokenization.startswith("not checked")
-    predictor = conn.predictor(None, type("Trie", (), {"labels": LABELS})(), 1.0, ())
+    route = gemini(documented)
+    assert route.info.software == "Gemini API (models/gemini-test, version 001)" and not route.info.exact
+    assert route.info.tokenization.startswith("not checked")
+    predictor = route.predictor()
     assert isinstance(predictor, GeminiEnumPredictor) and predictor.chat
     chats = [[{"role": "system", "content": "sys"}, {"role": "user", "content": f"Q: {i}"}] for i in range(3)]
     labels = [p.label for p in predictor.predict(chats, seed=5, stream=0)]
@@ -145,12 +102,15 @@ def test_gemini_requests_an_enum_with_the_key_in_its_header(documented, monkeypa
     assert body["generationConfig"]["responseSchema"] == {"type": "STRING", "enum": list(LABELS)}
     # Protocol-buffer JSON leaves out a zero cachedContentTokenCount: all 40 prompt tokens were computed.
     assert predictor.tokens.take() == {"prompt": 120, "computed": 120, "generated": 3}
+    Documented.answer_text = "order status please"
+    with pytest.raises(ServerError, match=r"^gemini-test answered 'order status please', not one of the 4 labels$"):
+        predictor.predict(chats[:1], seed=1)
     with pytest.raises(UserError, match=r"^server_model: 'gemini-nope' at http://127\.0\.0\.1:\d+: .*HTTP 404: "
                                         r"models/gemini-nope is not found$"):
-        connect("gemini-enum", documented, "gemini-nope", "GEMINI_KEY", 30.0, 0, None, [])
+        gemini(documented, "gemini-nope")
     monkeypatch.setenv("GEMINI_KEY", "wrong")
     with pytest.raises(UserError, match="API key not valid"):
-        connect("gemini-enum", documented, "gemini-test", "GEMINI_KEY", 30.0, 0, None, [])
+        gemini(documented)
 
 
 @pytest.mark.parametrize("backend", ["vllm-choice", "sglang-choice", "openai-enum", "gemini-enum"])
@@ -195,13 +155,13 @@ def test_a_gemini_run_is_named_by_the_hosted_model_and_never_stores_the_key(tiny
 
 @pytest.mark.model
 @pytest.mark.data
-def test_the_openai_enum_route_runs_against_a_real_server(llama_server, data_dir, tmp_path):
-    served = httpx.get(f"{llama_server.url}/v1/models").json()["data"][0]["id"]  # the GGUF's path
+def test_the_openai_enum_route_runs_against_a_real_server(llama_cpp_python, data_dir, tmp_path):
+    served = httpx.get(f"{llama_cpp_python.url}/v1/models").json()["data"][0]["id"]  # the GGUF's path
     config = ExperimentConfig.from_dict(dict(
         task_name="clinic150", context_strategy_name="approximate_only_positive", max_contexts=2,
         approximate_context_sampling_method="uniform", context_p_keep=0.5, max_context_examples=16, train_k=4,
         test_every=2, test_k=6, debug_k=1, data_dir=str(data_dir), output_dir=str(tmp_path / "out"),
-        backend="openai-enum", server_url=llama_server.url, server_model=served,
+        backend="openai-enum", server_url=llama_cpp_python.url, server_model=served,
         allow_approximate=True))
     result = run_experiment(config, progress=False)
     assert f"__{model_label(served)}@openai-enum__" in result.run_dir.name

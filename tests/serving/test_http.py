@@ -1,14 +1,17 @@
 """The server client against a real HTTP server on 127.0.0.1: retries with backoff and Retry-After on 429/5xx,
-immediate one-line errors on other 4xx and on a closed port, the API key from the environment only."""
+immediate one-line errors on other 4xx, a dead or hung server told apart from a busy one in seconds, the first
+failure stopping the queued requests, answers of an unexpected shape, the API key from the environment only."""
 from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 
-from icrl_lib.errors import ServerError, UserError
-from icrl_lib.serving.http import ServerClient
+from icrl_lib.errors import ServerError, ServerRefused, UserError
+from icrl_lib.serving import http
+from icrl_lib.serving.http import REFUSED_BACKOFF_S, ServerClient
 from tests.serving.conftest import JsonHandler, serving
 
 
@@ -74,3 +77,57 @@ def test_the_api_key_comes_from_the_named_environment_variable_only(server, monk
     ServerClient(server, api_key_env="ICRL_TEST_KEY").post("/x", {"a": 1})
     path, headers, body = Scripted.seen[0]
     assert headers["Authorization"] == "Bearer sk-secret" and "sk-secret" not in json.dumps(body)
+
+
+def test_the_first_request_that_fails_for_good_stops_the_queued_ones(server):
+    """Eight queries in a pool: the first refusal fails every other request of the client at once, with the same
+    error (its kind decides whether a rerun helps), instead of each going through its own retries."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    Scripted.script = [(400, {}, {"error": {"message": "bad request"}})] + [(503, {}, {})] * 40
+    client = ServerClient(server, retries=5, backoff=0.0, sleep=lambda s: None)
+    with pytest.raises(ServerRefused, match="HTTP 400: bad request"):
+        client.post("/v1/completions", {"i": -1})
+    with ThreadPoolExecutor(4) as pool, pytest.raises(ServerRefused, match="HTTP 400: bad request"):
+        list(pool.map(lambda i: client.post("/v1/completions", {"i": i}), range(8)))
+    assert len(Scripted.seen) == 1  # nothing was sent after the refusal
+
+
+def test_a_refused_connection_is_retried_only_briefly():
+    """A port that refuses connections (the server process is gone) costs seconds, not the 31 s of backoff a busy
+    server gets."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    waits = []
+    client = ServerClient(f"http://127.0.0.1:{port}", retries=5, backoff=1.0, sleep=waits.append)
+    with pytest.raises(ServerError, match=r"cannot connect .*\(after 6 tries\)$"):
+        client.post("/v1/completions", {})
+    assert len(waits) == 5 and max(waits) <= REFUSED_BACKOFF_S
+
+
+class Hung(JsonHandler):
+    """Accepts connections and never answers: a hung server."""
+
+    def do_POST(self):  # noqa: N802
+        time.sleep(30)
+
+    do_GET = do_POST
+
+
+def test_a_hung_server_stops_the_run_after_one_timeout_not_after_every_retry(monkeypatch):
+    monkeypatch.setattr(http, "LIVENESS_TIMEOUT_S", 0.5)
+    waits = []
+    with serving(Hung) as url:
+        client = ServerClient(url, timeout=0.5, retries=5, sleep=waits.append)
+        with pytest.raises(ServerError, match=r"no answer within 0\.5 s, and the server no longer answers at all"):
+            client.post("/v1/completions", {})
+    assert waits == []  # no retry: a live but busy server would have answered its health check
+
+
+def test_an_answer_of_an_unexpected_shape_is_one_line_naming_the_field(server):
+    client = ServerClient(server, retries=0)
+    with pytest.raises(ServerRefused, match=r"^vLLM /v1/completions at http://127\.0\.0\.1:\d+: the answer has no "
+                                            r"choices\.0\.logprobs \(\{\"choices\": \[\]\}\); is the server the "
+                                            r"backend names"):
+        client.read({"choices": []}, "choices.0.logprobs", "vLLM /v1/completions")
