@@ -64,11 +64,6 @@ class OpenAIEnumPredictor(ServerSampledPredictor):
             return content
         return value.get("label") if isinstance(value, dict) else str(value)
 
-    def usage(self, answer: dict[str, Any]) -> tuple[int | None, int | None, int]:
-        usage = answer.get("usage") or {}
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
-        return usage.get("prompt_tokens"), cached, int(usage.get("completion_tokens") or 0)
-
 
 def gemini_contents(messages: Messages) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """(system instruction, contents) of a chat: roles user/model, the system text as Gemini's system instruction."""

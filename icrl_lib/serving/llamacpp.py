@@ -100,15 +100,6 @@ class GrammarPredictor(ServerSampledPredictor):
         return {"model": self.model, "prompt": prompt, "max_tokens": self.max_tokens, "temperature": self.temperature,
                 "seed": seed, "grammar": self.grammar, "logit_bias": self.bias, **self.neutral}
 
-    def text(self, answer: dict[str, Any]) -> str | None:
-        choice = self.client.read(answer, "choices.0", self.what)
-        return self.client.read(choice, "text", self.what) if choice.get("finish_reason") == "stop" else None
-
-    def usage(self, answer: dict[str, Any]) -> tuple[int | None, int | None, int]:
-        usage = answer.get("usage") or {}
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")  # llama-server; not llama-cpp-python
-        return usage.get("prompt_tokens"), cached, int(usage.get("completion_tokens") or 0)
-
 
 class LlamaCppRoute(ServerRoute):
     """The ``llamacpp`` routes on either llama.cpp server: which one answers decides the prompt form and the fields."""

@@ -53,8 +53,10 @@ class ServerSampledPredictor:
         raise NotImplementedError
 
     def text(self, answer: Any) -> str | None:
-        """The label as the answer spells it (None: the answer holds no finished text)."""
-        raise NotImplementedError
+        """The label as the answer spells it (None: the answer holds no finished text); here an OpenAI
+        ``/v1/completions`` answer (llama.cpp's servers, vLLM)."""
+        choice = self.client.read(answer, "choices.0", self.what)
+        return self.client.read(choice, "text", self.what) if choice.get("finish_reason") == "stop" else None
 
     def label(self, text: str) -> str | None:
         """The label ``text`` names (None: not a label): after the prediction prefix a completion route's answer is
@@ -66,8 +68,11 @@ class ServerSampledPredictor:
         return text if text in self.labels else None
 
     def usage(self, answer: Any) -> tuple[int | None, int | None, int]:
-        """(prompt tokens, of them served from the server's cache, generated tokens); None where not reported."""
-        raise NotImplementedError
+        """(prompt tokens, of them served from the server's cache, generated tokens); None where not reported. Here
+        an OpenAI answer's ``usage`` (cached tokens: llama-server; vLLM with --enable-prompt-tokens-details)."""
+        usage = answer.get("usage") or {}
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        return usage.get("prompt_tokens"), cached, int(usage.get("completion_tokens") or 0)
 
     def predict(self, prompts: Sequence[Prompt], seed: int, stream: int = 0,
                 context: str | None = None) -> list[Prediction]:
@@ -108,3 +113,15 @@ class ServerSampledPredictor:
 
     def cache_report(self) -> dict[str, int]:
         return server_cache_report()
+
+
+class GuidedChoicePredictor(ServerSampledPredictor):
+    """A completion route where the server's structured-output engine picks among the label strings (vLLM's guided
+    choice, SGLang's regex): the run's prompt as token ids, the label read back as the text `` <label>``."""
+
+    send_ids = spaced = True
+
+    def __init__(self, client: ServerClient, model: str, encode_batch, labels: Sequence[str], temperature: float,
+                 concurrency: int = 64):
+        super().__init__(client, model, labels, temperature, encode_batch, concurrency)
+        self.max_tokens = max(len(x) for x in self.labels) + 2  # one token per character at worst, then the end

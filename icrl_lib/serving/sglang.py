@@ -16,7 +16,7 @@ from typing import Any
 from icrl_lib.errors import ServerRefused
 from icrl_lib.serving.http import ServerClient
 from icrl_lib.serving.nodewalk import NodeRequest, NodeWalkPredictor, scores_by_id
-from icrl_lib.serving.sampled import NEUTRAL, ServerSampledPredictor
+from icrl_lib.serving.sampled import NEUTRAL, GuidedChoicePredictor
 from icrl_lib.serving.server import ServerRoute
 
 MAX_BATCH_TOKENS = 1 << 20  # prompt tokens per request: ~7 MB of JSON
@@ -116,17 +116,11 @@ def choice_regex(labels: Sequence[str]) -> str:
     return "(" + "|".join(re.sub(r"([.^$*+?()\[\]{}|\\/])", r"\\\1", " " + label) for label in labels) + ")"
 
 
-class SglangChoicePredictor(ServerSampledPredictor):
+class SglangChoicePredictor(GuidedChoicePredictor):
     """SGLang's ``/generate`` with ``input_ids``, a ``regex`` of the labels and a ``sampling_seed`` per query."""
 
     path = "/generate"
-    send_ids = spaced = True
     what = "SGLang /generate"
-
-    def __init__(self, client: ServerClient, model: str, encode_batch, labels: Sequence[str], temperature: float,
-                 concurrency: int = 64):
-        super().__init__(client, model, labels, temperature, encode_batch, concurrency)
-        self.max_tokens = max(len(x) for x in self.labels) + 2  # one token per character at worst, then the end
 
     def request(self, ids: list[int], seed: int) -> dict[str, Any]:
         return {"input_ids": ids,

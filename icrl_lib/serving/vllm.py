@@ -19,7 +19,7 @@ from typing import Any
 from icrl_lib.errors import ServerRefused, UserError
 from icrl_lib.serving.http import ServerClient
 from icrl_lib.serving.nodewalk import MissingScores, NodeRequest, NodeWalkPredictor, scores_by_id
-from icrl_lib.serving.sampled import NEUTRAL, ServerSampledPredictor
+from icrl_lib.serving.sampled import NEUTRAL, GuidedChoicePredictor
 from icrl_lib.serving.server import ServerRoute, widest_node
 
 MAX_LOGPROB_TOKEN_IDS = 128  # vLLM's vllm.sampling_params.MAX_LOGPROB_TOKEN_IDS (0.32)
@@ -124,30 +124,15 @@ class VllmRoute(VllmServer):
         return NodeWalkPredictor(self.plan.model.encode_batch, self.plan.trie, self.config.temperature, scorer)
 
 
-class VllmChoicePredictor(ServerSampledPredictor):
+class VllmChoicePredictor(GuidedChoicePredictor):
     """vLLM's ``/v1/completions`` with ``structured_outputs: {"choice": [...]}`` (vLLM 0.11 or later; earlier
     versions called it ``guided_choice``). Per-query seeds make reruns reproduce on one server."""
 
-    send_ids = spaced = True
     what = "vLLM /v1/completions"
-
-    def __init__(self, client: ServerClient, model: str, encode_batch, labels: Sequence[str], temperature: float,
-                 concurrency: int = 64):
-        super().__init__(client, model, labels, temperature, encode_batch, concurrency)
-        self.max_tokens = max(len(x) for x in self.labels) + 2  # one token per character at worst, then the end
 
     def request(self, ids: list[int], seed: int) -> dict[str, Any]:
         return {"model": self.model, "prompt": ids, "max_tokens": self.max_tokens, "temperature": self.temperature,
                 "seed": seed, **NEUTRAL, "structured_outputs": {"choice": [" " + label for label in self.labels]}}
-
-    def text(self, answer: dict[str, Any]) -> str | None:
-        choice = self.client.read(answer, "choices.0", self.what)
-        return self.client.read(choice, "text", self.what) if choice.get("finish_reason") == "stop" else None
-
-    def usage(self, answer: dict[str, Any]) -> tuple[int | None, int | None, int]:
-        usage = answer.get("usage") or {}
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")  # --enable-prompt-tokens-details
-        return usage.get("prompt_tokens"), cached, int(usage.get("completion_tokens") or 0)
 
 
 class VllmChoiceRoute(VllmServer):

@@ -2,7 +2,11 @@
 near-ties, and sampled labels against the local backend's exact label distribution (chi-square)."""
 from __future__ import annotations
 
+import glob
 import math
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +17,7 @@ from icrl_lib.engine.kvcache import extend_cache, new_cache
 from icrl_lib.runs.backend import open_backend
 from icrl_lib.runs.context import ContextBuilder
 from icrl_lib.runs.plan import prepare
-from tests.helpers import label_logprobs
+from tests.helpers import ROOT, label_logprobs
 
 NEAR_TIE = 0.1  # nats between the two best allowed logits: below it the two engines' rounding may decide
 
@@ -83,3 +87,20 @@ def assert_follows_local_law(server_predictor, lm, trie, prompt, n: int = 400, t
     observed = [drawn.count(label) for label in common] + [sum(d not in common for d in drawn)]
     expected = [exact[label] * n for label in common] + [n * (1 - sum(exact[label] for label in common))]
     assert stats.chisquare(observed, expected).pvalue > 1e-3, (observed, [round(e, 1) for e in expected])
+
+
+def kill_mid_run(server, config, after_steps: int = 5):
+    """Run ``config`` with the command line against ``server``, kill the server (its whole process group) once
+    ``after_steps`` steps are logged; (the finished process, with its output, and the steps logged)."""
+    argv = [sys.executable, "-m", "icrl_lib", "run"] + [f"--{k}={v}" for k, v in config.to_dict().items()
+                                                       if v is not None and not isinstance(v, bool)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = config.output_dir + "/*/steps.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any(len(open(p).readlines()) >= after_steps for p in glob.glob(log)):
+        time.sleep(0.2)
+    server.stop()
+    assert not server.alive_in_group()  # every process of the server went (vLLM's engine and workers too)
+    out, err = proc.communicate(timeout=120)
+    done = len(open(glob.glob(log)[0]).readlines())
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err), done

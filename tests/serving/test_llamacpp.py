@@ -6,11 +6,9 @@ identically after the server was killed, BOS handled as the model needs it, one-
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import gguf
@@ -29,7 +27,7 @@ from icrl_lib.tasks.task import load_task
 from icrl_lib.tasks.trie import LabelTrie
 from tests.engine.test_generation import make_prompts
 from tests.helpers import ROOT, assert_one_line_error, strip_measurements
-from tests.serving.agreement import NEAR_TIE, assert_follows_local_law, greedy_margins, open_route
+from tests.serving.agreement import NEAR_TIE, assert_follows_local_law, greedy_margins, kill_mid_run, open_route
 from tests.serving.conftest import LlamaCppPythonServer, LlamaServer, free_port, quick, start
 
 pytestmark = [pytest.mark.model, pytest.mark.data]
@@ -138,21 +136,10 @@ def test_a_run_stops_cleanly_when_the_server_dies_and_resumes_identically(lm, da
     try:
         config = quick(tmp_path, data_dir, "out", train_k=30, test_every=10, test_k=10, backend="llamacpp",
                        server_url=server.url, request_retries=3, request_timeout=30.0)
-        argv = [sys.executable, "-m", "icrl_lib", "run"] + [f"--{k}={v}" for k, v in config.to_dict().items()
-                                                           if v is not None and not isinstance(v, bool)]
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        log = config.output_dir + "/*/steps.jsonl"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not any(
-                len(open(p).readlines()) >= 5 for p in glob.glob(log)):
-            time.sleep(0.2)
-        server.stop()
-        out, err = proc.communicate(timeout=120)
-        done = len(open(glob.glob(log)[0]).readlines())
-        assert proc.returncode == 2 and 5 <= done < 30, (proc.returncode, err[-500:])
-        assert "HTTP Request" not in err  # one log line per request would bury the progress lines
-        line = assert_one_line_error(subprocess.CompletedProcess(argv, proc.returncode, out, err),
-                                     "rerun the same command to resume")
+        proc, done = kill_mid_run(server, config)
+        assert proc.returncode == 2 and 5 <= done < 30, (proc.returncode, proc.stderr[-500:])
+        assert "HTTP Request" not in proc.stderr  # one log line per request would bury the progress lines
+        line = assert_one_line_error(proc, "rerun the same command to resume")
         # A request in flight sees the connection drop (the server no longer answers: stop now); a new one finds
         # the port closed (a few quick tries, in case it restarts).
         assert "no longer answers" in line or "cannot connect" in line and "(after 4 tries)" in line, line

@@ -6,11 +6,7 @@ logprob_token_ids (one line naming the flag, from vLLM's own refusal), and the a
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
@@ -25,8 +21,8 @@ from icrl_lib.serving.server import widest_node
 from icrl_lib.serving.vllm import VllmScorer
 from icrl_lib.tasks.task import load_task
 from tests.engine.test_generation import make_prompts
-from tests.helpers import ROOT, assert_one_line_error, strip_measurements
-from tests.serving.agreement import assert_follows_local_law, open_route
+from tests.helpers import assert_one_line_error, strip_measurements
+from tests.serving.agreement import assert_follows_local_law, kill_mid_run, open_route
 from tests.serving.conftest import JsonHandler, VllmProcess, quick, serving, start
 
 pytestmark = [pytest.mark.model, pytest.mark.data]
@@ -80,26 +76,15 @@ def test_a_zero_shot_run_works_on_vllm(vllm, data_dir, tmp_path):
 
 def test_a_run_stops_when_vllm_dies_and_resumes_identically(vllm, data_dir, tmp_path):
     """A second vLLM is killed mid-run: the run stops in one line; restarted, the rerun resumes and ends equal to an
-    uninterrupted run on the session's vLLM (same model and engine: the client draws, so only a near-tie within the
+    uninterrupted run on the module's vLLM (same model and engine: the client draws, so only a near-tie within the
     engines' rounding could part them)."""
     server = start(VllmProcess(tmp_path / "server.log"), timeout=600)
     try:
         config = quick(tmp_path, data_dir, "out", train_k=30, test_every=10, test_k=10, backend="vllm",
                        server_url=server.url, request_retries=2, request_timeout=60.0)
-        argv = [sys.executable, "-m", "icrl_lib", "run"] + [f"--{k}={v}" for k, v in config.to_dict().items()
-                                                           if v is not None and not isinstance(v, bool)]
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        log = config.output_dir + "/*/steps.jsonl"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not any(len(open(p).readlines()) >= 5 for p in glob.glob(log)):
-            time.sleep(0.2)
-        server.stop()
-        assert not server.alive_in_group()  # vLLM's engine and worker processes went with it
-        out, err = proc.communicate(timeout=120)
-        done = len(open(glob.glob(log)[0]).readlines())
-        assert proc.returncode == 2 and 5 <= done < 30, (proc.returncode, err[-500:])
-        line = assert_one_line_error(subprocess.CompletedProcess(argv, proc.returncode, out, err),
-                                     "rerun the same command to resume", f"{done} steps are logged")
+        proc, done = kill_mid_run(server, config)
+        assert proc.returncode == 2 and 5 <= done < 30, (proc.returncode, proc.stderr[-500:])
+        line = assert_one_line_error(proc, "rerun the same command to resume", f"{done} steps are logged")
         start(server, timeout=600)
         resumed = run_experiment(config, progress=False)
     finally:
