@@ -95,8 +95,8 @@ class GrammarPredictor(ServerSampledPredictor):
 
     def request(self, prompt, seed: int) -> dict[str, Any]:
         """The body of one ``/v1/completions`` request (``prompt``: token ids, or the rendered text)."""
-        if isinstance(prompt, str) and self.drop_prefix and prompt.startswith(self.drop_prefix):
-            prompt = prompt[len(self.drop_prefix):]
+        if isinstance(prompt, str):
+            prompt = prompt.removeprefix(self.drop_prefix)  # "" removes nothing
         return {"model": self.model, "prompt": prompt, "max_tokens": self.max_tokens, "temperature": self.temperature,
                 "seed": seed, "grammar": self.grammar, "logit_bias": self.bias, **self.neutral}
 
@@ -145,7 +145,7 @@ class LlamaCppRoute(ServerRoute):
                           if self.drop_prefix else "")
 
     def seen_ids(self, client: ServerClient, text: str) -> list[int]:
-        return self.tokenize(client, text.removeprefix(self.drop_prefix) if self.drop_prefix else text)
+        return self.tokenize(client, text.removeprefix(self.drop_prefix))
 
     def _reconcile_bos(self, client: ServerClient, text: str) -> None:
         """A text prompt gets the server's BOS where its GGUF asks for one: if model_name's template writes that BOS
