@@ -38,7 +38,7 @@ help:
 	@echo "make experiment PARAMS=params/x.yaml   one run headless -> outputs/x.ipynb + outputs/<run>/"
 	@echo "make sweep SWEEP=params/sweeps/x.yaml [LAUNCHER=local|slurm|ray] [WORKERS=N]   many runs at once"
 	@echo "make grid [LAUNCHER=..] [WORKERS=N]  the paper's 40-run grid as one sweep (GPU + hub models)"
-	@echo "make family F=main [SIZE=cpu|paper] [WORKERS=N] [LAUNCHER=..]  a family's notebook -> outputs/family_<F>.ipynb"
+	@echo "make family F=main [SIZE=cpu|headline|paper] [WORKERS=N] [LAUNCHER=..]  a family's notebook -> outputs/family_<F>.ipynb"
 	@echo "make family-notebooks            regenerate notebooks/family_*.ipynb from icrl_lib.families.notebook"
 	@echo "make verdicts                    the families' verdicts -> outputs/verdicts_cpu.csv and the README's table"
 	@echo "make grid-params                 regenerate params/grid/ (python params/make_grid.py)"
@@ -165,16 +165,20 @@ sweep: setup
 grid: setup
 	@$(MAKE) --no-print-directory sweep SWEEP=params/sweeps/paper_grid.yaml
 
-# An experiment family of the paper: SIZE=cpu (the embedded model, default) or paper (its models and sizes, GPUs);
+# An experiment family of the paper: SIZE=cpu (the embedded model, default), headline (main only: the central claim on
+# CLINIC150) or paper (its models and sizes, GPUs);
 # WORKERS=N and LAUNCHER=local|slurm|ray override the params file.
+# A profile other than cpu gets its own notebook and analysis folder (its params file sets export_dir to match).
+FAMILY_SUFFIX = $(if $(filter-out cpu,$(or $(SIZE),cpu)),_$(SIZE))
 family: setup
-	@test -n "$(F)" || { echo "usage: make family F=<$(subst $(space),|,$(FAMILIES))> [SIZE=cpu|paper]"; exit 2; }
+	@test -n "$(F)" || { echo "usage: make family F=<$(subst $(space),|,$(FAMILIES))> [SIZE=cpu|headline|paper]"; exit 2; }
 	@test -f notebooks/family_$(F).ipynb || { echo "F=$(F): no such family; allowed: $(FAMILIES)"; exit 2; }
 	mkdir -p outputs
-	$(PY) -m papermill notebooks/family_$(F).ipynb outputs/family_$(F)$(if $(filter paper,$(SIZE)),_paper).ipynb \
+	@test -f params/families/$(F)/$(or $(SIZE),cpu).yaml || { echo "SIZE=$(SIZE): no params/families/$(F)/$(SIZE).yaml; allowed: $(basename $(notdir $(wildcard params/families/$(F)/*.yaml)))"; exit 2; }
+	$(PY) -m papermill notebooks/family_$(F).ipynb outputs/family_$(F)$(FAMILY_SUFFIX).ipynb \
 	  -f params/families/$(F)/$(or $(SIZE),cpu).yaml $(if $(WORKERS),-p workers $(WORKERS)) \
 	  $(if $(LAUNCHER),-p launcher $(LAUNCHER)) --log-output
-	@echo "executed notebook: outputs/family_$(F)$(if $(filter paper,$(SIZE)),_paper).ipynb; figures and tables: outputs/_analysis/$(F)/"
+	@echo "executed notebook: outputs/family_$(F)$(FAMILY_SUFFIX).ipynb; figures and tables: outputs/_analysis/$(F)$(FAMILY_SUFFIX)/"
 
 # After `make family F=...` for every family on its cpu.yaml: record their verdict tables (committed) and rewrite the
 # README's verdict table from them (a test keeps the two equal).

@@ -94,15 +94,16 @@ def _sweep(argv: list[str]) -> int:
 
 def _verdicts(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="icrl verdicts", description="Gather the verdict tables the family notebooks "
-                                     "exported (<outputs>/_analysis/<family>/verdicts.parquet) and print one line per "
-                                     "finding; --snapshot and --readme record them for the README.")
+                                     "exported (<outputs>/_analysis/<family>[_<profile>]/verdicts.parquet) and print "
+                                     "one line per finding; --snapshot and --readme record them for the README.")
     parser.add_argument("--outputs", default="outputs", help="the families' output_dir (relative: to the checkout)")
-    parser.add_argument("--snapshot", action="store_true", help=f"write the table to {CPU_VERDICTS_HELP}")
+    parser.add_argument("--snapshot", action="store_true", help=f"write the table to {CPU_VERDICTS_HELP}: the "
+                        "profiles found replace theirs, the others keep their recorded rows")
     parser.add_argument("--readme", action="store_true", help="rewrite the README's verdict table from the snapshot")
     args = parser.parse_args(argv)
     import pandas as pd
 
-    from icrl_lib.analysis import verdicts
+    from icrl_lib.analysis import verdict_tables as verdicts
     from icrl_lib.paths import project_root, resolve_path
 
     root = project_root()
@@ -111,16 +112,18 @@ def _verdicts(argv: list[str]) -> int:
         print(f"no verdict tables under {resolve_path(args.outputs)}/_analysis: execute family notebooks first "
               "(make family F=<name>)", file=sys.stderr)
         return 2
+    snapshot_path = root / verdicts.CPU_VERDICTS
     if args.snapshot:
-        table.to_csv(root / verdicts.CPU_VERDICTS, index=False)
-        print(f"wrote {root / verdicts.CPU_VERDICTS}")
+        recorded = verdicts.read_snapshot(snapshot_path) if snapshot_path.is_file() else None
+        verdicts.merge(recorded, table).to_csv(snapshot_path, index=False)
+        print(f"wrote {snapshot_path} (profiles from {resolve_path(args.outputs)}: "
+              f"{', '.join(sorted({f'{f} {p}' for f, p in zip(table['family'], table['profile'])}))})")
     if args.readme:
-        snapshot = pd.read_csv(root / verdicts.CPU_VERDICTS)
-        verdicts.write_readme(root / "README.md", snapshot)
+        verdicts.write_readme(root / "README.md", verdicts.read_snapshot(snapshot_path))
         print(f"rewrote the verdict table of {root / 'README.md'} from {verdicts.CPU_VERDICTS}")
     if not table.empty:
         with pd.option_context("display.max_rows", None, "display.width", 250, "display.max_colwidth", 90):
-            print(verdicts.overall(table).drop(columns=["ours_beyond_the_paper"]).to_string(index=False))
+            print(verdicts.summary(table).drop(columns=["ours_beyond_the_paper", "finding_id"]).to_string(index=False))
     return 0
 
 

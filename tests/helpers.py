@@ -177,26 +177,29 @@ def label_logprobs(predictor, prompt: str, cached: bool = True) -> dict[str, flo
 QUERIES = 100  # the CPU profiles' test size
 STEPS = 150
 TEST_STEPS = tuple(sorted({0, STEPS - 1} | {s for s in range(STEPS) if (s + 1) % 15 == 0}))  # 11 points: rho works
-ANSWERS = [f"label {i % 7}" for i in range(QUERIES)]
+EFFECTS = ("reversed", "forward", "tiny", "floor")
 
 
-def correct(first: int, count: int) -> np.ndarray:
+def correct(first: int, count: int, queries: int = QUERIES) -> np.ndarray:
     """0/1 over the queries: ``count`` correct ones starting at query ``first`` (wrapping)."""
-    out = np.zeros(QUERIES)
-    out[[(first + i) % QUERIES for i in range(count)]] = 1
+    out = np.zeros(queries)
+    out[[(first + i) % queries for i in range(count)]] = 1
     return out
 
 
-def _curve(shape: str) -> list[np.ndarray]:
-    """Per test step the correct queries of a test-accuracy curve: rising, falling or a fixed zig-zag (rho ~ 0.3)."""
+def _curve(shape: str, queries: int = QUERIES) -> list[np.ndarray]:
+    """Per test step the correct queries of a test-accuracy curve: rising, falling, a fixed zig-zag (rho ~ 0.3) or
+    flat at zero (the floor)."""
     n = len(TEST_STEPS)
     if shape == "rising":
-        counts = np.linspace(10, 60, n)
+        counts = np.linspace(0.10, 0.60, n)
     elif shape == "falling":
-        counts = np.linspace(60, 10, n)
+        counts = np.linspace(0.60, 0.10, n)
+    elif shape == "zero":
+        counts = np.zeros(n)
     else:
-        counts = [30, 20, 35, 25, 40, 22, 38, 28, 30, 26, 36][:n]
-    return [correct(7 * i, int(c)) for i, c in enumerate(counts)]
+        counts = np.array([30, 20, 35, 25, 40, 22, 38, 28, 30, 26, 36][:n]) / 100
+    return [correct(7 * i, int(round(c * queries)), queries) for i, c in enumerate(counts)]
 
 
 def _training(kind: str) -> list[str]:
@@ -207,47 +210,64 @@ def _training(kind: str) -> list[str]:
     return [f"label {i % 40}" for i in range(STEPS - 50)] + last
 
 
-def tables(fam: Family, check: Check, effect: str, seeds=(100,), knobs=None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per_run, predictions) of every arm of ``fam`` on one model and task (``clinic150`` plus the family's suffix),
-    with ``check``'s sides set so that its difference is ``effect``: "reversed" (far from the claim, the other
-    way) or "none" (the two sides equal in expectation, with disagreeing queries)."""
+def _side_counts(check: Check, effect: str, queries: int) -> tuple[int, int]:
+    """Correct queries of the left and right side for an accuracy check: "reversed" (far from the claim, the other
+    way), "forward" (as the claim says, inside a tolerance claim's margin)."""
+    reversed_ = {"greater": (10, 60), "less": (60, 10), "within": (70, 10)}[check.kind]
+    forward = (reversed_[1], reversed_[0]) if not check.tolerance else (30, 29)
+    left, right = reversed_ if effect == "reversed" else forward
+    return round(left * queries / 100), round(right * queries / 100)
+
+
+def tables(fam: Family, check: Check, effect: str, seeds=(100,), knobs=None,
+           queries: int = QUERIES) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per_run, predictions) of every arm of ``fam`` on clinic150 (plus the family's suffix), with ``check``'s sides
+    set so that its difference is ``effect`` (:data:`EFFECTS`): "reversed" (far from the claim, the other way),
+    "forward" (as the claim says), "tiny" (the sides equal but for one query of the first seed, with 30% of queries
+    disagreeing: no effect worth the name, real noise) or "floor" (both sides' arms at 0% from step 0 on). Every
+    other arm, and every side outside "floor", starts at 5% at step 0, so the arms learned. A check ``across="size"``
+    gets two models, m-0.5b and m-7b: its left side is on the larger, its right on the smaller."""
     (left_arm, left_measure), (right_arm, right_measure) = check.sides
-    low, high = {"greater": (10, 60), "less": (60, 10), "within": (70, 10)}[check.kind]
+    models = ("m-7b", "m-0.5b") if check.across else ("m",)
+    low = round(5 * queries / 100)
     tests, steps, predictions = [], [], []
-    for arm in fam.arms(knobs):
-        zero_shot = arm.fields.get("max_context_examples") == 0
-        for seed in seeds:
-            run = f"{arm.label}|{seed}"
-            curve = _curve("zigzag")
-            training = _training("third")
-            if check.measure == "rho" and arm.label in (left_arm, right_arm):
-                side_is_left = arm.label == left_arm
-                if effect == "reversed":
-                    wanted_up = check.kind == "less"  # the claim says left's rho is greater: make it fall
-                    curve = _curve("rising" if wanted_up == side_is_left else "falling")
-            elif check.measure == "top_share" and arm.label in (left_arm, right_arm):
-                if effect == "reversed":
-                    left_high = check.kind == "less"
-                    training = _training("collapsed" if left_high == (arm.label == left_arm) else "diverse")
-            elif check.measure in ("final", "step0"):
-                for label, measure, count, start in ((left_arm, left_measure, low, 0), (right_arm, right_measure, high,
-                                                                                        0)):
-                    if arm.label != label:
-                        continue
-                    if effect == "none":  # equal rates, disagreeing on 30 queries: no effect, real noise
-                        count, start = 30, (0 if (label, measure) == (left_arm, left_measure) else 15)
-                    index = 0 if measure == "step0" or zero_shot else len(TEST_STEPS) - 1
-                    curve[index] = correct(start, count)
-            points = [(0, curve[0])] if zero_shot else list(zip(TEST_STEPS, curve))
-            base = {"run": run, "method": arm.label, "model_name": "m", "task_name": "clinic150" + fam.task_suffix,
-                    "seed": seed, "training_seed": seed, "test_seed": 100, "train_k": STEPS, "test_k": QUERIES,
-                    "test_every": 15}
-            tests += [{**base, "step": s, "accuracy": float(c.mean()), "n": QUERIES} for s, c in points]
-            predictions += [{"run": run, "step": s, "example": i, "answer": ANSWERS[i], "correct": bool(c[i])}
-                            for s, c in points for i in range(QUERIES)]
-            if not zero_shot:
-                steps += [{**base, "step": s, "prediction": p, "reward": float(s % 3 == 0)}
-                          for s, p in enumerate(training)]
+    for model in models:
+        sides = [(arm, measure, i) for i, (arm, measure) in enumerate(check.sides)
+                 if not check.across or model == models[i]]
+        for arm in fam.arms(knobs):
+            zero_shot = arm.fields.get("max_context_examples") == 0
+            mine = [(measure, i) for a, measure, i in sides if a == arm.label]
+            if not mine and arm.label not in (left_arm, right_arm):
+                continue  # only the arms the check reads: the others would never change its verdict
+            for n_seed, seed in enumerate(seeds):
+                run = f"{model}|{arm.label}|{seed}"
+                curve = _curve("zero" if effect == "floor" and mine else "zigzag", queries)
+                if check.measure not in ("rho",) and not (effect == "floor" and mine):
+                    curve[0] = correct(50, low, queries)  # every arm learns from a 5% step 0
+                training = _training("third")
+                if check.measure == "rho" and mine and effect in ("reversed", "forward"):
+                    wants_left_up = (check.kind == "less") == (effect == "reversed")
+                    curve = _curve("rising" if wants_left_up == (mine[0][1] == 0) else "falling", queries)
+                elif check.measure == "top_share" and mine and effect in ("reversed", "forward"):
+                    left_high = (check.kind == "less") == (effect == "reversed")
+                    training = _training("collapsed" if left_high == (mine[0][1] == 0) else "diverse")
+                elif check.measure in ("final", "step0") and mine and effect != "floor":
+                    counts = _side_counts(check, effect, queries) if effect != "tiny" else \
+                        (round(30 * queries / 100) + (n_seed == 0), round(30 * queries / 100))
+                    for measure, i in mine:
+                        start = 0 if i == 0 or effect != "tiny" else round(15 * queries / 100)
+                        index = 0 if measure == "step0" or zero_shot else len(TEST_STEPS) - 1
+                        curve[index] = correct(start, counts[i], queries)
+                points = [(0, curve[0])] if zero_shot else list(zip(TEST_STEPS, curve))
+                base = {"run": run, "method": arm.label, "model_name": model,
+                        "task_name": "clinic150" + fam.task_suffix, "seed": seed, "training_seed": seed,
+                        "test_seed": 100, "train_k": STEPS, "test_k": queries, "test_every": 15}
+                tests += [{**base, "step": s, "accuracy": float(c.mean()), "n": queries} for s, c in points]
+                predictions += [{"run": run, "step": s, "example": i, "answer": f"label {i % 7}", "correct": bool(c[i])}
+                                for s, c in points for i in range(queries)]
+                if not zero_shot:
+                    steps += [{**base, "step": s, "prediction": p, "reward": float(s % 3 == 0)}
+                              for s, p in enumerate(training)]
     tests, steps = pd.DataFrame(tests), pd.DataFrame(steps)
     steps["regret"] = (steps["reward"] == 0).groupby(steps["run"]).cumsum().astype(float)
     return aggregate.run_metrics(tests, steps), pd.DataFrame(predictions)

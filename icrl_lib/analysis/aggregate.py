@@ -6,12 +6,24 @@ it, and the sizes). Per run (:func:`run_metrics`), the paper's metrics (names of
 on the test set, so report it next to the final value, never alone), ``gain`` (final minus the run's own step 0, its
 zero-shot), ``regret`` (wrong training predictions over the run) and ``regret_per_step`` (the same over the run's
 training steps: runs of different lengths compare), ``spearman_rho`` (test accuracy vs step: the paper's stability
-measure, over ``test_points`` tests), and exploration collapse over the last ``COLLAPSE_WINDOW`` training predictions:
-``distinct_labels``, ``label_entropy`` (bits) and ``top_label_share`` (share of the most predicted label).
-Over seeds (:func:`aggregate`, :func:`accuracy_curves`): the mean and a 95% interval that combines the test queries
-and the seeds (:func:`icrl_lib.analysis.stats.accuracy_interval`) for accuracies and shares, a t-interval over seeds
-for the others. :func:`paired_differences` compares two methods on the same test queries and seeds. :func:`join_paper`
-puts the paper's published value beside ours. All tables are tidy (one value per row) and parquet-ready.
+measure, over ``test_points`` tests), and exploration collapse over the last ``collapse_window`` training predictions
+(``COLLAPSE_WINDOW``, or all of a shorter run's): ``distinct_labels``, ``label_entropy`` (bits) and
+``top_label_share`` (share of the most predicted label).
+
+Over seeds (:func:`aggregate`, :func:`accuracy_curves`), the mean and a 95% interval, made as follows:
+
+* accuracies (``test_acc_*``): over the test queries and the seeds (:func:`icrl_lib.analysis.stats.accuracy_interval`):
+  test queries are independent trials, so even equal seeds get an interval of nonzero width;
+* ``gain``: final minus step 0 over both (unpaired: conservative); ``spearman_rho``: Fisher z over its test points
+  and the seeds (:func:`icrl_lib.analysis.stats.correlation_interval`);
+* everything else (regret, regret per step and the collapse metrics, the top-label share included): a t-interval
+  over seeds only. A run's training predictions are not independent trials (each one's context holds the ones
+  before it), so a binomial interval over the window would be too narrow; the seeds are the only independent
+  replicates. With one seed, or seeds that all agree, there is no spread to measure: no interval (NaN bounds, and
+  ``interval`` says why), never a zero-width one.
+
+:func:`paired_differences` compares two methods on the same test queries and seeds. :func:`join_paper` puts the
+paper's published value beside ours. All tables are tidy (one value per row) and parquet-ready.
 """
 from __future__ import annotations
 
@@ -33,6 +45,7 @@ SEED = ("seed", "training_seed", "test_seed")
 METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak", "gain", "regret", "regret_per_step", "spearman_rho",
            "distinct_labels", "label_entropy", "top_label_share")
 ACCURACY_METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak")
+COLLAPSE_METRICS = ("distinct_labels", "label_entropy", "top_label_share")
 LEVEL = 0.95
 PAPER_RESULTS = Path(__file__).parents[1] / "data" / "paper_results.csv"
 
@@ -54,7 +67,8 @@ def t_interval(values) -> tuple[float, float, float, int]:
 
 def run_metrics(runs: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per run: cell and seed columns, the paper's metrics, ``peak_step``, ``last_step``, ``test_points``,
-    ``queries`` and ``train_steps``.
+    ``queries``, ``train_steps`` and ``collapse_window`` (the training predictions the collapse metrics are over:
+    min(training steps, ``COLLAPSE_WINDOW``) when every step has its prediction).
 
     ``runs`` is ``load.read(...).tests`` (one row per test step), ``steps`` its ``steps`` (for regret and
     collapse)."""
@@ -72,17 +86,21 @@ def run_metrics(runs: pd.DataFrame, steps: pd.DataFrame | None = None) -> pd.Dat
         # over its own step 0 (zero-shot); none for a run that never trained (zero-shot: its one test is step 0)
         rows[-1]["gain"] = rows[-1]["test_acc_final"] - rows[-1]["test_acc_step0"] if len(tests) > 1 else math.nan
     table = pd.DataFrame(rows, columns=["run", *CELL, *SEED, *METRICS, "peak_step", "last_step", "test_points",
-                                        "queries", "train_steps"])
+                                        "queries", "train_steps", "collapse_window"])
     if steps is not None and not steps.empty and not table.empty:
         trained = (steps.dropna(subset=["reward"]) if "reward" in steps else steps).sort_values("step")
         per_run = trained.groupby("run")
         table["train_steps"] = table["run"].map(per_run.size()).astype(float)
         table["regret"] = table["run"].map(per_run["regret"].last()).astype(float)
         table["regret_per_step"] = table["regret"] / table["train_steps"]
-        collapse = {run: collapse_metrics(group["prediction"].tail(COLLAPSE_WINDOW) if "prediction" in group else [])
-                    for run, group in per_run}
-        for key in ("distinct_labels", "label_entropy", "top_label_share"):
+        windows = {run: group["prediction"].tail(COLLAPSE_WINDOW) if "prediction" in group else pd.Series([])
+                   for run, group in per_run}
+        collapse = {run: collapse_metrics(window) for run, window in windows.items()}
+        for key in COLLAPSE_METRICS:
             table[key] = table["run"].map({run: c[key] for run, c in collapse.items()}).astype(float)
+        # the predictions the share is over (collapse_metrics counts labels only): 4 for a 4-step run, not 50
+        table["collapse_window"] = table["run"].map(
+            {run: sum(isinstance(p, str) for p in window) for run, window in windows.items()}).astype(float)
     return table
 
 
@@ -97,13 +115,30 @@ def _clip(metric: str, low: float, high: float) -> tuple[float, float]:
     return (low if pd.isna(low) else max(lo, low)), (high if pd.isna(high) else min(hi, high))
 
 
+def seed_interval(values) -> tuple[float, float, float, int, str | None]:
+    """(mean, low, high, n, how) of a t-interval over seeds only, honest about what seeds cannot show: no interval
+    (NaN bounds) for one seed or for seeds that all agree (no spread to measure, not a certainty), with the reason in
+    ``how``; None when there is no value."""
+    present = [float(v) for v in values if v is not None and not pd.isna(v)]
+    mean, low, high, n = t_interval(present)
+    if n == 0:
+        return mean, low, high, n, None
+    if n == 1:
+        return mean, math.nan, math.nan, n, "none: 1 seed"
+    if min(present) == max(present):  # a zero-width interval would claim a certainty the seeds never showed
+        return mean, math.nan, math.nan, n, f"none: {n} seeds agree"
+    return mean, low, high, n, "t over seeds"
+
+
 def _interval(metric: str, group: pd.DataFrame, trials: int) -> tuple[float, float, float, int, str | None]:
-    """(mean, low, high, n seeds, how) of one metric over a cell's seeds (rows of ``group``): accuracies and shares
-    over their ``trials`` (test queries, or the collapse window) and the seeds, the gain as final minus step 0 over
-    both (conservatively unpaired); other metrics a t-interval over seeds (none for one seed)."""
+    """(mean, low, high, n seeds, how) of one metric over a cell's seeds (rows of ``group``): accuracies over their
+    ``trials`` test queries and the seeds, the gain as final minus step 0 over both (conservatively unpaired),
+    Spearman rho over its test points and the seeds; other metrics (the collapse metrics too: a run's training
+    predictions are not independent trials) a t-interval over seeds, none where the seeds cannot give one
+    (:func:`seed_interval`)."""
     values = group[metric]
-    mean, low, high, n = t_interval(values)
-    if n and trials and metric in (*ACCURACY_METRICS, "top_label_share"):
+    mean, _, _, n = t_interval(values)
+    if n and trials and metric in ACCURACY_METRICS:
         estimate = stats.accuracy_interval(mean, trials, values.dropna().tolist() if n > 1 else ())
         return mean, estimate.low, estimate.high, n, estimate.method
     if n and metric == "spearman_rho":
@@ -115,23 +150,33 @@ def _interval(metric: str, group: pd.DataFrame, trials: int) -> tuple[float, flo
         estimate = stats.unpaired_difference([(v, trials) for v in rows["test_acc_final"]],
                                              [(v, trials) for v in rows["test_acc_step0"]])
         return mean, estimate.low, estimate.high, n, estimate.method
-    return mean, low, high, n, ("t over seeds" if n > 1 else None)
+    return seed_interval(values)
 
 
 def aggregate(per_run: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
-    """Per cell and metric: mean, 95% interval and n seeds (tidy); ``interval`` says how the interval was made:
-    accuracies and the top-label share combine test-query (or window) and seed noise, so two seeds with equal
-    accuracy never give a zero-width interval; other metrics take a t-interval over seeds (none with one seed)."""
+    """Per cell and metric: mean, 95% interval and n seeds (tidy); ``interval`` says how the interval was made, or
+    why there is none.
+
+    Accuracies combine test-query and seed noise (the queries are independent trials, so two seeds with equal
+    accuracy never give a zero-width interval); the gain and Spearman rho likewise combine their own trials with the
+    seeds. Regret, regret per step and the collapse metrics take a t-interval over seeds only: their trials (training
+    steps) share one growing context, so they are not independent and only the seeds replicate. With one seed, or
+    seeds that all agree, those get no interval ("none: 1 seed", "none: 2 seeds agree"; NaN bounds), never a
+    zero-width one. ``peak_step`` (mean over seeds) comes with the peak, ``collapse_window`` (the shortest of the
+    cell's runs: how many training predictions the collapse metrics are over) with the collapse metrics."""
     rows = []
     for cell, group in per_run.groupby(list(CELL), dropna=False, sort=True):
+        trials = int(group["queries"].iloc[0] or 0)
         for metric in metrics:
-            trials = COLLAPSE_WINDOW if metric == "top_label_share" else int(group["queries"].iloc[0] or 0)
             mean, low, high, n, kind = _interval(metric, group, trials)
             extra = {"peak_step": float(group["peak_step"].mean())} if metric == "test_acc_peak" else {}
+            if metric in COLLAPSE_METRICS and "collapse_window" in group:
+                extra["collapse_window"] = float(group.loc[group[metric].notna(), "collapse_window"].min())
             low, high = _clip(metric, low, high)
             rows.append({**dict(zip(CELL, cell)), "metric": metric, "mean": mean, "low": low, "high": high, "n": n,
                          "interval": kind, **extra})
-    return pd.DataFrame(rows, columns=[*CELL, "metric", "mean", "low", "high", "n", "interval", "peak_step"])
+    return pd.DataFrame(rows, columns=[*CELL, "metric", "mean", "low", "high", "n", "interval", "peak_step",
+                                       "collapse_window"])
 
 
 def metric_text(metric: str, value: float, unit: bool = True) -> str:
@@ -146,8 +191,10 @@ def metric_text(metric: str, value: float, unit: bool = True) -> str:
 
 def metrics_table(aggregated: pd.DataFrame, order: Sequence[str] | None = None) -> pd.DataFrame:
     """``aggregate`` rows as the paper's table: one row per cell, one column per metric, each cell written
-    ``mean [low, high]`` (accuracies in %, the peak with its step), and n seeds. Rows follow the paper's order of
-    methods (``methods.method_order``), or ``order`` (a family's arms)."""
+    ``mean [low, high]`` (accuracies in %, the peak with its step), or the mean alone where there is no interval (one
+    seed, or seeds that agree), and n seeds. Collapse metrics of runs shorter than ``COLLAPSE_WINDOW`` say the
+    window they are over ("(last 4)"). Rows follow the paper's order of methods (``methods.method_order``), or
+    ``order`` (a family's arms)."""
     def text(row) -> str:
         metric = row["metric"]
         if pd.isna(row["mean"]):
@@ -157,6 +204,9 @@ def metrics_table(aggregated: pd.DataFrame, order: Sequence[str] | None = None) 
             out += f" [{metric_text(metric, row['low'], unit=False)}, {metric_text(metric, row['high'], unit=False)}]"
         if row["metric"] == "test_acc_peak" and not pd.isna(row.get("peak_step")):
             out += f" @{row['peak_step']:.0f}"
+        window = row.get("collapse_window")
+        if metric in COLLAPSE_METRICS and not pd.isna(window) and window < COLLAPSE_WINDOW:
+            out += f" (last {window:.0f})"  # the header says the full window: a shorter run says its own
         return out
 
     keys = ["model_name", "task_name", "method"]

@@ -12,9 +12,14 @@ Every interval here combines the two sources of noise in an ICRL measurement: wh
   query added to each cell of the 2x2 table) for the query component, plus the variance of the per-seed differences.
 * Two arms on different queries, e.g. the paper's own published numbers (:func:`unpaired_difference`): the
   Agresti-Caffo interval (one success and one failure added to each arm) plus each arm's seed variance.
-* Spearman rho of test accuracy with step (:func:`correlation_difference`): Fisher z per arm with the Spearman
-  variance 1.06 / (k - 3) over k test points (Fieller et al., 1957) plus the seed variance of z, back-transformed,
-  and Zou's MOVER interval for the difference.
+* Quantities of a whole run whose parts are not independent (:func:`seed_difference`): the Spearman rho of a
+  learning curve (neighbouring test points share most of their context) and the top-label share of the last training
+  predictions (consecutive predictions share their context). The run is the unit: per-seed values, paired by seed
+  where both arms ran it, a t-interval over seeds (S - 1 degrees of freedom). A seed's variance is never taken below
+  what the run's own points would give if they were independent (1 / (k - 1) for a rho over k points; p(1 - p) / w
+  for a share of w predictions), so seeds that happen to agree never give a zero-width interval. One seed: no
+  interval. (:func:`correlation_difference` keeps the Fisher-z interval for the paper's own single runs, where there is
+  nothing to resample; it treats test points as independent, so it is narrower than the truth.)
 
 :func:`verdict` turns the interval of a difference into supported / contradicted / inconclusive for a claim
 ``difference > threshold``, ``difference < threshold`` or ``|difference| <= margin`` (equivalence, as TOST: only an
@@ -222,6 +227,51 @@ def correlation_difference(a: Sequence[tuple[float, int]], b: Sequence[tuple[flo
     mde = (z + _t_power(math.inf)) / z * (high - low) / 2
     return Estimate(effect, max(-2.0, low), min(2.0, high), level, min(k for _, k in runs), min(len(a), len(b)),
                     mde, "Fisher z per arm + seeds, MOVER")
+
+
+def seed_difference(a: Sequence[tuple[int, float, float]], b: Sequence[tuple[int, float, float]],
+                    level: float = LEVEL, n_points: int = 0, bounds: tuple[float, float] = (-1.0, 1.0)) -> Estimate:
+    """A minus B for a per-run quantity, the run as the unit: each arm's runs as (seed, value, floor variance).
+
+    Paired over the seeds both arms ran (a t-interval of the per-seed differences), else unpaired (Welch); a seed's
+    variance is at least the mean floor variance of its runs (see the module docstring). NaN bounds below 2 seeds."""
+    a = [(s, v, f) for s, v, f in a if v is not None and not math.isnan(v)]
+    b = [(s, v, f) for s, v, f in b if v is not None and not math.isnan(v)]
+    if not a or not b:
+        return NAN_ESTIMATE
+    by_b = {s: (v, f) for s, v, f in b}
+    common = [(v - by_b[s][0], f + by_b[s][1]) for s, v, f in a if s in by_b]
+    if common:
+        diffs = np.array([d for d, _ in common])
+        effect, seeds = float(diffs.mean()), len(common)
+        if seeds < 2:
+            return Estimate(effect, math.nan, math.nan, level, n_points, seeds, math.nan, "one seed: no interval")
+        spread = max(float(np.var(diffs, ddof=1)), float(np.mean([f for _, f in common])))
+        variance, df, method = spread / seeds, seeds - 1, "t over paired seeds (the run as the unit)"
+    else:
+        parts = []
+        for arm in (a, b):
+            values = np.array([v for _, v, _ in arm])
+            if len(values) < 2:
+                return Estimate(float(np.mean([v for _, v, _ in a]) - np.mean([v for _, v, _ in b])), math.nan,
+                                math.nan, level, n_points, 1, math.nan, "one seed: no interval")
+            parts.append((max(float(np.var(values, ddof=1)), float(np.mean([f for _, _, f in arm]))) / len(values),
+                          len(values) - 1))
+        variance, df = _combine(parts)
+        effect = float(np.mean([v for _, v, _ in a]) - np.mean([v for _, v, _ in b]))
+        seeds, method = min(len(a), len(b)), "Welch t over seeds (the run as the unit)"
+    return _estimate(effect, effect, variance, df, level, n_points, seeds, method, bounds)
+
+
+def rho_floor(points: int) -> float:
+    """The variance of a Spearman rho over ``points`` independent points under no correlation: a seed's least."""
+    return 1.0 / max(1, points - 1)
+
+
+def share_floor(share: float, trials: int) -> float:
+    """The binomial variance of a share of ``trials`` independent predictions (two of each added): a seed's least."""
+    p = (share * trials + 2) / (trials + 4)
+    return p * (1 - p) / (trials + 4)
 
 
 def verdict(low: float, high: float, kind: str, threshold: float = 0.0) -> str:

@@ -60,7 +60,7 @@ def build(name: str):
            "missing, and every table and figure below works on whatever has finished."),
         code("from icrl_lib import notebook\n"
              "from icrl_lib.analysis import aggregate\n"
-             "from icrl_lib.families import notebook as family_notebook, report, spec\n"
+             "from icrl_lib.families import comparison, notebook as family_notebook, report, spec\n"
              "from icrl_lib.paper.families import family\n"
              "from icrl_lib.sweeps import launchers\n\n"
              "notebook.header()  # the code's revision and versions; figures that survive export\n"
@@ -76,32 +76,41 @@ def build(name: str):
         code("status = launchers.run_sweep(sweep) if params[\"run\"] else launchers.status(sweep)\n"
              "report.runs_overview(status)  # every run: status[[\"run\", \"state\", \"steps_done\", \"steps\"]]"),
         md("## Verdicts: does this reproduce the paper's findings?\nEach finding is the paper's claim about the "
-           "difference between two arms (or an arm and its own step 0), with the paper's margin. Its 95% interval "
-           "pairs the arms on the same test queries and seeds and combines query and seed noise: **supported** when "
-           "the interval lies wholly on the claim's side (for \"within\" and \"at most\" claims, wholly inside the "
-           "margin), **contradicted** when it lies wholly on the other side, otherwise **inconclusive** (the data "
-           "cannot tell; MDE is the smallest true difference these sizes would detect with 80% power). The first table "
-           "combines a finding's tasks with a Bonferroni correction; tasks the paper does not claim a finding for are "
-           "reported apart. Small models and small sizes may honestly not reproduce the paper."),
+           "difference between two arms (or an arm and its own step 0), with the paper's margin (where the paper "
+           "gives words, the margin column says it is our reading of them). Its 95% interval pairs the arms on the "
+           "same test queries and seeds and combines query and seed noise: **supported** when the interval lies "
+           "wholly on the claim's side (for \"at most\" and \"at or above\" claims, on the null's side of the "
+           "margin), **contradicted** when it lies wholly on the other side, otherwise **inconclusive** (MDE is the "
+           "smallest true difference these sizes would detect with 80% power). Not counted: cells with fewer than 3 "
+           "seeds (\"inconclusive (1 seed)\"), cells where every arm ended at or below its step 0 or chance "
+           "(\"uninformative (at the floor)\"), and cells whose MDE exceeds any possible effect (\"not testable at "
+           "this size\"). The first table combines a finding's counted tasks with a Bonferroni correction and shows "
+           "what the paper's own numbers say; tasks the paper does not claim a finding for are reported apart."),
         code("tables = report.collect(sweep, arms)\nverdict_table = report.verdict_table(fam, tables, arms, params)\n"
              "report.show_verdicts(fam, verdict_table)"),
-        md("## Results\nThe paper's metrics per arm: mean over seeds [95% interval] and n seeds (the interval "
-           "combines test-query and seed noise). The peak selects on the test set: read it next to the final value. "
-           "Collapse columns are over the last 50 training predictions."),
+        md("## Results\nThe paper's metrics per arm: mean over seeds [95% interval] and n seeds. Accuracies' intervals "
+           "combine test-query and seed noise; regret and the collapse columns take a t-interval over seeds only (a "
+           "run's training predictions share one context: they are not independent trials), so with one seed, or "
+           "seeds that agree, they show the mean alone. The peak selects on the test set: read it next to the final "
+           "value. Collapse columns are over the last 50 training predictions (a shorter run says its own)."),
         code("aggregate.metrics_table(tables.aggregated, report.arm_order(arms))"),
         md("## Figures"),
         code("figures = report.figures(fam, tables, arms)\nfamily_notebook.show_figures(figures, tables.curves, "
              "report.references(arms))"),
-        md("## Paper vs ours\nOur value next to the paper's for the same task and the arm's actual setting (p_keep, "
-           "K, window, episodes per context, temperature), with both sides' steps, test queries and window; \"no paper "
-           "counterpart\" where the paper ran no such setting (`icrl_lib/data/paper_results.csv`)."),
-        code("comparison = report.paper_vs_ours(fam, tables, arms)\ncomparison"),
+        md("## Paper vs ours\nOur value next to the paper's for the same method and task at the paper's own "
+           "setting (`icrl_lib/data/paper_results.csv`; where the paper never ran the arm's value of a knob, its "
+           "default for the method), both settings in full (steps, test queries, window, what differs, seeds) and "
+           "whether they are alike: \"differs\" names the steps, window and settings that differ, so a small run is "
+           "read knowing how far from the paper's setting it is. \"No paper counterpart\" only where the paper never "
+           "ran the method on the task in this family."),
+        code("paper_vs_ours = comparison.paper_vs_ours(fam, tables, arms)\n"
+             "comparison.paper_vs_ours_view(paper_vs_ours)"),
         md("## Compute\nTraining-prompt tokens computed per step (test queries excluded, as in the paper's table)."),
         code("tokens = report.token_table(tables)\nreport.token_view(tokens)"),
         md("## Export"),
         code("folder = report.export_folder(fam, params)\n"
              "paths = report.export(fam, figures, tables, {\"verdicts\": verdict_table, "
-             "\"paper_vs_ours\": comparison,\n"
+             "\"paper_vs_ours\": paper_vs_ours,\n"
              "                                             \"tokens\": tokens}, folder)\n"
              "for name, path in paths.items():\n    print(f\"{name}: {path}\")\n"
              "assert paths and all(path.stat().st_size > 0 for path in paths.values())"),

@@ -11,9 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from icrl_lib.analysis import aggregate, load, plots, stats, verdicts
+from icrl_lib.analysis import aggregate, load, paper_verdicts, plots, stats, verdict_tables, verdicts
 from icrl_lib.analysis.aggregate import metric_text
-from icrl_lib.analysis.coordinates import paper_coordinates
 from icrl_lib.families.spec import configs
 from icrl_lib.notebook import export_table, resolve_path, save_figures
 from icrl_lib.paper.families import Arm, Family
@@ -21,7 +20,6 @@ from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.store import ANALYSIS_DIR, run_name
 from icrl_lib.runs.tables import COLLAPSE_WINDOW
 from icrl_lib.sweeps.spec import Sweep
-from icrl_lib.tasks.files import paper_train_k
 
 RUNNING_WINDOW = 256  # the paper's appendix: running training accuracy over 256 steps
 
@@ -174,97 +172,6 @@ def token_view(tokens: pd.DataFrame):
                                 "final": "{:.1%}"}, na_rep="–").hide(axis="index")
 
 
-COMPARED_METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak", "regret_per_step", "spearman_rho")
-PAPER_WINDOW = 131072  # the paper's models' max_model_len (128K)
-
-
-def paper_vs_ours(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.DataFrame:
-    """Per task, arm (the paper's order) and metric: our value (mean [95% interval], n seeds) per model next to the
-    paper's value per model for the arm's *actual* setting (:func:`icrl_lib.analysis.coordinates.paper_coordinates`,
-    within this family), with both sides' steps, test queries and window; "no paper counterpart" where the paper ran
-    no such setting. Regret is per training step, so runs of different lengths compare."""
-    if tables.aggregated.empty:
-        return pd.DataFrame()
-    order = {label: i for i, label in enumerate(arm_order(arms))}
-    paper = aggregate.paper_results()
-    paper = paper[paper["family"].isin(fam.paper_families)].drop_duplicates(["model", "task", "method", "setting",
-                                                                             "metric"])
-    ours = tables.aggregated[tables.aggregated["metric"].isin(COMPARED_METRICS)]
-    rows = []
-    for (task, label), cell in ours.groupby(["task_name", "method"], sort=False):
-        runs = [r for r, a in arms.items() if a.label == label and r in set(tables.per_run["run"])]
-        config = tables.configs.get(runs[0]) if runs else None
-        coords = [c for c in paper_coordinates(config) if c[0] == fam.name] if config else []
-        zero_shot = bool(config and config.zero_shot)
-        sizes = _our_sizes(tables, runs, zero_shot)
-        for metric, by_metric in cell.groupby("metric", sort=False):
-            if zero_shot and metric != "test_acc_step0":
-                continue  # its one test is step 0
-            row = {"task": task, "arm": label, "metric": metric, "order": order.get(label, len(order)),
-                   **{f"ours: {m}": _text(r) for m, r in zip(by_metric["model_name"], by_metric.to_dict("records"))},
-                   "ours: sizes": sizes}
-            if not coords:
-                row["paper: sizes"] = "no paper counterpart (the paper ran no such setting)"
-            else:
-                _, method, setting = coords[0]
-                theirs = paper[(paper["task"] == task) & (paper["method"] == method) & (paper["setting"] == setting)]
-                values = theirs[theirs["metric"] == ("regret" if metric == "regret_per_step" else metric)]
-                for r in values.to_dict("records"):
-                    row[f"paper: {r['model'].split('/')[-1]}"] = _paper_text(r, task, metric)
-                row["paper: sizes"] = _paper_sizes(task, method, setting) if not values.empty else \
-                    "the paper prints no such number"
-            rows.append(row)
-    table = pd.DataFrame(rows).sort_values(["task", "order", "metric"], key=lambda s: s.map(_metric_rank)
-                                           if s.name == "metric" else s, kind="stable")
-    columns = [c for c in table.columns if c not in ("order", "ours: sizes", "paper: sizes")]
-    table = table[[*columns, "ours: sizes", "paper: sizes"]].fillna("–").reset_index(drop=True)
-    values = [c for c in table.columns if c.startswith(("ours: ", "paper: ")) and not c.endswith("sizes")]
-    return table[(table[values] != "–").any(axis=1)].reset_index(drop=True)  # a metric neither side has: no row
-
-
-def _metric_rank(metric: str) -> int:
-    return COMPARED_METRICS.index(metric)
-
-
-def _our_sizes(tables: Tables, runs: list[str], zero_shot: bool) -> str:
-    rows = tables.per_run[tables.per_run["run"].isin(runs)]
-    if rows.empty:
-        return "–"
-    window = tables.tests.loc[tables.tests["run"].isin(runs), "context_window"].max()
-    window = f"{window:,.0f}-token window" if not pd.isna(window) else "window unknown"
-    steps = "step 0 only" if zero_shot else f"{int(rows['last_step'].max()) + 1:,} steps"
-    seeds = rows["seed"].nunique()
-    return f"{steps} · {int(rows['queries'].max())} test queries · {window} · {seeds} seed{'s' if seeds > 1 else ''}"
-
-
-def _paper_sizes(task: str, method: str, setting: str) -> str:
-    window = next((int(p.split("=")[1]) for p in setting.split(";") if p.startswith("window=")), PAPER_WINDOW)
-    steps = {"icl": "until its context is full", "zero_shot": "step 0 only"}.get(
-        method, f"{paper_train_k(_base(task)):,} steps")
-    return f"{steps} · 500 test queries · {window:,}-token window · 1 seed"
-
-
-def _base(task: str) -> str:
-    return task.removesuffix("_unsemantic")
-
-
-def _text(row: Mapping[str, Any]) -> str:
-    if pd.isna(row["mean"]):
-        return "–"
-    text = metric_text(row["metric"], row["mean"])
-    if not pd.isna(row["low"]):
-        text += (f" [{metric_text(row['metric'], row['low'], unit=False)}, "
-                 f"{metric_text(row['metric'], row['high'], unit=False)}]")
-    return f"{text} n={int(row['n'])}"
-
-
-def _paper_text(row: Mapping[str, Any], task: str, metric: str) -> str:
-    if metric == "regret_per_step":
-        return metric_text(metric, row["value"] / paper_train_k(_base(task)))
-    text = metric_text(metric, row["value"])
-    return text + (f" @{row['step']:.0f}" if not pd.isna(row.get("step")) else "")
-
-
 def verdict_table(fam: Family, tables: Tables, arms: Mapping[str, Arm], params: Mapping[str, Any]) -> pd.DataFrame:
     """The paper's findings tested on these runs (:func:`icrl_lib.analysis.verdicts.evaluate`), for the knobs they
     ran."""
@@ -275,11 +182,11 @@ def show_verdicts(fam: Family, table: pd.DataFrame) -> None:
     """The verdicts first as one line per finding (ours, Bonferroni-adjusted over the tasks, and the paper's own
     numbers), then per (model, task) with effect, 95% interval, n and minimum detectable effect, then where the
     paper's own evidence is weak (inconclusive on its 500 test queries)."""
-    paper = verdicts.paper_evaluate(fam)
+    paper = paper_verdicts.paper_evaluate(fam)
     if table.empty:
         print("No finding can be checked yet: no finished runs.")
     else:
-        verdicts.show(table)
+        verdict_tables.show(table)
     weak = paper[paper["claimed"] & (paper["verdict"] == stats.INCONCLUSIVE)]
     for row in weak.to_dict("records"):
         metric = "spearman_rho" if row["interval"].startswith("Fisher") else "test_acc_final"

@@ -147,3 +147,57 @@ def test_runs_without_a_paper_counterpart_join_to_nothing():
     ours = pd.DataFrame([{"model_name": "m", "task_name": "banking77", "paper_method": None, "paper_setting": None,
                           "metric": "test_acc_final", "mean": 0.1}])
     assert aggregate.join_paper(ours)["paper_value"].isna().all()
+
+
+def collapse_runs(predictions: dict[int, list[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One run per seed of one cell: its training predictions (one step each, rewarded) and tests at step 0 and the
+    last step."""
+    tests, steps = [], []
+    for seed, labels in predictions.items():
+        cell = {"run": f"r{seed}", "model_name": "m", "task_name": "t", "method": "A", "method_key": None,
+                "paper_method": None, "paper_setting": None, "train_k": len(labels), "test_k": 10, "test_every": 10,
+                "seed": seed, "training_seed": seed, "test_seed": 1}
+        tests += [{**cell, "step": step, "accuracy": 0.5, "n": 10} for step in (0, len(labels) - 1)]
+        steps += [{**cell, "step": i, "reward": 1.0, "regret": 0.0, "prediction": label}
+                  for i, label in enumerate(labels)]
+    return pd.DataFrame(tests), pd.DataFrame(steps)
+
+
+def test_seeds_that_agree_give_no_interval_never_a_zero_width_one():
+    """Regret and the collapse metrics are t-intervals over seeds only: two equal seeds have no spread to measure, so
+    there is no interval (not [3.0, 3.0]), and the table shows the mean and n alone; one seed likewise."""
+    tests, steps = synthetic_runs()
+    one, one_step = tests[tests["run"] == "A1"], steps[steps["run"] == "A1"]
+    equal = aggregate.run_metrics(pd.concat([one, one.assign(run="A1b", seed=9)]),
+                                  pd.concat([one_step, one_step.assign(run="A1b", seed=9)]))
+    table = aggregate.aggregate(equal).set_index("metric")
+    for metric in ("regret", "regret_per_step"):
+        row = table.loc[metric]
+        # regret 12 over one logged training step: 12 per step too
+        assert (row["mean"], row["n"], row["interval"]) == (12, 2, "none: 2 seeds agree")
+        assert math.isnan(row["low"]) and math.isnan(row["high"])
+    shown = aggregate.metrics_table(aggregate.aggregate(equal)).iloc[0]
+    assert shown["regret"] == "12.0" and shown["n"] == 2
+    single = aggregate.aggregate(aggregate.run_metrics(one, one_step)).set_index("metric").loc["regret"]
+    assert single["interval"] == "none: 1 seed" and math.isnan(single["low"])
+    labels = aggregate.aggregate(aggregate.run_metrics(*collapse_runs({1: list("aab"), 2: list("bba")})))
+    labels = labels.set_index("metric")
+    for metric in ("distinct_labels", "label_entropy", "top_label_share"):
+        assert labels.loc[metric, "interval"] == "none: 2 seeds agree" and math.isnan(labels.loc[metric, "high"])
+
+
+def test_the_top_label_share_is_a_t_interval_over_seeds():
+    """A run's training predictions share one growing context, so they are not independent trials: the share's
+    interval is over seeds (shares 0.5, 0.7, 0.9: sd 0.2, t with 2 df), not binomial over the window."""
+    shares = {1: list("aaaaabbbbb"), 2: list("aaaaaaabbb"), 3: list("aaaaaaaaab")}
+    row = aggregate.aggregate(aggregate.run_metrics(*collapse_runs(shares))).set_index("metric").loc["top_label_share"]
+    half = scipy_stats.t.ppf(0.975, 2) * 0.2 / math.sqrt(3)
+    assert (row["mean"], row["n"], row["interval"]) == (pytest.approx(0.7), 3, "t over seeds")
+    assert (row["low"], row["high"]) == (pytest.approx(0.7 - half), pytest.approx(min(1.0, 0.7 + half)))
+
+
+def test_the_collapse_window_of_a_short_run_is_its_training_steps():
+    """The collapse metrics are over the last COLLAPSE_WINDOW training predictions, or all of a shorter run's."""
+    per_run = aggregate.run_metrics(*collapse_runs({1: list("abab"), 2: list("ab" * 40)})).set_index("run")
+    assert per_run.loc["r1", "collapse_window"] == 4 and per_run.loc["r2", "collapse_window"] == 50
+    assert per_run.loc["r1", "top_label_share"] == 0.5

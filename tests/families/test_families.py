@@ -11,12 +11,14 @@ import pandas as pd
 import pytest
 
 from icrl_lib import notebook
+from icrl_lib.analysis import aggregate
 from icrl_lib.analysis.aggregate import paper_results
 from icrl_lib.errors import UserError
+from icrl_lib.families import comparison, report, spec
 from icrl_lib.families import notebook as family_notebook
-from icrl_lib.families import report, spec
 from icrl_lib.paper import families
 from icrl_lib.runs.config import read_yaml_mapping
+from icrl_lib.runs.store import run_name
 from icrl_lib.tasks.files import paper_train_k
 from tests.helpers import ROOT
 
@@ -159,3 +161,85 @@ def test_a_family_runs_on_a_server_backend_like_any_other_config_field():
     with pytest.raises(UserError, match="allow_approximate"):
         spec.configs(families.FAMILIES["main"], {"arm_overrides": {"*": {"backend": "llamacpp-choice",
                                                                       "server_url": "http://127.0.0.1:8080"}}})
+
+
+def comparison_of(name: str, params: dict, window: int = 8192) -> pd.DataFrame:
+    """``comparison.paper_vs_ours`` of hand-made finished runs of family ``name`` with ``params`` (final accuracy 0.5;
+    ``window``: the model's token window, as ``meta.json`` gives it)."""
+    fam = families.family(name)
+    pairs = spec.configs(fam, params)
+    arms = {run_name(c): a for a, c in pairs}
+    tests, steps = [], []
+    for a, c in pairs:
+        cell = {"run": run_name(c), "model_name": c.model_name, "task_name": c.task_name, "method": a.label,
+                "method_key": None, "paper_method": None, "paper_setting": None, "train_k": c.train_k,
+                "test_k": c.test_k, "test_every": c.test_every, "seed": c.seed, "training_seed": c.training_seed,
+                "test_seed": c.test_seed, "context_window": float(c.max_window_tokens or window)}
+        last = 0 if c.zero_shot else c.train_k - 1
+        tests += [{**cell, "step": step, "accuracy": acc, "n": c.test_k} for step, acc in ((0, 0.1), (last, 0.5))
+                  if not (c.zero_shot and step)]
+        steps += [] if c.zero_shot else [{**cell, "step": last, "reward": 1.0, "regret": 10.0, "prediction": "x"}]
+    tests, steps = pd.DataFrame(tests), pd.DataFrame(steps)
+    per_run = aggregate.run_metrics(tests, steps)
+    tables = report.Tables(tests, steps, pd.DataFrame(), per_run, aggregate.aggregate(per_run), pd.DataFrame(),
+                           {run_name(c): c for _, c in pairs})
+    return comparison.paper_vs_ours(fam, tables, arms)
+
+
+def test_a_capped_cpu_arm_is_compared_with_the_papers_own_setting_and_says_how_it_differs():
+    """The CPU profiles cap the context (16 episodes, 150 steps): the paper's value for the same method and task at
+    its own setting stands beside ours, and "alike" says what differs (test queries and seeds only change the noise,
+    which the interval covers)."""
+    cpu = {"tasks": ["banking77"], "seeds": [100, 101], "train_k": 150, "test_every": 50, "test_k": 100,
+           "max_context_examples": 16}
+    table = comparison_of("main", cpu).set_index(["arm", "metric"])
+    row = table.loc[("explorative ICRL", "test_acc_final")]
+    assert row["ours: smollm2-135m-instruct"].startswith("50.0% [") and row["paper: Meta-Llama-3.1-8B-Instruct"] == \
+        "66.0%"
+    assert row["ours: setting"] == "150 steps · 100 test queries · 16 episodes per context · 2 seeds"
+    assert row["paper: setting"] == "10,000 steps · 500 test queries · 128K-token window · 1 seed · explorative " \
+                                    "(its main configuration)"
+    assert row["alike"] == "differs: 150 vs 10,000 steps; 16 episodes per context vs 128K-token window"
+    assert not table["paper: setting"].str.contains("no paper counterpart").any()
+    zero = table.loc[("zero-shot", "test_acc_step0")]
+    assert zero["alike"] == "same setting" and zero["paper: Meta-Llama-3.1-8B-Instruct"] == "17.2%"
+    regret = table.loc[("naive ICRL", "regret_per_step")]  # the paper's regret over its own 10,000 steps
+    assert regret["paper: Meta-Llama-3.1-8B-Instruct"] == "0.88"
+
+
+def test_an_arm_the_paper_never_ran_gets_its_methods_default_setting_and_overrides_are_named():
+    """context_window's CPU profile: a 400-token window (the paper ran 4K and 8K) and p_keep 0.5 for every arm. The
+    window arm is compared with the family's default for its method (the full window); the override shows."""
+    cpu = {"tasks": ["clinic150"], "train_k": 150, "test_every": 50, "test_k": 100, "max_context_examples": None,
+           "knobs": {"window": [400]}, "arm_overrides": {"*": {"context_p_keep": 0.5}}}
+    table = comparison_of("context_window", cpu).set_index(["arm", "metric"])
+    small = table.loc[("window 400, random_biased_start", "test_acc_final")]
+    assert small["paper: Meta-Llama-3.1-8B-Instruct"] == "81.4%"  # window=131072;downsampling=random_unbiased
+    assert small["paper: setting"].endswith("explorative (window=131072;downsampling=random_unbiased)")
+    assert small["ours: setting"] == ("150 steps · 100 test queries · 400-token window · strategy "
+                                      "random_biased_start_only_positive · p_keep 0.5 · 1 seed")
+    assert small["alike"] == ("differs: 150 vs 10,000 steps; 400-token window vs 128K-token window; strategy "
+                              "random_biased_start_only_positive vs random_unbiased_only_positive; p_keep 0.5 vs 0.1")
+    full = table.loc[("explorative ICRL, full window", "test_acc_final")]
+    assert full["alike"] == "differs: 150 vs 10,000 steps; 8K-token window vs 128K-token window; p_keep 0.5 vs 0.1"
+
+
+def test_a_full_size_arm_is_the_same_setting_and_only_a_task_the_paper_never_ran_has_no_counterpart():
+    paper = {"models": ["meta-llama/Meta-Llama-3.1-8B-Instruct"], "tasks": ["banking77"], "seeds": [100, 101, 102],
+             "train_k": 10000, "test_every": 500, "test_k": 500, "max_context_examples": None,
+             "arms": ["explorative ICRL", "naive ICRL"]}
+    table = comparison_of("main", paper, window=131072)
+    assert set(table["alike"]) == {"same setting"}
+    assert set(table["ours: setting"]) == {"10,000 steps · 500 test queries · 128K-token window · 3 seeds"}
+    # the paper ran p_keep only on Banking77: on CLINIC150 the exploration family has no counterpart at all
+    table = comparison_of("exploration", {"tasks": ["clinic150"], "knobs": {"p_keep": [0.5], "temperature": [1.0]}})
+    assert table["paper: setting"].str.startswith("no paper counterpart (the paper never ran").all()
+    assert set(table["alike"]) == {"–"}
+
+
+def test_the_comparison_shows_its_settings_in_full():
+    """A DataFrame's HTML cuts strings at 50 characters (pandas' display.max_colwidth): the view never does."""
+    table = comparison_of("main", {"tasks": ["banking77"], "seeds": [100, 101], "max_context_examples": 16})
+    html = comparison.paper_vs_ours_view(table).to_html()
+    longest = max(table["ours: setting"], key=len)
+    assert len(longest) > 50 and longest in html and "white-space: normal" in html
