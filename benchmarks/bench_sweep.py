@@ -15,7 +15,7 @@ import tempfile
 import time
 
 from icrl_lib.sweeps.launchers import launch
-from icrl_lib.sweeps.spec import load_sweep
+from icrl_lib.sweeps.sweep import load_sweep
 
 
 def sweep_of(out: str, runs: int, train_k: int, launcher: str, workers: int, threads: int | None = None):

@@ -74,7 +74,7 @@ def _sweep(argv: list[str]) -> int:
     import pandas as pd
 
     from icrl_lib.sweeps.launchers import run_sweep
-    from icrl_lib.sweeps.spec import filtered, load_sweep, status, summary
+    from icrl_lib.sweeps.sweep import filtered, load_sweep, status, summary
 
     sweep = filtered(load_sweep(args.sweep, launcher=args.launcher, workers=args.workers), args.where)
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 60):

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from icrl_lib.analysis import aggregate
-from icrl_lib.paper.families import Family
+from icrl_lib.paper.experiments import Family
 from icrl_lib.paper.findings import Check
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.record import StepRecord

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from icrl_lib.paper.families import FAMILIES
+from icrl_lib.paper.experiments import FAMILIES
 from icrl_lib.runs.config import ExperimentConfig
 
 # The fields that say which method and setting a run is (sizes, seeds and places are not).

@@ -13,7 +13,7 @@ import pandas as pd
 from icrl_lib.analysis import stats
 from icrl_lib.analysis.aggregate import paper_results
 from icrl_lib.analysis.verdicts import base_task, claim_text, model_size
-from icrl_lib.paper.families import Family
+from icrl_lib.paper.experiments import Family
 from icrl_lib.paper.findings import MEASURES, Check
 from icrl_lib.tasks.files import paper_train_k
 

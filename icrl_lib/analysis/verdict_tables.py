@@ -15,7 +15,7 @@ import pandas as pd
 from icrl_lib.analysis import stats
 from icrl_lib.analysis.paper_verdicts import paper_text
 from icrl_lib.analysis.verdicts import COLUMNS, NOT_MEASURED, counted
-from icrl_lib.paper.families import FAMILIES, family
+from icrl_lib.paper.experiments import FAMILIES, family
 from icrl_lib.runs.store import ANALYSIS_DIR
 
 CPU_VERDICTS = "outputs/verdicts_cpu.csv"  # the CPU profiles' verdicts (committed): the README's table is made from it
@@ -149,7 +149,7 @@ def markdown(summary_table: pd.DataFrame) -> str:
 
 def gather(outputs_dir: str | Path) -> pd.DataFrame:
     """Every exported verdict table under ``<outputs_dir>/_analysis/<family>[_<profile>]/verdicts.parquet``, in the
-    order of :data:`~icrl_lib.paper.families.FAMILIES` (the cpu profile first), with its ``profile``."""
+    order of :data:`~icrl_lib.paper.experiments.FAMILIES` (the cpu profile first), with its ``profile``."""
     root = Path(outputs_dir) / ANALYSIS_DIR
     tables = []
     for name in FAMILIES:

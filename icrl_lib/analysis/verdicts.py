@@ -28,7 +28,7 @@ import pandas as pd
 
 from icrl_lib.analysis import stats
 from icrl_lib.analysis.aggregate import difference, query_results
-from icrl_lib.paper.families import Family
+from icrl_lib.paper.experiments import Family
 from icrl_lib.paper.findings import MEASURES, Check
 
 NOT_MEASURED = "not measured"

@@ -3,7 +3,7 @@ model for the same method and task *at the paper's own setting*, both settings w
 are alike.
 
 The paper's setting of an arm is the arm's coordinates in ``paper_results.csv`` as the family defines it
-(:class:`icrl_lib.paper.families.Arm`: ``paper_method``, ``paper_setting``). Where the paper never ran that setting
+(:class:`icrl_lib.paper.experiments.Arm`: ``paper_method``, ``paper_setting``). Where the paper never ran that setting
 on the task (a knob value it did not sweep, e.g. a 400-token window), the family's default for the method stands in
 (its arm that is the method's own definition, e.g. the full window), else the first setting of the method the paper
 ran there. Only where the paper never ran the method on the task in this family is there "no paper counterpart".
@@ -24,7 +24,7 @@ import pandas as pd
 from icrl_lib.analysis import aggregate
 from icrl_lib.analysis.aggregate import metric_text
 from icrl_lib.analysis.coordinates import SETTING_FIELDS
-from icrl_lib.paper.families import Arm, Family
+from icrl_lib.paper.experiments import Arm, Family
 from icrl_lib.paper.methods import differences
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.tasks.files import paper_train_k

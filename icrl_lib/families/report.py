@@ -15,11 +15,11 @@ from icrl_lib.analysis import aggregate, load, paper_verdicts, plots, stats, ver
 from icrl_lib.analysis.aggregate import metric_text
 from icrl_lib.families.spec import configs
 from icrl_lib.notebook import export_table, resolve_path, save_figures
-from icrl_lib.paper.families import Arm, Family
+from icrl_lib.paper.experiments import Arm, Family
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.store import ANALYSIS_DIR, run_name
 from icrl_lib.runs.tables import COLLAPSE_WINDOW
-from icrl_lib.sweeps.spec import Sweep
+from icrl_lib.sweeps.sweep import Sweep
 
 RUNNING_WINDOW = 256  # the paper's appendix: running training accuracy over 256 steps
 

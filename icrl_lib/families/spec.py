@@ -6,7 +6,7 @@ from types import MappingProxyType
 from typing import Any
 
 from icrl_lib.errors import UserError
-from icrl_lib.paper.families import Arm, Family
+from icrl_lib.paper.experiments import Arm, Family
 from icrl_lib.runs.config import ExperimentConfig
 
 # A family notebook's parameters (params/families/<family>/*.yaml): name -> (default, type as papermill shows it, help)

@@ -1,4 +1,4 @@
-"""Launchers: one interface, three engines, for the runs of a :class:`~icrl_lib.sweeps.spec.Sweep`.
+"""Launchers: one interface, three engines, for the runs of a :class:`~icrl_lib.sweeps.sweep.Sweep`.
 
 - ``local``: N worker processes on this machine (``concurrent.futures`` with spawn). On a host with GPUs each worker
   owns one GPU (``CUDA_VISIBLE_DEVICES`` set before torch loads, so an 8B model never spreads over all GPUs); on
@@ -34,7 +34,7 @@ from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.durable import atomic_write_text
 from icrl_lib.runs.progress import format_duration
 from icrl_lib.runs.store import run_name
-from icrl_lib.sweeps.spec import Sweep, failure_path, status, summary, time_left
+from icrl_lib.sweeps.sweep import Sweep, failure_path, status, summary, time_left
 
 _MODELS: dict[tuple, Any] = {}  # per worker process: loaded models, reused by the runs it is given
 

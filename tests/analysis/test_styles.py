@@ -22,9 +22,9 @@ def test_order_and_colours_are_fixed():
 def test_names_drawn_together_get_distinct_styles(family):
     """Every family figure draws all its arms at once: no two may share colour and dash (12 reward ablations once
     shared 8 hashed colours; the paper's 9 naive temperatures shared 5 dashes). Methods keep their colour."""
-    from icrl_lib.paper import families
+    from icrl_lib.paper import experiments
 
-    names = methods.method_order([a.label for a in families.family(family).arms()])
+    names = methods.method_order([a.label for a in experiments.family(family).arms()])
     looks = styles.styles(names)
     assert len(set(looks.values())) == len(names), looks
     for name in names:

@@ -12,17 +12,17 @@ import pytest
 
 from icrl_lib.analysis import paper_verdicts, stats, verdict_tables, verdicts
 from icrl_lib.analysis.aggregate import paper_results
-from icrl_lib.paper import families, findings
+from icrl_lib.paper import experiments, findings
 from tests import helpers as synthetic
 from tests.helpers import ROOT
 
-CHECKS = [(name, check) for name, fam in families.FAMILIES.items() for check in fam.checks()]
+CHECKS = [(name, check) for name, fam in experiments.FAMILIES.items() for check in fam.checks()]
 IDS = [c.id for _, c in CHECKS]
 SEEDS = (100, 101, 102)
 
 
 def _row(name: str, check, effect: str, seeds=SEEDS, knobs=None, queries=synthetic.QUERIES) -> pd.Series:
-    fam = families.family(name)
+    fam = experiments.family(name)
     per_run, predictions = synthetic.tables(fam, check, effect, seeds, knobs, queries)
     table = verdicts.evaluate(fam, per_run, predictions, {a.label: a for a in fam.arms(knobs)}, knobs)
     return table[table["finding_id"] == check.id].iloc[0]
@@ -76,9 +76,9 @@ def test_the_forward_effect_supports_a_check_on_three_seeds():
     assert (row["verdict"], row["verdict_adjusted"], row["tasks_supported"]) == (stats.SUPPORTED,) * 2 + ("1 of 1",)
 
 
-@pytest.mark.parametrize("name", list(families.FAMILIES))
+@pytest.mark.parametrize("name", list(experiments.FAMILIES))
 def test_the_papers_own_numbers_contradict_a_check_exactly_at_its_named_exceptions(name):
-    fam = families.family(name)
+    fam = experiments.family(name)
     paper = paper_verdicts.paper_evaluate(fam)
     claimed = paper[paper["claimed"]]
     with_numbers = {c.id for c in fam.checks() if c.measure != "top_share"}  # collapse: no number in the paper
@@ -94,7 +94,7 @@ def test_the_papers_own_numbers_contradict_a_check_exactly_at_its_named_exceptio
 
 
 def test_the_context_window_findings_join_the_papers_numbers_by_id_whatever_the_window():
-    fam = families.family("context_window")
+    fam = experiments.family("context_window")
     ours = {c.id for c in fam.checks({"window": [400, 800]})}
     paper = paper_verdicts.paper_text(fam)
     assert ours == set(paper.index) and all(t.startswith("supported 2 of 2") for t in paper)
@@ -103,14 +103,14 @@ def test_the_context_window_findings_join_the_papers_numbers_by_id_whatever_the_
 def test_a_weak_cell_of_the_paper_is_inconclusive_not_widened():
     """Llama's explorative with one exemplar per label vs naive on abstract TREC fine is 0.036 vs 0.030 on 500
     queries each: inconclusive, reported as the paper's weak evidence."""
-    paper = paper_verdicts.paper_evaluate(families.family("abstract_labels"))
+    paper = paper_verdicts.paper_evaluate(experiments.family("abstract_labels"))
     row = paper[(paper["task_name"] == "trec_fine") & (paper["model_name"] == findings.LLAMA)
                 & (paper["finding_id"] == "abstract_labels.one_exemplar_above_naive")].iloc[0]
     assert (row["left_value"], row["right_value"], row["verdict"]) == (0.036, 0.030, stats.INCONCLUSIVE)
 
 
 def test_the_scaling_question_compares_the_largest_size_with_the_smallest():
-    fam = families.family("scaling")
+    fam = experiments.family("scaling")
     check = next(c for c in fam.checks() if c.id == "scaling.larger_ends_higher")
     paper = paper_verdicts.paper_evaluate(fam)
     rows = paper[paper["finding_id"] == check.id]
@@ -124,7 +124,7 @@ def test_the_scaling_question_compares_the_largest_size_with_the_smallest():
 
 
 def test_a_difference_of_a_few_queries_out_of_a_hundred_is_inconclusive():
-    fam = families.family("approximate")
+    fam = experiments.family("approximate")
     check = next(c for c in fam.checks() if c.id == "approximate.k8_above_k1")
     per_run, predictions = synthetic.tables(fam, check, "tiny", SEEDS)
     k8 = set(per_run.loc[per_run["method"] == check.left, "run"])
@@ -147,7 +147,7 @@ def test_finding_texts_say_what_the_papers_numbers_show():
                     & (paper["method"] == method) & (paper["setting"] == setting) & (paper["metric"] == metric)]
         return float(row["value"].iloc[0])
 
-    texts = {name: fam.finding for name, fam in families.FAMILIES.items()}
+    texts = {name: fam.finding for name, fam in experiments.FAMILIES.items()}
     drops = [value("context_window", "Llama", t, "explorative", "window=131072;downsampling=random_unbiased")
              - value("context_window", "Llama", t, "explorative", f"window={w};downsampling={d}")
              for t in ("banking77", "clinic150") for w in (4096, 8192)
@@ -170,7 +170,7 @@ def test_finding_texts_say_what_the_papers_numbers_show():
 
 
 def test_the_summary_counts_bonferroni_adjusted_verdicts_over_the_tasks():
-    fam = families.family("main")
+    fam = experiments.family("main")
     check = next(c for c in fam.checks() if c.id == "main.explorative_above_zero_shot")
     per_run, predictions = synthetic.tables(fam, check, "reversed", SEEDS)
     other = per_run.assign(task_name="banking77", run=per_run["run"] + "b")
@@ -184,7 +184,7 @@ def test_the_summary_counts_bonferroni_adjusted_verdicts_over_the_tasks():
 
 
 def test_uncounted_cells_are_shown_and_never_in_k_of_n():
-    fam = families.family("main")
+    fam = experiments.family("main")
     check = next(c for c in fam.checks() if c.id == "main.naive_few_points")
     per_run, predictions = synthetic.tables(fam, check, "floor", SEEDS)
     table = verdicts.evaluate(fam, per_run, predictions, {a.label: a for a in fam.arms()})
@@ -194,7 +194,7 @@ def test_uncounted_cells_are_shown_and_never_in_k_of_n():
 
 
 def test_a_task_the_paper_does_not_claim_a_finding_for_is_reported_beyond_it():
-    fam = families.family("exploration")
+    fam = experiments.family("exploration")
     check = fam.checks()[0]  # p_keep: the paper's Banking77 only; the synthetic runs are on CLINIC150
     row = _row("exploration", check, "reversed")
     assert row["scope"].startswith("beyond the paper") and row["tasks_supported"] == "–"
@@ -202,7 +202,7 @@ def test_a_task_the_paper_does_not_claim_a_finding_for_is_reported_beyond_it():
 
 
 def test_missing_arms_are_not_measured_never_a_verdict():
-    fam = families.family("approximate")
+    fam = experiments.family("approximate")
     check = next(c for c in fam.checks() if c.id == "approximate.k32_above_k8")
     per_run, predictions = synthetic.tables(fam, check, "reversed", knobs={"K": [1, 8]})
     table = verdicts.evaluate(fam, per_run, predictions, {a.label: a for a in fam.arms({"K": [1, 8]})})
@@ -210,7 +210,7 @@ def test_missing_arms_are_not_measured_never_a_verdict():
 
 
 def test_rho_with_too_few_test_points_or_a_flat_curve_says_why():
-    fam = families.family("scaling")
+    fam = experiments.family("scaling")
     check = next(c for c in fam.checks() if c.id == "scaling.explorative_more_stable")
     per_run, predictions = synthetic.tables(fam, check, "reversed", SEEDS)
     arms = {a.label: a for a in fam.arms()}
@@ -262,7 +262,7 @@ def test_the_readme_verdict_table_is_the_measured_one():
 def test_show_verdicts_prints_the_papers_weak_cells_with_rho_as_a_number(capsys):
     from icrl_lib.families import report
 
-    fam = families.family("scaling")
+    fam = experiments.family("scaling")
     report.show_verdicts(fam, pd.DataFrame(columns=verdicts.COLUMNS))
     out = capsys.readouterr().out
     assert "No finding can be checked yet" in out

@@ -14,9 +14,8 @@ from icrl_lib import notebook
 from icrl_lib.analysis import aggregate
 from icrl_lib.analysis.aggregate import paper_results
 from icrl_lib.errors import UserError
-from icrl_lib.families import comparison, report, spec
-from icrl_lib.families import notebook as family_notebook
-from icrl_lib.paper import families
+from icrl_lib.families import comparison, family_notebook, report, spec
+from icrl_lib.paper import experiments
 from icrl_lib.runs.config import read_yaml_mapping
 from icrl_lib.runs.store import run_name
 from icrl_lib.tasks.files import paper_train_k
@@ -26,11 +25,11 @@ NOT_RUNNABLE = {"gemini-1.5-flash-8b"}  # an API model of the paper: not a trans
 VALUES_ONLY = {"zero_shot", "compute"}  # paper families whose numbers the family shows but whose arms it does not run
 
 
-@pytest.mark.parametrize("name", list(families.FAMILIES))
+@pytest.mark.parametrize("name", list(experiments.FAMILIES))
 def test_paper_params_expand_to_exactly_the_papers_settings(name):
     """The arms (the paper's method and setting: strategies, p_keep, temperatures, K, sampling, windows,
     exemplars), models and tasks of params/families/<name>/paper.yaml are those of paper_results.csv."""
-    fam = families.family(name)
+    fam = experiments.family(name)
     params = read_yaml_mapping(ROOT / "params" / "families" / name / "paper.yaml")
     pairs = spec.configs(fam, params)
     paper = paper_results()
@@ -46,18 +45,18 @@ def test_paper_params_expand_to_exactly_the_papers_settings(name):
 
 
 def test_arms_are_built_from_the_method_table():
-    arms = {a.label: a for a in families.family("reward_ablations").arms()}
+    arms = {a.label: a for a in experiments.family("reward_ablations").arms()}
     inverted = arms["naive: inverted"].fields
     assert (inverted["context_strategy_name"], inverted["temperature"], inverted["icrl_flip_feedback_prob"]) == (
         "random_biased_end", 2.0, 1.0)
     assert arms["explorative: none"].fields["icrl_omit_feedback"] is True
-    assert arms["naive: only_positive"].fields == families.config_fields("naive_plus")  # the paper's Naive+
-    window = {a.label: a for a in families.family("context_window").arms({"window": [512]})}
+    assert arms["naive: only_positive"].fields == experiments.config_fields("naive_plus")  # the paper's Naive+
+    window = {a.label: a for a in experiments.family("context_window").arms({"window": [512]})}
     assert window["window 512, random_biased_end"].fields["max_window_tokens"] == 512
 
 
 def test_family_parameters_are_checked_before_anything_runs():
-    fam = families.family("exploration")
+    fam = experiments.family("exploration")
     with pytest.raises(UserError, match="knobs: exploration has no knob 'K'; allowed: p_keep, temperature"):
         spec.configs(fam, {"knobs": {"K": [1]}})
     with pytest.raises(UserError, match="arms: exploration has no arm"):
@@ -67,7 +66,7 @@ def test_family_parameters_are_checked_before_anything_runs():
     with pytest.raises(UserError, match="unknown parameter"):
         spec.configs(fam, {"modles": []})
     with pytest.raises(UserError, match="family: unknown 'mian'; allowed: main"):
-        families.family("mian")
+        experiments.family("mian")
     with pytest.raises(UserError, match=r"seeds: each must be an int .*got \[\[100, 100, 100\]\]"):
         spec.configs(fam, {"seeds": [[100, 100, 100]]})
     with pytest.raises(UserError, match="max_context_examples: no value for task 'banking77'"):
@@ -76,7 +75,7 @@ def test_family_parameters_are_checked_before_anything_runs():
 
 def test_every_arm_and_seed_tests_the_same_queries_and_sizes_may_differ_per_task():
     """Seeds vary contexts, sampling and the training order; the test set is one, so arms and seeds pair per query."""
-    pairs = spec.configs(families.family("abstract_labels"), {
+    pairs = spec.configs(experiments.family("abstract_labels"), {
         "tasks": ["trec_coarse", "clinic150"], "seeds": [100, 101], "test_seed": 7,
         "max_context_examples": {"trec_coarse": 22, "clinic150": 166}})
     assert {(c.seed, c.training_seed) for _, c in pairs} == {(100, 100), (101, 101)}
@@ -87,7 +86,7 @@ def test_every_arm_and_seed_tests_the_same_queries_and_sizes_may_differ_per_task
 
 def test_an_arms_own_fields_win_over_the_sizes():
     """Zero-shot stays zero-shot when a params file sets max_context_examples (the bug this pins merged it)."""
-    pairs = spec.configs(families.family("main"), {"max_context_examples": 32, "tasks": ["trec_coarse"]})
+    pairs = spec.configs(experiments.family("main"), {"max_context_examples": 32, "tasks": ["trec_coarse"]})
     configs = {a.label: c for a, c in pairs}
     assert configs["zero-shot"].max_context_examples == 0 and configs["naive ICRL"].max_context_examples == 32
     assert len({c.context_strategy_name for c in configs.values()}) == 5  # ICL, naive, naive+, explorative, approx.
@@ -103,7 +102,7 @@ def test_the_token_table_reads_as_whole_tokens_and_percentages():
     assert tokens.loc[0, "final"] == 0.35  # the exported table keeps its numbers
 
 
-@pytest.mark.parametrize("name", list(families.FAMILIES))
+@pytest.mark.parametrize("name", list(experiments.FAMILIES))
 def test_the_committed_family_notebook_is_the_generated_one(name, tmp_path):
     committed = nbformat.read(ROOT / "notebooks" / f"family_{name}.ipynb", as_version=4)
     generated = family_notebook.build(name)
@@ -113,7 +112,7 @@ def test_the_committed_family_notebook_is_the_generated_one(name, tmp_path):
     for which in ("paper", "cpu", "ci"):  # every params file is a valid set of this notebook's parameters
         params = notebook.merge_parameters(spec.PARAMETERS, read_yaml_mapping(
             ROOT / "params" / "families" / name / f"{which}.yaml"), which)
-        assert spec.configs(families.family(name), params)
+        assert spec.configs(experiments.family(name), params)
 
 
 def test_the_ci_override_is_applied_only_when_asked(monkeypatch):
@@ -156,17 +155,17 @@ def test_a_family_runs_on_a_server_backend_like_any_other_config_field():
     from icrl_lib.runs.store import run_name
 
     params = {"arm_overrides": {"*": {"backend": "llamacpp", "server_url": "http://127.0.0.1:8080"}}}
-    expanded = spec.configs(families.FAMILIES["main"], params)
+    expanded = spec.configs(experiments.FAMILIES["main"], params)
     assert expanded and all(c.backend == "llamacpp" and "@llamacpp" in run_name(c) for _, c in expanded)
     with pytest.raises(UserError, match="allow_approximate"):
-        spec.configs(families.FAMILIES["main"], {"arm_overrides": {"*": {"backend": "llamacpp-choice",
+        spec.configs(experiments.FAMILIES["main"], {"arm_overrides": {"*": {"backend": "llamacpp-choice",
                                                                       "server_url": "http://127.0.0.1:8080"}}})
 
 
 def comparison_of(name: str, params: dict, window: int = 8192) -> pd.DataFrame:
     """``comparison.paper_vs_ours`` of hand-made finished runs of family ``name`` with ``params`` (final accuracy 0.5;
     ``window``: the model's token window, as ``meta.json`` gives it)."""
-    fam = families.family(name)
+    fam = experiments.family(name)
     pairs = spec.configs(fam, params)
     arms = {run_name(c): a for a, c in pairs}
     tests, steps = [], []

@@ -17,7 +17,7 @@ from icrl_lib.runs.config import load_config
 from icrl_lib.runs.loop import run_experiment
 from icrl_lib.runs.store import read_records, run_dir, run_name
 from icrl_lib.sweeps.launchers import run_sweep
-from icrl_lib.sweeps.spec import load_sweep, status
+from icrl_lib.sweeps.sweep import load_sweep, status
 from tests.helpers import ROOT, TICKETS, assert_same_run
 
 TINY = {"task_name": TICKETS, "max_context_examples": 4, "train_k": 4, "test_every": 2, "test_k": 3, "debug_k": 0}
@@ -171,7 +171,7 @@ def test_a_killed_sweep_restarts_and_finishes_as_an_uninterrupted_one(tmp_path, 
 
 
 def test_where_selects_runs_and_names_a_bad_condition():
-    from icrl_lib.sweeps.spec import filtered
+    from icrl_lib.sweeps.sweep import filtered
 
     grid = load_sweep(ROOT / "params" / "sweeps" / "paper_grid.yaml")
     phi = filtered(grid, ["model_name=microsoft/Phi-3.5-mini-instruct", "task_name=nlu"])

@@ -201,7 +201,7 @@ def test_a_csv_task_runs_icrl_end_to_end(tmp_path, tiny):
 
 def test_family_params_take_a_task_file():
     from icrl_lib.families.spec import configs
-    from icrl_lib.paper.families import family
+    from icrl_lib.paper.experiments import family
 
     pairs = configs(family("abstract_labels"), {"tasks": ["params/tasks/support_tickets/task.yaml"], "seeds": [1]})
     assert {c.task_name for _, c in pairs} == {"params/tasks/support_tickets/task.yaml_unsemantic"}

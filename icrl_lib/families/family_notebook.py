@@ -1,4 +1,4 @@
-"""The family notebooks: ``notebooks/family_<name>.ipynb`` generated from :mod:`icrl_lib.paper.families`, their
+"""The family notebooks: ``notebooks/family_<name>.ipynb`` generated from :mod:`icrl_lib.paper.experiments`, their
 parameters (with the ``ICRL_FAMILY_PARAMS`` override that CI uses) and how they show their figures."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from icrl_lib.analysis import plots
 from icrl_lib.errors import UserError
 from icrl_lib.families.spec import PARAMETER_HELP, PARAMETERS
 from icrl_lib.notebook import load_yaml_mapping, merge_parameters, show_in_widget
-from icrl_lib.paper.families import FAMILIES, family
+from icrl_lib.paper.experiments import FAMILIES, family
 from icrl_lib.paths import project_root
 
 FAMILY_PARAMS_ENV = "ICRL_FAMILY_PARAMS"  # cpu | paper | ci: which params/families/<family>/<x>.yaml overrides
@@ -58,15 +58,14 @@ def build(name: str):
            f"-f params/families/{name}/paper.yaml` "
            "(the paper's models and sizes, for GPUs). Runs are resumable run folders: re-executing finishes what is "
            "missing, and every table and figure below works on whatever has finished."),
-        code("from icrl_lib import notebook\n"
+        code("from icrl_lib import family, notebook\n"
              "from icrl_lib.analysis import aggregate\n"
-             "from icrl_lib.families import comparison, notebook as family_notebook, report, spec\n"
-             "from icrl_lib.paper.families import family\n"
+             "from icrl_lib.families import comparison, family_notebook, report, spec\n"
              "from icrl_lib.sweeps import launchers\n\n"
              "notebook.header()  # the code's revision and versions; figures that survive export\n"
              "_before_parameters = set(globals()) - set(spec.PARAMETERS)"),
-        code("# The family's arms and the values it sweeps are data in icrl_lib.paper.families; these are sizes and "
-             f"places.\n{params}",
+        code("# The family's arms and the values it sweeps are data in icrl_lib.paper.experiments; these are sizes "
+             f"and places.\n{params}",
              metadata={"tags": ["parameters"]}),
         code(f"params = family_notebook.parameters({name!r}, notebook.new_parameters(globals(), _before_parameters))\n"
              f"fam = family({name!r})\n"
