@@ -39,7 +39,7 @@ help:
 	@echo "make sweep SWEEP=params/sweeps/x.yaml [LAUNCHER=local|slurm|ray] [WORKERS=N]   many runs at once"
 	@echo "make grid [LAUNCHER=..] [WORKERS=N]  the paper's 40-run grid as one sweep (GPU + hub models)"
 	@echo "make family F=main [SIZE=cpu|headline|paper] [WORKERS=N] [LAUNCHER=..]  a family's notebook -> outputs/family_<F>.ipynb"
-	@echo "make family-notebooks            regenerate notebooks/family_*.ipynb from icrl_lib.families.family_notebook"
+	@echo "make family-notebooks            regenerate notebooks/family_*.ipynb and the experiment notebook's parameters cell"
 	@echo "make verdicts                    the families' verdicts -> outputs/verdicts_cpu.csv and the README's table"
 	@echo "make grid-params                 regenerate params/grid/ (python params/make_grid.py)"
 	@echo "make lab                         JupyterLab on notebooks/"
@@ -187,6 +187,7 @@ verdicts: setup
 
 family-notebooks: setup
 	$(PY) -c 'from icrl_lib.families.family_notebook import write_all; print(*write_all(), sep="\n")'
+	$(PY) -c 'from icrl_lib.notebook import write_experiment_parameters; print(write_experiment_parameters())'
 
 grid-params: setup
 	$(PY) params/make_grid.py

@@ -31,12 +31,55 @@ PARAMS_FILE_ENV = "ICRL_PARAMS_FILE"
 SECRET_FIELDS = ("hf_token",)  # never notebook parameters
 # Parameters of notebooks/icrl_experiment.ipynb that are not ExperimentConfig fields, with their defaults.
 NOTEBOOK_ONLY = MappingProxyType({"headless": False, "figures_dir": None, "running_window": 50})
+NOTEBOOK_ONLY_HELP = MappingProxyType({
+    "headless": ("bool", "True under papermill/CI: progress lines instead of a bar"),
+    "figures_dir": ("str | None", "None: <run folder>/figures"),
+    "running_window": ("int | None", "moving window (steps) of the running training accuracy; None: cumulative")})
+EXPERIMENT_NOTEBOOK = "notebooks/icrl_experiment.ipynb"
+PARAMETERS_HEAD = (
+    "# Every ExperimentConfig field with its default and help (generated from icrl_lib.runs.config: `make "
+    "family-notebooks`).\n# No hf_token here on purpose: a hub token comes from the HF_TOKEN environment variable, so "
+    "it never lands in an\n# executed notebook.\n")
 
 
 def experiment_parameter_defaults() -> dict[str, Any]:
     """Every parameter of the experiment notebook with its default: config fields (no secrets) + notebook-only."""
     fields = {f.name: f.default for f in dataclasses.fields(ExperimentConfig) if f.name not in SECRET_FIELDS}
     return {**fields, **NOTEBOOK_ONLY}
+
+
+def _papermill_type(annotation: str) -> str:
+    """A field's annotation as papermill's ``--help-notebook`` shows it: ``int | None`` -> ``"Optional[int]"``."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    if "None" in parts and len(parts) == 2:
+        return f'"Optional[{next(p for p in parts if p != "None")}]"'
+    return parts[0]
+
+
+def _literal(value: Any) -> str:
+    return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def experiment_parameters_source() -> str:
+    """The experiment notebook's ``parameters`` cell, generated from :class:`ExperimentConfig`'s fields (type,
+    default and help: one place for each fact) and :data:`NOTEBOOK_ONLY`; a test keeps the notebook equal to it."""
+    lines = [f"{f.name}: {_papermill_type(f.type)} = {_literal(f.default)}  # {f.metadata['help']}"
+             for f in dataclasses.fields(ExperimentConfig) if f.name not in SECRET_FIELDS]
+    extra = [f"{name}: {_papermill_type(kind)} = {_literal(NOTEBOOK_ONLY[name])}  # {text}"
+             for name, (kind, text) in NOTEBOOK_ONLY_HELP.items()]
+    return PARAMETERS_HEAD + "\n".join(lines) + "\n\n# Notebook-only parameters\n" + "\n".join(extra)
+
+
+def write_experiment_parameters(path: str | os.PathLike | None = None) -> Path:
+    """Rewrite the ``parameters`` cell of the experiment notebook from :func:`experiment_parameters_source`."""
+    import nbformat
+
+    path = Path(path or project_root() / EXPERIMENT_NOTEBOOK)
+    notebook = nbformat.read(path, as_version=4)
+    cell = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = experiment_parameters_source()
+    nbformat.write(notebook, path)
+    return path
 
 
 def new_parameters(namespace: Mapping[str, Any], before: set[str]) -> dict[str, Any]:

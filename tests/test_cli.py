@@ -94,4 +94,4 @@ def test_help_lists_every_flag():
     assert proc.returncode == 0, proc.stderr
     assert all(f"--{f.name}" in proc.stdout for f in fields(ExperimentConfig))
     text = " ".join(proc.stdout.split())  # argparse wraps lines
-    assert "--no-icrl_omit_feedback" in text and "(step + 1) % test_every" in text
+    assert "--no-icrl_omit_feedback" in text and "after every test_every steps" in text

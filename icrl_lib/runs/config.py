@@ -47,48 +47,48 @@ class ExperimentConfig:
     task_name: str = _f("banking77", "banking77 | clinic150 | trec_coarse | trec_fine | nlu or a task file path, "
                         "+ _top<k> / _unsemantic")
     context_strategy_name: str = _f("random_unbiased_only_positive", "which past episodes enter the context")
-    temperature: float = _f(1.0, "sampling temperature of the constrained decoding (0 = greedy)")
+    temperature: float = _f(1.0, "sampling temperature of the constrained decoding (0: greedy)")
     context_p_keep: float = _f(0.1, "probability of keeping each eligible episode in a context")
-    max_context_examples: int | None = _f(None, "max episodes in a context; None = as many as fit; 0 = zero-shot")
-    icrl: bool = _f(True, "ICRL (predictions + rewards in context); False = ICL with gold labels")
+    max_context_examples: int | None = _f(None, "max episodes in a context; None: as many as fit; 0: zero-shot")
+    icrl: bool = _f(True, "ICRL (predictions + rewards in context); False: ICL with gold labels")
     icrl_omit_feedback: bool = _f(False, "ICRL ablation: drop the feedback turns from the context")
     icrl_flip_feedback: bool = _f(False, "ICRL ablation: invert the shown reward with icrl_flip_feedback_prob")
     icrl_flip_feedback_prob: float | None = _f(None,
                                                "probability of flipping the shown reward (with icrl_flip_feedback)")
-    max_contexts: int | None = _f(None, "approximate strategies: number K of contexts (paper flag default -1 = unset)")
+    max_contexts: int | None = _f(None, "approximate strategies: number K of contexts (paper flag default -1: unset)")
     approximate_context_sampling_method: str | None = _f(None, "approximate strategies: uniform | exact")
     train_k: int = _f(10000, "training steps (inputs in the training stream)")
-    test_every: int = _f(500, "evaluate the test set at every step with (step + 1) % test_every == 0")
-    test_k: int | None = _f(500, "test examples; None = the whole test split")
+    test_every: int = _f(500, "test at step 0, after every test_every steps and at the last step")
+    test_k: int | None = _f(500, "test examples; None: the whole test split")
     exemplars_per_label: int = _f(0, "gold exemplars per label placed at the start of every context")
     debug_k: int = _f(10, "write the full prompt of the first debug_k model calls to debug_prompts.txt")
     seed: int = _f(100, "seed of contexts, sampling and feedback flips (each step uses seed + step)")
     training_seed: int = _f(100, "seed that shuffles the training split")
     test_seed: int = _f(100, "seed that shuffles the test split")
     verbose: bool = _f(False, "log every step's context and prediction")
-    data_dir: str | None = _f(None, "local data folder (layout of ../shared/data) or 'hub'; None = $ICRL_DATA_DIR, "
+    data_dir: str | None = _f(None, "local data folder (layout of ../shared/data) or 'hub'; None: $ICRL_DATA_DIR, "
                                     "else ../shared/data beside the checkout if present, else the hub")
     output_dir: str = _f("outputs", "folder that holds one sub-folder per run")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
     max_window_tokens: int | None = _f(None, "cap on the token window used when max_context_examples is None")
-    fast: bool = _f(True, "reuse the context's KV cache and pack queries (False = recompute every prompt)")
-    batch_size: int | None = _f(None, "test queries per packed forward; None = chosen from memory")
+    fast: bool = _f(True, "reuse the context's KV cache and pack queries (False: recompute every prompt)")
+    batch_size: int | None = _f(None, "test queries per packed forward; None: chosen from memory")
     trust_remote_code: bool = _f(False, "allow model code from the hub (off unless you trust the repository)")
-    system_prompt: str | None = _f(None, "system prompt wording; None = the paper's (ICRL or ICL variant)")
+    system_prompt: str | None = _f(None, "system prompt wording; None: the paper's (ICRL or ICL variant)")
     hf_token: str | None = _f(None, "Hugging Face token for gated models; never stored (prefer $HF_TOKEN)", repr=False)
     log_every: int = _f(25, "headless runs print a progress line every log_every steps (and at test steps)")
     backend: str = _f(DEFAULT_BACKEND, backend_help())
     server_url: str | None = _f(None, "the inference server's address, e.g. http://127.0.0.1:8080 (server backends)")
-    server_model: str | None = _f(None, "the served model's id; None = the server's only model (hosted: required)")
+    server_model: str | None = _f(None, "the served model's id; None: the server's only model (hosted: required)")
     api_key_env: str | None = _f(None, "environment variable that holds the server's API key (the key is never stored)")
     request_timeout: float = _f(600.0, "seconds to wait for one answer of the server")
     request_retries: int = _f(5, "tries again after a timeout, 429 or 5xx (with backoff) before the run stops")
-    server_concurrency: int | None = _f(None, "requests in flight at once on a server; None = the route's choice: 1 "
+    server_concurrency: int | None = _f(None, "requests in flight at once on a server; None: the route's choice: 1 "
                                               "where the server draws (its seeds reproduce only one at a time)")
     allow_approximate: bool = _f(False, "run a backend whose sampling law is not the paper's (e.g. llamacpp-choice); "
                                         "its runs carry the backend's name")
     yarn_factor: float | None = _f(None, "YaRN rope scaling of the positions the model was trained on, applied at load "
-                                         "(the paper: 4.0 for Qwen2.5's 128K windows); None = the model's config")
+                                         "(the paper: 4.0 for Qwen2.5's 128K windows); None: the model's config")
 
     def __post_init__(self) -> None:
         # Normalised once, here, so YAML (temperature: 1), the CLI and notebooks (1.0) give one run identity.

@@ -333,7 +333,7 @@ def test_zero_shot_is_step_0_of_icrl_and_ignores_training_fields(tmp_path, tiny)
 
 def test_cli_help_states_the_cli_default_of_test_k():
     help_text = " ".join(build_parser().format_help().split())
-    assert "test examples; None = the whole test split (default: None)" in help_text
+    assert "test examples; None: the whole test split (default: None)" in help_text
 
 
 def test_one_experiment_has_one_run_folder_whatever_the_number_types(tmp_path):
