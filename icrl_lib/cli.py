@@ -1,4 +1,5 @@
-"""Command line: ``python -m icrl_lib run <the paper's run_experiment.py flags>``, ``check`` and ``max-examples``.
+"""Command line: ``python -m icrl_lib run <the paper's run_experiment.py flags>``, ``sweep``, ``check``,
+``max-examples``, ``verdicts`` and ``inspect`` (one logged step of a run, rebuilt without the model).
 
 Every command of the paper's README runs with only the program name changed, e.g.
 ``python -m icrl_lib run --model_name microsoft/Phi-3.5-mini-instruct --task_name banking77 ...``.
@@ -17,7 +18,8 @@ COMMANDS = {"run": "run one experiment (paper flags)",
             "sweep": "run a sweep of experiments (params/sweeps/*.yaml) locally, on Slurm or on Ray; --status",
             "check": "check an experiment notebook's params YAML without running it (what make experiment does first)",
             "max-examples": "max context examples for a window",
-            "verdicts": "the paper's findings across families: summary of the family notebooks' verdict tables"}
+            "verdicts": "the paper's findings across families: summary of the family notebooks' verdict tables",
+            "inspect": "one logged step of a run folder: its context, prompt, tokens, prediction, reward and feedback"}
 
 
 def _max_examples(argv: list[str]) -> int:
@@ -56,6 +58,24 @@ def _check(argv: list[str]) -> int:
     context = "zero-shot" if plan.config.zero_shot else f"{plan.budget} episodes per context"
     print(f"{args.params}: ok; run folder {plan.run_dir}; {plan.schedule.steps} steps, "
           f"{len(plan.schedule.test_steps)} test steps of {len(plan.data.test)} queries, {context}")
+    return 0
+
+
+def _inspect(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="icrl inspect", description="Rebuild one logged step of a run from its "
+                                     "folder (log and plan, no weights): the prompt the model saw, its tokens, the "
+                                     "context's episodes and what changed since the step before, the prediction, the "
+                                     "reward and the feedback.")
+    parser.add_argument("run_dir", help="a run folder, e.g. outputs/<task>__<model>__...__<hash>")
+    parser.add_argument("--step", type=int, required=True, help="the step (0 = the first)")
+    parser.add_argument("--query", type=int, help="a test query of the step (a test step) instead of its training "
+                        "query")
+    parser.add_argument("--probs", action="store_true", help="load the model and show the distribution over labels "
+                        "the prediction was drawn from (at the run's temperature)")
+    args = parser.parse_args(argv)
+    from icrl_lib.runs.inspector import inspect_step, render_step
+
+    print(render_step(inspect_step(args.run_dir, args.step, args.query, probs=args.probs)))
     return 0
 
 
@@ -147,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(argv[1:])
         if argv[0] == "verdicts":
             return _verdicts(argv[1:])
+        if argv[0] == "inspect":
+            return _inspect(argv[1:])
         config = config_from_argv(argv[1:])
         from icrl_lib.runs.loop import run_experiment
 

@@ -131,42 +131,28 @@ def save_tiny_model(folder: Path) -> Path:
 def label_logprobs(predictor, prompt: str, cached: bool = True) -> dict[str, float]:
     """Exact log-probability of every label under ``predictor``'s constrained decoding at its temperature (> 0).
 
-    ``cached=True`` encodes the prompt once and scores every label sequence packed on top of it;
-    ``cached=False`` recomputes prompt + label for each label. Both must agree (tested).
+    ``cached=True`` is the engine's :func:`~icrl_lib.engine.generation.label_logprobs` (the prompt encoded once,
+    every label sequence scored packed on top of it); ``cached=False`` recomputes prompt + label for each label
+    here, independently. Both must agree (tested).
     """
     import torch
 
-    from icrl_lib.engine.kvcache import PackedRow, extend_cache, new_cache
+    from icrl_lib.engine.generation import label_logprobs as engine_label_logprobs
 
     if predictor.temperature == 0:
         raise ValueError("temperature: label probabilities need temperature > 0 (0 is greedy decoding)")
     ids = predictor.lm.encode(prompt)
-    seqs = predictor.trie.sequences
     if cached:
-        cache = new_cache(predictor.lm)
-        first = extend_cache(predictor.lm, cache, ids)
-        row = PackedRow(len(ids))
-        tokens = [t for s in seqs for t in s[:-1]]
-        owners = [i for i, s in enumerate(seqs) for _ in s[:-1]]
-        logits = row.forward(predictor.lm, cache, tokens, owners, range(len(tokens))) if tokens else None
-        per_label, start = [], 0
-        for s in seqs:
-            rows = [first] + [logits[start + d] for d in range(len(s) - 1)]
-            start += len(s) - 1
-            per_label.append(rows)
-    else:
-        per_label = []
-        for s in seqs:
-            with torch.inference_mode():
-                out = predictor.lm.model(input_ids=torch.tensor([ids + list(s[:-1])], device=predictor.lm.model.device))
-            full = out.logits[0].float()
-            per_label.append([full[len(ids) - 1 + d] for d in range(len(s))])
+        return engine_label_logprobs(predictor.lm, predictor.trie, ids, predictor.temperature)
     result = {}
-    for label, s, rows in zip(predictor.trie.labels, seqs, per_label):
+    for label, s in zip(predictor.trie.labels, predictor.trie.sequences):
+        with torch.inference_mode():
+            out = predictor.lm.model(input_ids=torch.tensor([ids + list(s[:-1])], device=predictor.lm.model.device))
+        full = out.logits[0].float()
         total = 0.0
-        for d, logits in enumerate(rows):
+        for d in range(len(s)):
             allowed = predictor.trie.children[s[:d]]
-            lp = torch.log_softmax(logits[list(allowed)].double() / predictor.temperature, dim=0)
+            lp = torch.log_softmax(full[len(ids) - 1 + d][list(allowed)].double() / predictor.temperature, dim=0)
             total += float(lp[allowed.index(s[d])])
         result[label] = total
     return result

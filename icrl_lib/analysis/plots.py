@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from icrl_lib.analysis.load import final_steps, require_columns, run_column, token_totals
 from icrl_lib.analysis.styles import color_of, styles
 from icrl_lib.paper.methods import method_order
+from icrl_lib.runs.inspector import StepView
 
 _LAYOUT = dict(template="plotly_white", hovermode="x unified", legend_title_text="")
 _require = require_columns
@@ -255,6 +256,26 @@ def empty_figure(message: str) -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
     fig.update_layout(xaxis_visible=False, yaxis_visible=False, template="plotly_white")
+    return fig
+
+
+def label_distribution_figure(view: StepView, top: int = 20) -> go.Figure:
+    """The distribution over labels one prediction was drawn from (a :class:`~icrl_lib.runs.inspector.StepView`
+    with probabilities): the ``top`` most likely labels, and the drawn one wherever it ranks, as bars; the drawn
+    label in the accent colour and the gold label outlined."""
+    if view.probabilities is None:
+        raise ValueError("view: has no probabilities; inspect the step with probs=True")
+    shown = [(label, p) for i, (label, p) in enumerate(view.probabilities) if i < top or label == view.prediction]
+    labels = [label for label, _ in shown]
+    fig = go.Figure(go.Bar(
+        x=labels, y=[p for _, p in shown],
+        marker_color=["#d62728" if label == view.prediction else "#7f7f7f" for label in labels],
+        marker_line_color=["#000000" if label == view.answer else "rgba(0,0,0,0)" for label in labels],
+        marker_line_width=2, hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    where = "training query" if view.kind == "train" else f"test query {view.query}"
+    fig.update_layout(template="plotly_white", yaxis_title="probability", yaxis_range=[0, 1],
+                      title=f"Step {view.step}, {where}: drew '{view.prediction}' (rank {view.rank}), gold "
+                            f"'{view.answer}', temperature {view.temperature:g}")
     return fig
 
 

@@ -17,6 +17,7 @@ Two execution paths give the same distribution and, given the same draws, the sa
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -182,3 +183,33 @@ class LabelPredictor:
             logits = extend_cache(self.lm, cache, node[before:])
             self.tokens.computed += len(node) - before
             self.tokens.generated += len(node) - before
+
+
+def label_logprobs(lm: LanguageModel, trie: LabelTrie, ids: Sequence[int], temperature: float) -> dict[str, float]:
+    """The law a prediction on the prompt ``ids`` is drawn from: every label's log-probability under constrained
+    decoding at ``temperature`` (the product over the trie's levels of softmax(logits / T) renormalised over the
+    allowed tokens, as :meth:`LabelPredictor._advance` draws). Temperature 0 is greedy: 0.0 for the label the
+    argmax path reaches, -inf for the others.
+
+    The prompt is encoded once; every label's tokens but the last are scored packed on top of it (one forward).
+    """
+    cache = new_cache(lm)
+    first = extend_cache(lm, cache, ids)
+    row = PackedRow(len(ids))
+    tokens = [t for s in trie.sequences for t in s[:-1]]
+    owners = [i for i, s in enumerate(trie.sequences) for _ in s[:-1]]
+    logits = row.forward(lm, cache, tokens, owners, range(len(tokens))) if tokens else None
+    out, start = {}, 0
+    for label, seq in zip(trie.labels, trie.sequences):
+        total = 0.0
+        for depth, token in enumerate(seq):
+            allowed = trie.children[seq[:depth]]
+            if len(allowed) > 1:  # a forced token has probability 1 (no scores needed)
+                scores = (first if depth == 0 else logits[start + depth - 1])[list(allowed)].double()
+                if temperature == 0:
+                    total += 0.0 if allowed[int(torch.argmax(scores))] == token else -math.inf
+                else:
+                    total += float(torch.log_softmax(scores / temperature, dim=0)[allowed.index(token)])
+        start += len(seq) - 1
+        out[label] = total
+    return out

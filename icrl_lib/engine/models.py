@@ -3,12 +3,19 @@ or local folder; a model's facts (tokenizer, end of turn, window) without its we
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from icrl_lib.engine.embedded import DEFAULT_MODEL, EMBEDDED_MODELS, cache_root, embedded_model_path
+from icrl_lib.engine.embedded import (
+    DEFAULT_MODEL,
+    EMBEDDED_MODELS,
+    cache_root,
+    embedded_gguf_file,
+    embedded_model_path,
+)
 from icrl_lib.errors import UserError
 from icrl_lib.paper.prompts import supports_system_role
 
@@ -217,6 +224,52 @@ def model_facts(model_name: str, source: ModelSource, trust_remote_code: bool = 
     config = _config(location, common, yarn_factor)
     return ModelFacts(model_name, tokenizer, find_eot_id(tokenizer), _context_window(config, tokenizer),
                       supports_system_role(tokenizer), yarn_factor)
+
+
+# Tokenizer classes with no model-specific behaviour: the class a tokenizer_config.json names, and what AutoTokenizer
+# loads for it from tokenizer.json alone (AutoTokenizer only ever redirects other classes to these).
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(model_name: str, source: ModelSource, trust_remote_code: bool = False,
+                   hf_token: str | None = None) -> Any:
+    """The tokenizer :func:`model_facts` loads, without the model's weights or config (so without torch where it can).
+
+    A local folder (the embedded model's converted one included) whose ``tokenizer_config.json`` names a generic
+    class (:data:`GENERIC_TOKENIZERS`) and no code of its own is read by that class straight away: about a second
+    less than ``AutoTokenizer``, which reads the model's config and so imports torch. The embedded model not yet
+    converted gives the tokenizer of its GGUF file (what the conversion saves; no weight is read). Anything else
+    goes through ``AutoTokenizer`` as :func:`model_facts` does.
+    """
+    token = hf_token or os.environ.get("HF_TOKEN") or None
+    converted = cache_root() / "models" / model_name
+    if source.kind == "embedded" and not all((converted / f).is_file() for f in ("config.json",
+                                                                                 "tokenizer_config.json")):
+        from transformers import AutoTokenizer
+
+        gguf = embedded_gguf_file(model_name)
+        return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    location, common = _location(model_name, source, trust_remote_code, token)
+    declared = _declared_tokenizer(Path(location)) if source.kind != "hub" else None
+    if declared in GENERIC_TOKENIZERS:
+        import transformers
+
+        return getattr(transformers, declared).from_pretrained(location, **common)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(location, **common)
+
+
+def _declared_tokenizer(folder: Path) -> str | None:
+    """The tokenizer class a local folder's ``tokenizer_config.json`` names, when it has a ``tokenizer.json`` and no
+    code of its own (``auto_map``); None otherwise."""
+    try:
+        declared = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(declared, dict) or "auto_map" in declared or not (folder / "tokenizer.json").is_file():
+        return None
+    return declared.get("tokenizer_class")
 
 
 def _config(location: str, common: dict[str, Any], yarn_factor: float | None) -> Any:

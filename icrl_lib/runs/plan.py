@@ -153,10 +153,27 @@ def prepare(config: ExperimentConfig, lm: LanguageModel | None = None) -> RunPla
         raise UserError(f"yarn_factor: the loaded model has {lm.yarn_factor}, the config asks for {config.yarn_factor}")
     facts = lm if lm is not None else model_facts(config.model_name, source, config.trust_remote_code, config.hf_token,
                                                   config.yarn_factor)
+    return _decide(config, task, data, source, facts, provenance())
+
+
+def recorded_plan(config: ExperimentConfig, facts: ModelFacts, budget: int | None,
+                  recorded: Provenance) -> RunPlan:
+    """The plan of a run already made, from what its folder recorded: its config, the model's facts, the context
+    budget it computed (None: computed again, as :func:`prepare` does) and where its code came from. Writes nothing,
+    checks no output_dir and asks no git (the step inspector reads runs with it, even while they run)."""
+    config.validate()
+    task = load_task(config.task_name, config.data_dir)
+    return _decide(config, task, sample_data(config, task), None, facts, recorded, budget)
+
+
+def _decide(config: ExperimentConfig, task: Task, data: RunData, source: ModelSource | None, facts: ModelFacts,
+            made_by: Provenance, budget: int | None = None) -> RunPlan:
+    """The plan once the task, its data and the model's facts are known: label trie, budget, schedule, exemplars."""
     trie = check_label_tokens(task, facts.encode, facts.eot_id, config.model_name)
-    budget = 0 if config.zero_shot else episode_budget(config, facts, task, len(data.exemplars))
+    if budget is None:
+        budget = 0 if config.zero_shot else episode_budget(config, facts, task, len(data.exemplars))
     exemplars = tuple(Episode(task.format_input(e), task.answer(e), task.answer(e) if config.icrl else None,
                               1 if config.icrl else None) for e in data.exemplars)
     return RunPlan(config, run_dir(config), task, data, data_fingerprint(task, data), source, facts, trie, budget,
                    Schedule.of(config, budget), system_prompt(config.icrl, task.description, config.system_prompt),
-                   exemplars, provenance())
+                   exemplars, made_by)

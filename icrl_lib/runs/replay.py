@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from icrl_lib.errors import UserError
+from icrl_lib.paper.strategies import Selection
 from icrl_lib.runs.context import ContextBuilder, shown_feedback
 from icrl_lib.runs.plan import RunPlan
 from icrl_lib.runs.record import StepRecord
@@ -36,7 +37,12 @@ def check_record(plan: RunPlan, builder: ContextBuilder, step: int, rec: StepRec
     """What is wrong with the record of ``step``, or None. Advances the strategy (its draws must be replayed)."""
     if rec.step != step:
         return f"expected step {step}, found {rec.step!r}"
-    selection = builder.select(step)
+    return check_drawn(plan, step, rec, builder.select(step), answers)
+
+
+def check_drawn(plan: RunPlan, step: int, rec: StepRecord, selection: Selection | None,
+                answers: tuple[str, ...]) -> str | None:
+    """What is wrong with the record of ``step``, given the context the strategy drew for it, or None."""
     if tuple(selection.indices if selection else ()) != tuple(rec.context.indices):
         return "the context differs from what the strategy draws: the run was made by different code or settings"
     problem = _check_train(plan, step, rec)

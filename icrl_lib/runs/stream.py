@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from icrl_lib.errors import UserError
@@ -49,19 +50,24 @@ def check_data(store: RunStore, task: Task, data: RunData, new: dict[str, Any]) 
     """Record the data fingerprint ``new`` of a new run; refuse to resume a run on other data (another data_dir, or
     an edited dataset). A longer stream (larger train_k) must begin with the logged one."""
     old = store.read_json(DATA_FILE)
-    if old is not None:
-        try:
-            n = int(old["train_steps"])
-            same_prefix = data_fingerprint(task, RunData((), data.stream[:n], ()))["train"] == old["train"]
-            differ = ([k for k in ("exemplars", "test") if old[k] != new[k]]
-                      + ([] if same_prefix else ["training stream"]))
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{store.path / DATA_FILE}: damaged; restore it, or remove the run folder to start "
-                            "over") from None
-        if differ:
-            raise UserError(f"data: {store.path} was run on other data ({', '.join(differ)} differ): it used "
-                            f"{old.get('source')}, this run reads {task.source}; use the same data_dir / "
-                            "ICRL_DATA_DIR, or another output_dir")
-        if n >= len(data.stream):
-            return
+    if old is not None and check_recorded_data(store.path, old, task, data) >= len(data.stream):
+        return
     store.write_json(DATA_FILE, new)
+
+
+def check_recorded_data(folder: Path, old: Any, task: Task, data: RunData) -> int:
+    """The training steps that the data fingerprint ``old`` (``data.json`` of the run folder ``folder``) records;
+    UserError when it is damaged or of other data than ``data`` (exemplars, test set, or a stream that does not
+    begin with the recorded one)."""
+    new = data_fingerprint(task, data)
+    try:
+        n = int(old["train_steps"])
+        same_prefix = data_fingerprint(task, RunData((), data.stream[:n], ()))["train"] == old["train"]
+        differ = [k for k in ("exemplars", "test") if old[k] != new[k]] + ([] if same_prefix else ["training stream"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{folder / DATA_FILE}: damaged; restore it, or remove the run folder to start over") from None
+    if differ:
+        raise UserError(f"data: {folder} was run on other data ({', '.join(differ)} differ): it used "
+                        f"{old.get('source')}, this run reads {task.source}; use the same data_dir / ICRL_DATA_DIR, "
+                        "or another output_dir")
+    return n

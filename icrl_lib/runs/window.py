@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from icrl_lib.engine.models import LanguageModel, ModelFacts, load_model
 from icrl_lib.paper.prompts import Episode, build_messages, feedback_text, render_prompt, system_prompt
@@ -22,6 +21,9 @@ from icrl_lib.runs.durable import atomic_write_text, file_lock
 from icrl_lib.runs.store import CACHE_DIR, digest
 from icrl_lib.tasks.files import PACKAGE_TASKS
 from icrl_lib.tasks.task import Task, load_task
+
+if TYPE_CHECKING:  # pandas is imported where a table is made: planning a run (or inspecting one) needs none
+    import pandas as pd
 
 log = logging.getLogger("icrl")
 
@@ -159,6 +161,8 @@ def find_max_context_examples(model_name: str, task_name: str, max_window_tokens
 
 def max_context_table(model_name: str, task_names, max_window_tokens, data_dir: str | None = None) -> pd.DataFrame:
     """Max context examples per task and window (None = the model's own window), loading the model once."""
+    import pandas as pd
+
     lm = load_model(model_name)
     rows = []
     for task in task_names:

@@ -1,4 +1,5 @@
-"""Model options applied at load: YaRN rope scaling (the paper's Qwen2.5 at 128K tokens), on the tiny model."""
+"""Model options applied at load: YaRN rope scaling (the paper's Qwen2.5 at 128K tokens), on the tiny model; the
+tokenizer alone, without weights."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import json
 import pytest
 import torch
 
-from icrl_lib.engine.models import load_model, model_facts, resolve_model
+from icrl_lib.engine.models import load_model, load_tokenizer, model_facts, resolve_model
 from icrl_lib.errors import UserError
 from icrl_lib.runs.loop import run_experiment
 from icrl_lib.runs.plan import prepare
@@ -47,3 +48,22 @@ def test_yarn_is_part_of_a_runs_identity_and_record(tiny, tmp_path):
 def test_bad_yarn_settings_name_the_field(tmp_path, fields, needle):
     with pytest.raises(ValueError, match=needle):
         small(tmp_path, **fields)
+
+
+@pytest.mark.tiny
+def test_the_tokenizer_alone_is_the_one_of_the_models_facts(tiny, tmp_path, monkeypatch):
+    """load_tokenizer (no weights; no torch where the folder names a generic class) gives what model_facts gives:
+    the same class, chat template and ids; the embedded model not yet converted gives its GGUF file's tokenizer,
+    and nothing is converted."""
+    messages = [{"role": "system", "content": "Route é tickets."}, {"role": "user", "content": "Ticket:  a\n b  "}]
+    name = "smollm2-135m-instruct"
+    for model in (tiny.name, name):
+        source = resolve_model(model)
+        light, full = load_tokenizer(model, source), model_facts(model, source).tokenizer
+        assert type(light) is type(full) and light.chat_template == full.chat_template
+        text = full.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + "Team:"
+        assert light(text, add_special_tokens=False)["input_ids"] == full(text, add_special_tokens=False)["input_ids"]
+    monkeypatch.setenv("ICRL_CACHE_DIR", str(tmp_path / "empty"))
+    unconverted = load_tokenizer(name, resolve_model(name))
+    assert unconverted(text, add_special_tokens=False)["input_ids"] == full(text, add_special_tokens=False)["input_ids"]
+    assert not (tmp_path / "empty").exists()
