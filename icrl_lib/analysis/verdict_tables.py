@@ -128,7 +128,7 @@ def show(table: pd.DataFrame) -> None:
     from IPython.display import display
 
     styles = [{"selector": "th.row_heading, td", "props": "text-align: left; vertical-align: top"},
-              {"selector": "td, th", "props": "white-space: normal; max-width: 22em; overflow-wrap: anywhere"}]
+              {"selector": "td, th", "props": "white-space: normal; max-width: 22em; overflow-wrap: break-word"}]
     display(summary_view(summary(table)).style.set_table_styles(styles))
     display(view(table).style.set_table_styles(styles))
 
