@@ -21,6 +21,7 @@ from icrl_lib.runs.store import ANALYSIS_DIR
 CPU_VERDICTS = "outputs/verdicts_cpu.csv"  # the CPU profiles' verdicts (committed): the README's table is made from it
 README_MARKERS = ("<!-- verdicts:start -->", "<!-- verdicts:end -->")
 DEFAULT_PROFILE = "cpu"
+OUT_OF_SCOPE = "no task the paper claims it for"
 
 
 def _counts(verdicts: pd.Series) -> str:
@@ -29,8 +30,13 @@ def _counts(verdicts: pd.Series) -> str:
     return f"{', '.join(parts)} of {len(verdicts)}" if len(verdicts) else ""
 
 
+def _counted(verdicts: pd.Series) -> pd.Series:
+    """Which verdicts count, as a boolean mask (an empty one stays a mask, never a selection of no columns)."""
+    return verdicts.map(counted).astype(bool)
+
+
 def _uncounted(verdicts: pd.Series) -> str:
-    counts = verdicts[~verdicts.map(counted) & (verdicts != NOT_MEASURED)].value_counts()
+    counts = verdicts[~_counted(verdicts) & (verdicts != NOT_MEASURED)].value_counts()
     return ", ".join(f"{v}: {n}" for v, n in sorted(counts.items()))
 
 
@@ -43,12 +49,13 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (profile, name, finding), cells in table.groupby(["profile", "family", "finding_id"], sort=False):
         scoped = cells[cells["scope"] == "paper"]
-        judged = scoped[scoped["verdict"].map(counted)]
-        beyond = cells[(cells["scope"] != "paper") & cells["verdict"].map(counted)]
+        judged = scoped[_counted(scoped["verdict"])]
+        beyond = cells[(cells["scope"] != "paper") & _counted(cells["verdict"])]
         measured = cells[cells["verdict"] != NOT_MEASURED]
+        uncounted = _uncounted(scoped["verdict"])
         ours = "; ".join(x for x in (_counts(judged["verdict_adjusted"]),
-                                     f"not counted: {_uncounted(scoped['verdict'])}" if _uncounted(scoped["verdict"])
-                                     else "") if x) or NOT_MEASURED
+                                     f"not counted: {uncounted}" if uncounted else "") if x)
+        ours = ours or (NOT_MEASURED if len(scoped) else OUT_OF_SCOPE)
         rows.append({"profile": profile, "family": name, "finding_id": finding, "finding": cells["finding"].iloc[0],
                      "reading": cells["reading"].fillna("").iloc[0], "ours": ours,
                      "ours_beyond_the_paper": _counts(beyond["verdict"]),

@@ -238,7 +238,7 @@ def _adjust(table: pd.DataFrame, estimators, checks: dict[str, Check], level: fl
     table = table.assign(adjusted_level=np.nan, verdict_adjusted="", tasks_supported="")
     for finding, rows in table.groupby("finding_id", sort=False):
         check = checks[finding]
-        scoped = rows[(rows["scope"] == "paper") & rows["verdict"].map(counted)]
+        scoped = rows[(rows["scope"] == "paper") & rows["verdict"].map(counted).astype(bool)]
         m = len(scoped)
         for i in scoped.index:
             estimate = estimators[i](stats.adjusted_level(m, level))

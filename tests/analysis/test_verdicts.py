@@ -268,3 +268,14 @@ def test_show_verdicts_prints_the_papers_weak_cells_with_rho_as_a_number(capsys)
     assert "No finding can be checked yet" in out
     assert "The paper's own evidence is weak here: Explorative ICRL learns more stably than Naive+" in out
     assert re.search(r"\(ρ 0\.\d\d vs 0\.\d\d, one run, 500 test queries: inconclusive\)", out)
+
+
+def test_a_summary_of_a_finding_judged_only_beyond_the_papers_tasks():
+    """No cell in the paper's scope (the CI profiles' TREC for a Banking77-only claim): the summary says so, and
+    the cells beyond are counted apart (an empty selection once read as a selection of no columns)."""
+    fam = experiments.family("exploration")
+    check = fam.checks()[0]  # the paper's Banking77 only; the synthetic runs are on CLINIC150
+    per_run, predictions = synthetic.tables(fam, check, "reversed", SEEDS)
+    table = verdicts.evaluate(fam, per_run, predictions, {a.label: a for a in fam.arms()})
+    row = verdict_tables.summary(table).set_index("finding_id").loc[check.id]
+    assert (row["ours"], row["ours_beyond_the_paper"]) == (verdict_tables.OUT_OF_SCOPE, "contradicted 1 of 1")
