@@ -12,7 +12,7 @@ import pandas as pd
 
 from icrl_lib.analysis import stats
 from icrl_lib.analysis.aggregate import paper_results
-from icrl_lib.analysis.verdicts import base_task, claim_text, model_size
+from icrl_lib.analysis.verdicts import base_task, claim_text, count_text, model_size
 from icrl_lib.paper.experiments import Family
 from icrl_lib.paper.findings import MEASURES, Check
 from icrl_lib.tasks.files import paper_train_k
@@ -83,18 +83,12 @@ def paper_evaluate(fam: Family, level: float = stats.LEVEL) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _counts(verdicts: pd.Series) -> str:
-    counts = verdicts.value_counts()
-    parts = [f"{v} {counts[v]}" for v in (stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE) if v in counts]
-    return f"{', '.join(parts)} of {len(verdicts)}" if len(verdicts) else "–"
-
-
 def paper_summary(paper: pd.DataFrame) -> pd.Series:
     """Per finding id, what the paper's own numbers show where it makes the claim: "supported 9, contradicted 2 of 11
     (its exceptions: Llama-3.1-8B on nlu, trec_fine)"."""
     out = {}
     for finding, rows in paper[paper["claimed"]].groupby("finding_id", sort=False):
-        text = _counts(rows["verdict"])
+        text = count_text(rows["verdict"])
         named = rows[rows["exception"]]
         if len(named):
             cells = ", ".join(f"{m.split('/')[-1].removesuffix('-Instruct')} on {t}"

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from icrl_lib.analysis import stats
 from icrl_lib.analysis.paper_verdicts import paper_text
-from icrl_lib.analysis.verdicts import COLUMNS, NOT_MEASURED, counted
+from icrl_lib.analysis.verdicts import COLUMNS, NOT_MEASURED, count_text, counted_mask
 from icrl_lib.paper.experiments import FAMILIES, family
 from icrl_lib.runs.store import ANALYSIS_DIR
 
@@ -24,19 +23,8 @@ DEFAULT_PROFILE = "cpu"
 OUT_OF_SCOPE = "no task the paper claims it for"
 
 
-def _counts(verdicts: pd.Series) -> str:
-    counts = verdicts.value_counts()
-    parts = [f"{v} {counts[v]}" for v in (stats.SUPPORTED, stats.CONTRADICTED, stats.INCONCLUSIVE) if v in counts]
-    return f"{', '.join(parts)} of {len(verdicts)}" if len(verdicts) else ""
-
-
-def _counted(verdicts: pd.Series) -> pd.Series:
-    """Which verdicts count, as a boolean mask (an empty one stays a mask, never a selection of no columns)."""
-    return verdicts.map(counted).astype(bool)
-
-
 def _uncounted(verdicts: pd.Series) -> str:
-    counts = verdicts[~_counted(verdicts) & (verdicts != NOT_MEASURED)].value_counts()
+    counts = verdicts[~counted_mask(verdicts) & (verdicts != NOT_MEASURED)].value_counts()
     return ", ".join(f"{v}: {n}" for v, n in sorted(counts.items()))
 
 
@@ -49,16 +37,16 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (profile, name, finding), cells in table.groupby(["profile", "family", "finding_id"], sort=False):
         scoped = cells[cells["scope"] == "paper"]
-        judged = scoped[_counted(scoped["verdict"])]
-        beyond = cells[(cells["scope"] != "paper") & _counted(cells["verdict"])]
+        judged = scoped[counted_mask(scoped["verdict"])]
+        beyond = cells[(cells["scope"] != "paper") & counted_mask(cells["verdict"])]
         measured = cells[cells["verdict"] != NOT_MEASURED]
         uncounted = _uncounted(scoped["verdict"])
-        ours = "; ".join(x for x in (_counts(judged["verdict_adjusted"]),
+        ours = "; ".join(x for x in (count_text(judged["verdict_adjusted"]),
                                      f"not counted: {uncounted}" if uncounted else "") if x)
         ours = ours or (NOT_MEASURED if len(scoped) else OUT_OF_SCOPE)
         rows.append({"profile": profile, "family": name, "finding_id": finding, "finding": cells["finding"].iloc[0],
                      "reading": cells["reading"].fillna("").iloc[0], "ours": ours,
-                     "ours_beyond_the_paper": _counts(beyond["verdict"]),
+                     "ours_beyond_the_paper": count_text(beyond["verdict"]),
                      "tasks": ", ".join(sorted(set(measured["task_name"]))),
                      "seeds": int(measured["n_seeds"].max()) if len(measured) else 0,
                      "queries": int(measured["n_queries"].max()) if len(measured) else 0,

@@ -52,6 +52,18 @@ def counted(verdict: str) -> bool:
     return verdict in COUNTED
 
 
+def counted_mask(verdicts: pd.Series) -> pd.Series:
+    """Which verdicts count, as a boolean mask (an empty one stays a mask, never a selection of no columns)."""
+    return verdicts.map(counted).astype(bool)
+
+
+def count_text(verdicts: pd.Series) -> str:
+    """Counted verdicts as tables write them: "supported 9, contradicted 2 of 11" ("" for none)."""
+    counts = verdicts.value_counts()
+    parts = [f"{v} {counts[v]}" for v in COUNTED if v in counts]
+    return f"{', '.join(parts)} of {len(verdicts)}" if len(verdicts) else ""
+
+
 def judge(check: Check, estimate: stats.Estimate, floor: bool) -> str:
     """The verdict of one cell: the rule of the module docstring, in its order."""
     if math.isnan(estimate.effect):
@@ -238,7 +250,7 @@ def _adjust(table: pd.DataFrame, estimators, checks: dict[str, Check], level: fl
     table = table.assign(adjusted_level=np.nan, verdict_adjusted="", tasks_supported="")
     for finding, rows in table.groupby("finding_id", sort=False):
         check = checks[finding]
-        scoped = rows[(rows["scope"] == "paper") & rows["verdict"].map(counted).astype(bool)]
+        scoped = rows[(rows["scope"] == "paper") & counted_mask(rows["verdict"])]
         m = len(scoped)
         for i in scoped.index:
             estimate = estimators[i](stats.adjusted_level(m, level))
