@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from icrl_lib import notebook
+from icrl_lib.engine.embedded import DEFAULT_MODEL
 from icrl_lib.paper.experiments import FAMILIES
 from icrl_lib.runs.config import ExperimentConfig, load_config
 from icrl_lib.runs.store import model_label
@@ -289,15 +290,15 @@ def test_a_figure_inside_a_widget_does_not_hang_headless_execution(tmp_path):
     assert shown and shown[0][0]["data"]["application/vnd.plotly.v1+json"]["data"][0]["y"] == [2, 1]
 
 
-@pytest.mark.tiny
-def test_papermill_runs_the_experiment_notebook_end_to_end(tmp_path, tiny, monkeypatch):
-    """The experiment notebook under papermill (on the tiny model; nbval runs it on the real one), with task_name a
-    path relative to the checkout (the kernel starts in notebooks/, the file is still found); no token reaches a file;
-    re-execution resumes; then the analysis notebooks on its one run."""
+@pytest.mark.model
+def test_papermill_runs_the_experiment_notebook_end_to_end(tmp_path, monkeypatch):
+    """The experiment notebook under papermill on the real embedded model (nbval runs it on the tiny one), with
+    task_name a path relative to the checkout (the kernel starts in notebooks/, the file is still found); no token
+    reaches a file; re-execution resumes; then the analysis notebooks on its one run."""
     monkeypatch.delenv("ICRL_PARAMS_FILE", raising=False)  # parameters come from papermill here
     monkeypatch.setenv("HF_TOKEN", "hf_sentinel_must_not_leak")
     ci = yaml.safe_load((ROOT / "params" / "ci.yaml").read_text())
-    parameters = {**ci, "model_name": tiny.name, "task_name": "params/tasks/support_tickets/task.yaml_top3",
+    parameters = {**ci, "model_name": DEFAULT_MODEL, "task_name": "params/tasks/support_tickets/task.yaml_top3",
                   "output_dir": str(tmp_path / "outputs"), "headless": True}
     _execute(tmp_path / "executed.ipynb", parameters)
 
@@ -326,7 +327,7 @@ def test_papermill_runs_the_experiment_notebook_end_to_end(tmp_path, tiny, monke
     outputs = {"outputs_dir": str(tmp_path / "outputs")}
     _execute(tmp_path / "results.ipynb", outputs, ROOT / "notebooks" / "results.ipynb")
     exported = sorted(p.name for p in (tmp_path / "outputs" / "_analysis" / "figures").glob("*.html"))
-    assert exported == [f"comparison__support_tickets_top3__{model_label(tiny.name)}.html", "regret_bars.html"]
+    assert exported == [f"comparison__support_tickets_top3__{model_label(DEFAULT_MODEL)}.html", "regret_bars.html"]
     _execute(tmp_path / "tokens.ipynb", outputs, ROOT / "notebooks" / "token_usage.ipynb")
     usage = pd.read_parquet(tmp_path / "outputs" / "_analysis" / "token_usage.parquet")
     totals = [json.loads(line)["tokens"] for line in steps]
