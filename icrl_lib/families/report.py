@@ -206,7 +206,18 @@ def verdict_table(fam: Family, tables: Tables, arms: Mapping[str, Arm], params: 
     """The paper's findings tested on these runs (:func:`icrl_lib.analysis.verdicts.evaluate`: arms by label), for
     the knobs they ran; its sides (``left``, ``right``) named as every table names their runs."""
     per_run = tables.per_run.assign(method=tables.per_run["arm"]) if "arm" in tables.per_run else tables.per_run
-    return verdicts.evaluate(fam, per_run, tables.predictions, arms, params.get("knobs"), names=tables.names)
+    return verdicts.evaluate(fam, per_run, tables.predictions, arms, params.get("knobs"),
+                             names=side_names(fam, params, tables.names))
+
+
+def side_names(fam: Family, params: Mapping[str, Any], ran: Mapping[str, str]) -> dict[str, str]:
+    """Arm label -> name for every side a finding of ``fam`` may read: ``ran`` (the names of the runs, from
+    :func:`arm_names`), else the name of the arm's fields with the parameters' overrides (a side that has not run,
+    or a knob value the parameters leave out)."""
+    overrides = params.get("arm_overrides") or {}
+    names = {a.label: name_run({**a.fields, **overrides.get("*", {}), **overrides.get(a.label, {})})
+             for a in (*fam.arms(), *fam.arms(params.get("knobs")))}
+    return {**names, **ran}
 
 
 def show_verdicts(fam: Family, table: pd.DataFrame) -> None:
