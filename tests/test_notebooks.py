@@ -354,10 +354,9 @@ def test_papermill_rejects_hf_token_as_a_parameter(tmp_path, monkeypatch):
 
 
 def test_the_comparison_browser_lists_the_chosen_tasks_runs_and_draws_one_per_method_at_first():
-    names = {"clinic150": ["zero-shot", "naive ICRL (max_examples=16)", "naive ICRL (T=2, max_examples=8)",
-                           "explorative ICRL (p_keep=0.5)", "explorative ICRL (max_examples=8)",
-                           "random_unbiased (p_keep=0.1, T=1)"],
-             "trec_coarse": ["zero-shot", "ICL (max_examples=16)"]}
+    names = {"clinic150": ["zero-shot", "naive ICRL", "naive ICRL, T=2", "explorative ICRL, p_keep=0.5",
+                           "explorative ICRL, 1 exemplar/label", "my_strategy, p_keep=0.1, T=1"],
+             "trec_coarse": ["zero-shot", "ICL"]}
     runs = pd.DataFrame([{"model_name": "m", "task_name": task, "method": name, "run": f"{task}/{name}",
                           "seed": 100, "step": step, "accuracy": 0.1 + step / 100}
                          for task, listed in names.items() for name in listed for step in (0, 10)])
@@ -368,7 +367,7 @@ def test_the_comparison_browser_lists_the_chosen_tasks_runs_and_draws_one_per_me
         return {box.description for box in boxes.children if box.value}
 
     assert task.value == "clinic150" and {b.description for b in boxes.children} == set(names["clinic150"])
-    assert checked() == {"zero-shot", "naive ICRL (max_examples=16)", "explorative ICRL (p_keep=0.5)"}
+    assert checked() == {"zero-shot", "naive ICRL", "explorative ICRL, p_keep=0.5"}
     every.click()
     assert checked() == set(names["clinic150"])
     none.click()
