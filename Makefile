@@ -105,9 +105,10 @@ test-fast: setup-dev
 lint: setup-dev
 	$(VENV)/bin/ruff check .
 
-# JupyterLab on the checkout (notebooks/ and outputs/ both reachable), opened on notebooks/; the pre-save hook keeps
-# a merely opened notebook byte-identical, the post-save hook keeps `git status` clean after saving outputs. Jupyter refuses to run as root unless told: --allow-root only then.
-JUPYTER_HOOKS := --FileContentsManager.pre_save_hook=icrl_lib.notebook.jupyter_pre_save_hook --FileContentsManager.post_save_hook=icrl_lib.notebook.jupyter_post_save_hook
+# JupyterLab on the checkout (notebooks/ and outputs/ both reachable), opened on notebooks/; the contents manager
+# serves notebooks with the kernel's language_info (an untouched notebook closes without "Save your work?"), the
+# pre-save hook keeps a merely opened notebook byte-identical, the post-save hook keeps `git status` clean after saving outputs. Jupyter refuses to run as root unless told: --allow-root only then.
+JUPYTER_HOOKS := --ServerApp.contents_manager_class=icrl_lib.jupyter.ContentsManager --FileContentsManager.pre_save_hook=icrl_lib.notebook.jupyter_pre_save_hook --FileContentsManager.post_save_hook=icrl_lib.notebook.jupyter_post_save_hook
 lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(JUPYTER_HOOKS) \
 	  $(if $(filter 0,$(shell id -u)),--allow-root)
