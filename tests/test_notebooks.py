@@ -40,7 +40,8 @@ def parameters_cell(path: Path) -> str:
 def test_the_notebooks_exist():
     families = [f"family_{name}.ipynb" for name in FAMILIES]
     assert [p.name for p in NOTEBOOKS] == sorted(families + ["icrl_experiment.ipynb", "max_context_examples.ipynb",
-                                                             "results.ipynb", "token_usage.ipynb"])
+                                                             "results.ipynb", "step_inspector.ipynb",
+                                                             "token_usage.ipynb"])
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
