@@ -95,10 +95,16 @@ def build_messages(
     return messages
 
 
+def render_messages(tokenizer: Any, messages: Sequence[dict[str, str]], generation: bool = False) -> str:
+    """The chat template's text of ``messages``, with the generation prompt if ``generation`` (the one template call
+    of every rendering, whole or incremental)."""
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation)
+
+
 def render_context(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
     """The text of ``messages`` without a query or generation prompt: the reusable prefix of every prompt built on
     the same context (the KV-cache reuse depends on exactly this rule)."""
-    return tokenizer.apply_chat_template(list(messages), tokenize=False)
+    return render_messages(tokenizer, messages)
 
 
 def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]], prediction_prefix: str) -> str:
@@ -106,10 +112,14 @@ def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]], prediction
 
     The model then completes ``" <label>"`` followed by its end-of-turn token.
     """
+    check_prompt_messages(messages)
+    return render_messages(tokenizer, messages, generation=True) + prediction_prefix
+
+
+def check_prompt_messages(messages: Sequence[dict[str, str]]) -> None:
+    """Refuse a prompt whose last message is not the user's query."""
     if not messages or messages[-1]["role"] != "user":
         raise ValueError("messages: the last message must be the user's query so the model answers it")
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-    return text + prediction_prefix
 
 
 def supports_system_role(tokenizer: Any) -> bool:
