@@ -90,9 +90,15 @@ def build_messages(
                 _add_user(messages, feedback_text(ep.prediction, ep.feedback == 1))
         else:
             messages.append({"role": "assistant", "content": f"{prediction_prefix} {ep.answer}"})
-    if query is not None:
-        _add_user(messages, query)
-    return messages
+    return messages if query is None else with_query(messages, query)
+
+
+def with_query(messages: Sequence[dict[str, str]], query: str) -> list[dict[str, str]]:
+    """The messages of a context (``build_messages`` without a query) followed by ``query``: what ``build_messages``
+    gives with the query, without building the context's messages again (``messages`` is not changed)."""
+    out = list(messages)
+    _add_user(out, query)
+    return out
 
 
 def render_messages(tokenizer: Any, messages: Sequence[dict[str, str]], generation: bool = False) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from icrl_lib.paper.prompts import Episode, build_messages, check_prompt_messages
+from icrl_lib.paper.prompts import Episode, build_messages, check_prompt_messages, with_query
 from icrl_lib.paper.strategies import Selection, make_strategy
 from icrl_lib.runs.plan import RunPlan
 from icrl_lib.runs.record import ContextRecord, StepRecord
@@ -43,6 +43,7 @@ class ContextBuilder:
         self.state = self.strategy.initial_state() if self.strategy else None
         self.history: list[Episode] = []
         self._renderer: IncrementalRenderer | None = None  # made (and its template checked) at the first rendering
+        self._last: tuple[tuple[Episode, ...], list[dict[str, str]]] | None = None  # the last context's messages
 
     def select(self, step: int) -> Selection | None:
         """The episodes of ``step``'s context (advances the strategy: call once per step, in order)."""
@@ -78,14 +79,22 @@ class ContextBuilder:
     def context(self, episodes: Sequence[Episode]) -> str:
         """The context's text alone: the prefix every prompt of this step shares (and the KV cache reuses); as
         ``paper.prompts.render_context`` renders it."""
-        return self.renderer.render(self._messages(episodes, None))
+        return self.renderer.render(self._context_messages(episodes))
 
     def prompt(self, episodes: Sequence[Episode], query: str) -> str:
         """The prompt for ``query`` on this context, ending with the prediction prefix; as
         ``paper.prompts.render_prompt`` renders it."""
-        messages = self._messages(episodes, query)
+        messages = with_query(self._context_messages(episodes), query)
         check_prompt_messages(messages)
         return self.renderer.render(messages, generation=True, remember=False) + self.plan.task.prediction_prefix
+
+    def _context_messages(self, episodes: Sequence[Episode]) -> list[dict[str, str]]:
+        # A step renders its context and then each prompt on it: its messages are built once (650 of them at 16K
+        # tokens). Tuples compare their items by identity first, so the check costs little.
+        key = tuple(episodes)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, self._messages(episodes, None))
+        return self._last[1]
 
     @property
     def renderer(self) -> IncrementalRenderer:

@@ -36,7 +36,7 @@ Key = tuple[tuple[str, str], ...]
 _PROBE = "WINDOW-PROBE-7d3a-{}"  # placeholder content; distinctive so that no template treats it as anything special
 
 
-@dataclass
+@dataclass(eq=False)  # identity: list.remove must not compare whole texts
 class _Rendered:
     """A remembered rendering (no generation prompt): its messages and where its text stands at some boundaries."""
 
