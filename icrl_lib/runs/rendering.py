@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from icrl_lib.paper.prompts import render_messages
@@ -33,6 +34,7 @@ from icrl_lib.paper.prompts import render_messages
 Message = dict[str, str]
 Key = tuple[tuple[str, str], ...]
 
+_ROLE_CONTENT = itemgetter("role", "content")
 _PROBE = "WINDOW-PROBE-7d3a-{}"  # placeholder content; distinctive so that no template treats it as anything special
 
 
@@ -132,7 +134,7 @@ class IncrementalRenderer:
 
     def _incremental(self, messages: Sequence[Message], generation: bool, remember: bool) -> str | None:
         """The rendering built from a remembered prefix and the rest rendered after a window (None: not additive)."""
-        key: Key = tuple((m["role"], m["content"]) for m in messages)
+        key: Key = tuple(map(_ROLE_CONTENT, messages))  # map + itemgetter: no Python loop over 1,000 messages
         n = len(key)
         if n == 0 or key[0][0] != self.head["role"]:
             return None
