@@ -48,8 +48,8 @@ class _Rendered:
     offsets: list[int] = field(default_factory=list)  # ... and the length of the rendering of key[:b]
 
     def add(self, b: int, offset: int) -> None:
-        if b not in self.bounds:
-            i = bisect.bisect(self.bounds, b)
+        i = bisect.bisect_left(self.bounds, b)
+        if i == len(self.bounds) or self.bounds[i] != b:
             self.bounds.insert(i, b)
             self.offsets.insert(i, offset)
 
@@ -99,7 +99,10 @@ class IncrementalRenderer:
         """The rendering of ``messages``; ``remember``: keep it (without a generation prompt) for later lists."""
         if not self.additive:
             return self.whole(messages, generation)
-        text = self._incremental(messages, generation, remember and not generation)
+        try:
+            text = self._incremental(messages, generation, remember and not generation)
+        except Exception:  # noqa: BLE001 - a template that raises on a window: the whole list may still render
+            text = None
         if self.checks > 0:
             self.checks -= 1
             if text is None or text != self.whole(messages, generation):
@@ -181,10 +184,9 @@ class IncrementalRenderer:
         found by rendering the last message after a window (it must be where the text ends). False: not additive."""
         n = len(key)
         new = _Rendered(key, text)
-        if entry is not None:
-            for bound, off in zip(entry.bounds, entry.offsets):
-                if bound <= b:
-                    new.add(bound, off)
+        if entry is not None:  # sorted: the boundaries up to b are a slice (a context used for 10K steps has 10K)
+            i = bisect.bisect(entry.bounds, b)
+            new.bounds, new.offsets = entry.bounds[:i], entry.offsets[:i]
         if b:
             new.add(b, offset)
         if n > 1 and b != n - 1:

@@ -168,3 +168,18 @@ def test_common_length():
         a = tuple(range(12))
         b = a[:n] + (-1,) + a[n + 1:]
         assert common_length(a, b) == n
+
+
+def test_a_template_that_raises_on_a_window_is_rendered_whole():
+    """Verified on lists where it renders, a template may still raise on a window later (here: a placeholder beside
+    a run's fifth question): the renderer returns the whole rendering, as a whole rendering would have succeeded."""
+    shape = SHAPES["icrl"]
+    raising = ("{% set ns = namespace(probe=false) %}{% for m in messages %}{% if 'WINDOW-PROBE' in m['content'] %}"
+               "{% set ns.probe = true %}{% endif %}{% endfor %}{% for m in messages %}"
+               "{% if ns.probe and 'question 5 ' in m['content'] %}{{ raise_exception('no') }}{% endif %}"
+               "<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
+               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    renderer = IncrementalRenderer(JinjaTokenizer(raising), messages_of(shape, [])[0], checks=0)
+    assert renderer.verify(verification_cases(shape))
+    drive(renderer, shape, "approximate", steps=20)
+    assert renderer.additive is False
