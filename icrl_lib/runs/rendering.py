@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+from icrl_lib.engine.split_tokens import common_prefix_length
 from icrl_lib.paper.prompts import render_messages
 
 Message = dict[str, str]
@@ -57,21 +58,6 @@ class _Rendered:
         """(b, offset) of the largest boundary b <= limit, or (0, 0)."""
         i = bisect.bisect(self.bounds, limit) - 1
         return (self.bounds[i], self.offsets[i]) if i >= 0 else (0, 0)
-
-
-def common_length(a: Sequence[Any], b: Sequence[Any]) -> int:
-    """Length of the longest common prefix of two sequences (slice comparisons: the loops run in C)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # a[:lo] == b[:lo] and a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 class IncrementalRenderer:
@@ -163,7 +149,7 @@ class IncrementalRenderer:
         best: tuple[_Rendered | None, int, int] = (None, 0, 0)
         for entry in reversed(self.entries):
             if entry.bounds and entry.bounds[-1] > best[1]:
-                b, offset = entry.usable(min(common_length(entry.key, key), len(key) - 1))
+                b, offset = entry.usable(min(common_prefix_length(entry.key, key), len(key) - 1))
                 if b > best[1]:
                     best = (entry, b, offset)
         return best

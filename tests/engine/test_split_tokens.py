@@ -139,11 +139,26 @@ def test_the_fast_split_point_is_the_reference_one():
             assert last_special_end(base, specials, window) == reference([base + "!"], specials)
 
 
-def test_common_prefix_length_of_token_sequences():
+def test_common_prefix_length_of_token_sequences_texts_and_messages():
+    import random
+
     from icrl_lib.engine.split_tokens import common_prefix_length
+
+    def reference(a, b):
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
 
     a = list(range(1000))
     assert common_prefix_length(a, a + [5]) == 1000 and common_prefix_length([], a) == 0
     assert common_prefix_length(tuple(a), a) == 1000  # a tuple and a list of the same tokens
-    for n in (0, 1, 500, 999):
-        assert common_prefix_length(a, a[:n] + [-1] + a[n + 1:]) == n
+    rnd = random.Random(0)
+    for _ in range(300):
+        n = rnd.choice([0, 1, 63, 64, 65, 200, 5000])
+        x = [rnd.randrange(3) for _ in range(n)]
+        y = x[:rnd.randrange(n + 1)] + [rnd.randrange(3) for _ in range(rnd.randrange(100))]
+        assert common_prefix_length(x, y) == reference(x, y)
+        assert common_prefix_length("".join(map(str, x)), "".join(map(str, y))) == reference(x, y)
+        messages = tuple(("user", str(t)) for t in x), tuple(("user", str(t)) for t in y)
+        assert common_prefix_length(*messages) == reference(x, y)

@@ -12,7 +12,7 @@ import jinja2
 import pytest
 
 from icrl_lib.paper.prompts import Episode, build_messages
-from icrl_lib.runs.rendering import IncrementalRenderer, common_length
+from icrl_lib.runs.rendering import IncrementalRenderer
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -158,16 +158,6 @@ def test_the_first_renderings_after_verification_are_checked_whole():
     context = messages_of(shape, [*EXEMPLARS, *EPISODES[:3]])
     assert renderer.render(context) == renderer.whole(context)
     assert renderer.additive is False
-
-
-def test_common_length():
-    assert common_length((1, 2, 3), (1, 2, 3, 4)) == 3
-    assert common_length((1, 2, 3), (1, 5, 3)) == 1
-    assert common_length((), (1,)) == 0
-    for n in range(12):
-        a = tuple(range(12))
-        b = a[:n] + (-1,) + a[n + 1:]
-        assert common_length(a, b) == n
 
 
 def test_a_template_that_raises_on_a_window_is_rendered_whole():
