@@ -131,7 +131,7 @@ class IncrementalRenderer:
         if b == 0:
             text = self.whole(messages, generation)
         else:
-            window, window_text = self._window([r for r, _ in key[:b]])
+            window, window_text = self._window(key, b)
             rest = self.whole([*window, *messages[b:]], generation)
             if not rest.startswith(window_text):
                 return None
@@ -154,11 +154,12 @@ class IncrementalRenderer:
                     best = (entry, b, offset)
         return best
 
-    def _window(self, roles: list[str]) -> tuple[list[Message], str]:
-        """Messages that stand in for a prefix with these roles, and their rendering: the head and placeholders of the
-        prefix's last roles, as many as make the window's length the prefix's (up to 3) or of the same parity."""
-        k = len(roles) if len(roles) <= 3 else 2 + (len(roles) % 2)
-        shape = (roles[0], *roles[len(roles) - k + 1:]) if k > 1 else (roles[0],)
+    def _window(self, key: Key, b: int) -> tuple[list[Message], str]:
+        """Messages that stand in for the prefix ``key[:b]``, and their rendering: the head, then placeholders with the
+        prefix's last roles, as many as make the window's length the prefix's (up to 3) or of the same parity (roles
+        alternate, and templates may check it by position)."""
+        k = b if b <= 3 else 2 + b % 2
+        shape = (key[0][0], *(role for role, _ in key[b - k + 1:b]))
         if shape not in self.windows:
             window = [dict(self.head)] + [{"role": r, "content": _PROBE.format(i)} for i, r in enumerate(shape[1:])]
             self.windows[shape] = (window, self.whole(window))
@@ -176,7 +177,7 @@ class IncrementalRenderer:
         if b:
             new.add(b, offset)
         if n > 1 and b != n - 1:
-            window, window_text = self._window([r for r, _ in key[:n - 1]])
+            window, window_text = self._window(key, n - 1)
             last = self.whole([*window, messages[-1]])
             if not last.startswith(window_text) or not text.endswith(last[len(window_text):]):
                 return False
