@@ -5,9 +5,12 @@ The history starts full (real Banking77 episodes, all rewarded, so that positive
 from the first step; the approximate strategy is fed it one episode at a time, as in a run, and its K contexts are
 in the cache when the timed steps begin, as a run that grew them would have them, unless the pool must evict).
 Per method and size: steps/s, tokens computed per step, the KV cache held (tokens and GiB) and its evictions, the
-time of one test evaluation on the last context. Per size: the prefill's model FLOPs utilisation (MFU) against the
-device's peak (a GPU's bf16 datasheet figure; on a CPU, the measured rate of a large fp32 matrix product), and the
-cost model against the paper's Table 3 (tokens processed, explorative / approximate).
+time of one test evaluation on the last context, the efficiency (time in forwards / step time), the renderings that
+reused a remembered prefix (incremental rendering, checked against whole rendering after the timed steps) and a
+digest of the predicted labels (a code change that keeps the digests changed no prediction). Per size: the
+prefill's model FLOPs utilisation (MFU) against the device's peak (a GPU's bf16 datasheet figure; on a CPU, the
+measured rate of a large fp32 matrix product), and the cost model against the paper's Table 3 (tokens processed,
+explorative / approximate).
 
     python benchmarks/bench_long_context.py        # GPU: random-llama-3.1-8b at 32K and 128K tokens
     python benchmarks/bench_long_context.py        # CPU: random-llama-scaled at 4K and 16K tokens (said so)
