@@ -5,15 +5,19 @@ The history starts full (real Banking77 episodes, all rewarded, so that positive
 from the first step; the approximate strategy is fed it one episode at a time, as in a run, and its K contexts are
 in the cache when the timed steps begin, as a run that grew them would have them, unless the pool must evict).
 Per method and size: steps/s, tokens computed per step, the KV cache held (tokens and GiB) and its evictions, the
-time of one test evaluation on the last context. Per size: the prefill's model FLOPs utilisation (MFU) against the
-device's peak (a GPU's bf16 datasheet figure; on a CPU, the measured rate of a large fp32 matrix product), and the
-cost model against the paper's Table 3 (tokens processed, explorative / approximate).
+time of one test evaluation on the last context, the efficiency (time in forwards / step time), the renderings that
+reused a remembered prefix (incremental rendering, checked against whole rendering after the timed steps) and a
+digest of the predicted labels (a code change that keeps the digests changed no prediction). Per size: the
+prefill's model FLOPs utilisation (MFU) against the device's peak (a GPU's bf16 datasheet figure; on a CPU, the
+measured rate of a large fp32 matrix product), and the cost model against the paper's Table 3 (tokens processed,
+explorative / approximate).
 
     python benchmarks/bench_long_context.py        # GPU: random-llama-3.1-8b at 32K and 128K tokens
     python benchmarks/bench_long_context.py        # CPU: random-llama-scaled at 4K and 16K tokens (said so)
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 
@@ -22,8 +26,9 @@ from common import RANDOM_LLAMA, RANDOM_SCALED, forward_flops, forward_timer, lo
 
 from icrl_lib.engine.generation import LabelPredictor
 from icrl_lib.engine.kvcache import extend_cache, new_cache
-from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
+from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt, system_prompt, with_query
 from icrl_lib.paper.strategies import make_strategy
+from icrl_lib.runs.rendering import IncrementalRenderer
 from icrl_lib.tasks.task import load_task
 from icrl_lib.tasks.trie import LabelTrie
 
@@ -49,21 +54,47 @@ def peak_flops() -> tuple[float, str]:
 
 
 class Bench:
-    """One model, one task: renders contexts and prompts as the runner does."""
+    """One model, one task: renders contexts and prompts as the runner does (incrementally, as
+    ``runs.context.ContextBuilder``: :meth:`start` gives each method a fresh renderer, its template verified)."""
 
     def __init__(self, lm, task):
         self.lm, self.task = lm, task
         self.system = system_prompt(True, task.description)
         self.trie = LabelTrie.build(task.labels, lm.encode, lm.eot_id)
+        self.renderer, self.last = None, None
 
     def messages(self, episodes, query=None):
         return build_messages(self.system, episodes, query, icrl=True, prediction_prefix=self.task.prediction_prefix,
                               system_role=self.lm.system_role)
 
+    def start(self, samples: list[Episode], query: str) -> None:
+        """A fresh incremental renderer, verified on contexts of 0 to 4 of ``samples`` and prompts on them."""
+        self.renderer = IncrementalRenderer(self.lm.tokenizer, self.messages([])[0], max_entries=10)
+        cases = [(m, g) for k in range(5) for m, g in ((self.messages(samples[:k]), False),
+                                                         (self.messages(samples[:k], query), True))]
+        assert self.renderer.verify(cases), "the chat template is not additive: contexts would be rendered whole"
+
+    def context_messages(self, episodes):
+        """The context's messages, built once per step for the context and its prompts (as ContextBuilder)."""
+        if self.last is None or self.last[0] != tuple(episodes):
+            self.last = (tuple(episodes), self.messages(episodes))
+        return self.last[1]
+
     def context(self, episodes):
-        return render_context(self.lm.tokenizer, self.messages(episodes))
+        if self.renderer is None:
+            return render_context(self.lm.tokenizer, self.messages(episodes))
+        return self.renderer.render(self.context_messages(episodes))
 
     def prompt(self, episodes, query):
+        if self.renderer is None:
+            return render_prompt(self.lm.tokenizer, self.messages(episodes, query), self.task.prediction_prefix)
+        return self.renderer.render(with_query(self.context_messages(episodes), query), generation=True,
+                                    remember=False) + self.task.prediction_prefix
+
+    def whole(self, episodes, query=None):
+        """The whole rendering (to check the incremental one outside the timed steps)."""
+        if query is None:
+            return render_context(self.lm.tokenizer, self.messages(episodes))
         return render_prompt(self.lm.tokenizer, self.messages(episodes, query), self.task.prediction_prefix)
 
     def episodes_for(self, tokens: int, pool) -> int:
@@ -85,6 +116,7 @@ def run_method(bench: Bench, name: str, history: list[Episode], stream, max_exam
         for n in range(1, len(history) + 1):
             _, state = strategy.select(state, [1] * n, seed=n)
     predictor = LabelPredictor(lm, bench.trie, temperature=1.0, max_cached_contexts=9, cache_budget_tokens=budget)
+    bench.start(history[:4], bench.task.format_input(stream[-1]))
     if name == "approximate":  # a run grows its K contexts one episode at a time: they are cached when steps begin
         warm_query = bench.task.format_input(stream[-1])
         for indices in state.contexts:
@@ -92,7 +124,7 @@ def run_method(bench: Bench, name: str, history: list[Episode], stream, max_exam
             predictor.predict([bench.prompt(episodes, warm_query)], seed=1, context=bench.context(episodes))
         predictor.tokens.take()
         predictor.cache_report()
-    computed, held, evictions = [], [], 0
+    computed, held, evictions, labels = [], [], 0, []
     with forward_timer(lm.model) as spent:  # time inside the raw forwards, for the efficiency
         start = time.perf_counter()
         for step in range(steps):
@@ -102,22 +134,27 @@ def run_method(bench: Bench, name: str, history: list[Episode], stream, max_exam
             query = bench.task.format_input(ex)
             pred = predictor.predict([bench.prompt(episodes, query)], seed=100 + step, context=bench.context(episodes))
             history.append(Episode(query, bench.task.answer(ex), pred[0].label, 1))
+            labels.append(pred[0].label)
             computed.append(predictor.tokens.take()["computed"])
             report = predictor.cache_report()
             held.append(report["tokens"])
             evictions += report["evictions"]
         seconds = time.perf_counter() - start
+    assert bench.context(episodes) == bench.whole(episodes), "incremental rendering differs from whole rendering"
+    assert bench.prompt(episodes, query) == bench.whole(episodes, query), "incremental prompt differs"
+    reused = bench.renderer.reused
     context = bench.context(episodes)
     prompts = [bench.prompt(episodes, bench.task.format_input(ex)) for ex in queries]
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     start = time.perf_counter()
-    predictor.predict(prompts, seed=7, stream=1, context=context)
+    labels += [p.label for p in predictor.predict(prompts, seed=7, stream=1, context=context)]
     sync()
     test_s = time.perf_counter() - start
     return dict(steps_per_s=steps / seconds, computed=sum(computed) / steps, late=sum(computed[steps // 2:]) / max(
         1, steps - steps // 2), held=max(held), evictions=evictions, test_s=test_s, context=len(episodes),
-        budget=predictor.pool.budget_tokens, efficiency=spent["seconds"] / seconds)
+        budget=predictor.pool.budget_tokens, efficiency=spent["seconds"] / seconds, reused=reused,
+        predictions=hashlib.sha256("\n".join(labels).encode()).hexdigest()[:12])
 
 
 def main() -> None:
@@ -172,7 +209,7 @@ def main() -> None:
                   f"{r['late']:.0f}); KV cache held {r['held']} tokens = {gib:.2f} GiB (budget {r['budget']} "
                   f"tokens), {r['evictions']} evictions; test evaluation of "
                   f"{args.queries} queries {r['test_s']:.2f} s; context {r['context']} episodes; efficiency "
-                  f"{r['efficiency']:.3f}")
+                  f"{r['efficiency']:.3f}; {r['reused']} renderings reused a prefix; predictions {r['predictions']}")
         e, a = rows["explorative"]["late"], rows["approximate"]["late"]
         print(f"  cost model: explorative / approximate tokens computed per step {e:.0f} / {a:.0f} = "
               f"{e / max(a, 1):.0f}x here; the paper's Table 3 (Llama-3.1-8B, Banking77, whole runs): "

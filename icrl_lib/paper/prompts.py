@@ -90,15 +90,27 @@ def build_messages(
                 _add_user(messages, feedback_text(ep.prediction, ep.feedback == 1))
         else:
             messages.append({"role": "assistant", "content": f"{prediction_prefix} {ep.answer}"})
-    if query is not None:
-        _add_user(messages, query)
-    return messages
+    return messages if query is None else with_query(messages, query)
+
+
+def with_query(messages: Sequence[dict[str, str]], query: str) -> list[dict[str, str]]:
+    """The messages of a context (``build_messages`` without a query) followed by ``query``: what ``build_messages``
+    gives with the query, without building the context's messages again (``messages`` is not changed)."""
+    out = list(messages)
+    _add_user(out, query)
+    return out
+
+
+def render_messages(tokenizer: Any, messages: Sequence[dict[str, str]], generation: bool = False) -> str:
+    """The chat template's text of ``messages``, with the generation prompt if ``generation`` (the one template call
+    of every rendering, whole or incremental)."""
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation)
 
 
 def render_context(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
     """The text of ``messages`` without a query or generation prompt: the reusable prefix of every prompt built on
     the same context (the KV-cache reuse depends on exactly this rule)."""
-    return tokenizer.apply_chat_template(list(messages), tokenize=False)
+    return render_messages(tokenizer, messages)
 
 
 def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]], prediction_prefix: str) -> str:
@@ -106,10 +118,14 @@ def render_prompt(tokenizer: Any, messages: Sequence[dict[str, str]], prediction
 
     The model then completes ``" <label>"`` followed by its end-of-turn token.
     """
+    check_prompt_messages(messages)
+    return render_messages(tokenizer, messages, generation=True) + prediction_prefix
+
+
+def check_prompt_messages(messages: Sequence[dict[str, str]]) -> None:
+    """Refuse a prompt whose last message is not the user's query."""
     if not messages or messages[-1]["role"] != "user":
         raise ValueError("messages: the last message must be the user's query so the model answers it")
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
-    return text + prediction_prefix
 
 
 def supports_system_role(tokenizer: Any) -> bool:

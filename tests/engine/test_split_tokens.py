@@ -109,3 +109,56 @@ def test_a_growing_context_is_tokenized_incrementally_with_the_same_ids(tokenize
                 assert counting.chars - before < 1000
         shown.append(Episode(query, task.answer(ex), task.answer(ex), i % 2))
     assert prompts.exact is True and len(prompt) > 10_000  # 1,000 characters: a tenth of the last prompt at most
+
+
+def test_the_fast_split_point_is_the_reference_one():
+    """common_prefix_text and last_special_end (slices compared in C, the tail searched first) give what
+    os.path.commonprefix and a search of the whole text give, on texts with special tokens near and far from the
+    end, straddling the searched tail, and none."""
+    import os
+    import random
+
+    from icrl_lib.engine.split_tokens import common_prefix_text, last_special_end
+
+    def reference(texts, specials):
+        common = os.path.commonprefix(list(texts))[:min(len(t) for t in texts) - 1]
+        return max((common.rfind(s) + len(s) for s in specials if common.rfind(s) >= 0), default=0)
+
+    rnd = random.Random(0)
+    specials = ("<|im_start|>", "<|im_end|>", "<s>")
+    for _ in range(300):
+        words = [rnd.choice(["ab", "c ", "\n", *specials]) for _ in range(rnd.choice([3, 40, 3000]))]
+        base = "".join(words)
+        texts = [base[:rnd.randrange(len(base) + 1)] + rnd.choice(["", "x", "<|im_end|>y", "z" * 5000])
+                 for _ in range(rnd.choice([1, 2, 5]))]
+        if min(len(t) for t in texts) == 0:
+            continue
+        assert common_prefix_text(texts) == len(os.path.commonprefix(texts))
+        assert split_point(texts, specials) == reference(texts, specials)
+        for window in (1, 7, 50):
+            assert last_special_end(base, specials, window) == reference([base + "!"], specials)
+
+
+def test_common_prefix_length_of_token_sequences_texts_and_messages():
+    import random
+
+    from icrl_lib.engine.split_tokens import common_prefix_length
+
+    def reference(a, b):
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    a = list(range(1000))
+    assert common_prefix_length(a, a + [5]) == 1000 and common_prefix_length([], a) == 0
+    assert common_prefix_length(tuple(a), a) == 1000  # a tuple and a list of the same tokens
+    rnd = random.Random(0)
+    for _ in range(300):
+        n = rnd.choice([0, 1, 63, 64, 65, 200, 5000])
+        x = [rnd.randrange(3) for _ in range(n)]
+        y = x[:rnd.randrange(n + 1)] + [rnd.randrange(3) for _ in range(rnd.randrange(100))]
+        assert common_prefix_length(x, y) == reference(x, y)
+        assert common_prefix_length("".join(map(str, x)), "".join(map(str, y))) == reference(x, y)
+        messages = tuple(("user", str(t)) for t in x), tuple(("user", str(t)) for t in y)
+        assert common_prefix_length(*messages) == reference(x, y)
