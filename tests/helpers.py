@@ -108,20 +108,14 @@ def trec_copy(data_dir: Path, tmp_path: Path, name: str = "data") -> Path:
 # --- the tiny model -------------------------------------------------------------------------------------------------
 
 def save_tiny_model(folder: Path) -> Path:
-    """A 2-layer random-weight Llama (hidden size 32) with the embedded SmolLM2 tokenizer and chat template, saved as
-    a local model folder: every mechanics test runs on it in a fraction of the real model's time."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    """The library's ``smollm2-tiny-random`` (a 2-layer random-weight Llama, hidden size 32, with the embedded SmolLM2
+    tokenizer and chat template) saved as a local model folder: every mechanics test runs on it in a fraction of the
+    real model's time."""
+    from icrl_lib.engine.embedded import random_model
     from icrl_lib.engine.models import model_facts, resolve_model
 
     tokenizer = model_facts("smollm2-135m-instruct", resolve_model("smollm2-135m-instruct")).tokenizer
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    random_model(tokenizer).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

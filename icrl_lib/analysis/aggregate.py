@@ -1,7 +1,8 @@
 """Seeds aggregated on purpose: the paper's metrics per run, then mean and 95% interval per cell, with n shown.
 
 A cell is one experiment without its seeds (:data:`CELL`: model, task, run name as :func:`methods.name_run` writes
-it, and the sizes). Per run (:func:`run_metrics`), the paper's metrics (names of ``paper_results.csv``):
+it, and the sizes: steps, test queries, the cap on a context's episodes).
+Per run (:func:`run_metrics`), the paper's metrics (names of ``paper_results.csv``):
 ``test_acc_step0``, ``test_acc_final`` (last test step), ``test_acc_peak`` and its step (best test step: it selects
 on the test set, so report it next to the final value, never alone), ``gain`` (final minus the run's own step 0, its
 zero-shot), ``regret`` (wrong training predictions over the run) and ``regret_per_step`` (the same over the run's
@@ -40,7 +41,10 @@ from icrl_lib.paper.methods import method_order
 from icrl_lib.runs.tables import COLLAPSE_WINDOW, collapse_metrics
 
 SIZES = ("train_k", "test_k", "test_every")
-CELL = ("model_name", "task_name", "method", "method_key", "paper_method", "paper_setting", *SIZES)
+# A run's name (methods.name_run) says what it is, never how big: the sizes and the cap on a context's episodes keep
+# cells apart instead (and become columns of metrics_table where one name has several).
+CELL = ("model_name", "task_name", "method", "method_key", "paper_method", "paper_setting", *SIZES,
+        "max_context_examples")
 SEED = ("seed", "training_seed", "test_seed")
 METRICS = ("test_acc_step0", "test_acc_final", "test_acc_peak", "gain", "regret", "regret_per_step", "spearman_rho",
            "distinct_labels", "label_entropy", "top_label_share")
@@ -194,7 +198,8 @@ def metrics_table(aggregated: pd.DataFrame, order: Sequence[str] | None = None) 
     ``mean [low, high]`` (accuracies in %, the peak with its step), or the mean alone where there is no interval (one
     seed, or seeds that agree), and n seeds. Collapse metrics of runs shorter than ``COLLAPSE_WINDOW`` say the
     window they are over ("(last 4)"). Rows follow the paper's order of methods (``methods.method_order``), or
-    ``order`` (a family's arms)."""
+    ``order`` (a family's arms). Rows are named by the run name (``method``); where one name has cells of different
+    sizes, the sizes that tell them apart are index levels too, so no two rows ever read alike."""
     def text(row) -> str:
         metric = row["metric"]
         if pd.isna(row["mean"]):
@@ -211,6 +216,10 @@ def metrics_table(aggregated: pd.DataFrame, order: Sequence[str] | None = None) 
 
     keys = ["model_name", "task_name", "method"]
     shown = aggregated.assign(text=aggregated.apply(text, axis=1) if len(aggregated) else [])
+    for size in (c for c in (*SIZES, "max_context_examples") if c in shown):
+        shown[size] = shown[size].map(_size_text)
+        if (shown.groupby(keys)[size].nunique() > 1).any():
+            keys.append(size)
     wide = shown.pivot_table(index=keys, columns="metric", values="text", aggfunc="first")
     wide = wide.reindex(columns=[m for m in METRICS if m in wide.columns])
     names = {"test_acc_step0": "step 0", "test_acc_final": "final", "test_acc_peak": "peak @step",
@@ -218,9 +227,14 @@ def metrics_table(aggregated: pd.DataFrame, order: Sequence[str] | None = None) 
              "spearman_rho": "Spearman ρ", "distinct_labels": f"labels (last {COLLAPSE_WINDOW})",
              "label_entropy": "entropy (bits)", "top_label_share": "top label share"}
     wide.columns = [names[c] for c in wide.columns]
-    wide["n"] = aggregated.groupby(keys)["n"].max()
+    wide["n"] = shown.groupby(keys)["n"].max()
     rank = {m: i for i, m in enumerate(order or method_order(list(wide.index.get_level_values("method"))))}
     return wide.sort_index(key=lambda index: index.map(rank) if index.name == "method" else index)
+
+
+def _size_text(value) -> str | int:
+    """A size as an index level shows it: a whole number, or "–" for none (no cap: as many episodes as fit)."""
+    return "–" if value is None or pd.isna(value) else int(value)
 
 
 def accuracy_curves(runs: pd.DataFrame) -> pd.DataFrame:

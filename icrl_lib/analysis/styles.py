@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from icrl_lib.paper.methods import METHODS, base_method
 
-# Names that are no method's (a family's arms, e.g. "explorative: inverted"), in sorted order within a figure.
+# Names that are no method's (a strategy this version names no method for), in sorted order within a figure.
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
                 "#7b4173", "#aec7e8", "#ffbb78", "#98df8a")
 

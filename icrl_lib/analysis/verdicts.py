@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache, partial
 
 import numpy as np
@@ -184,9 +184,12 @@ def _cells(check: Check, per_run: pd.DataFrame):
 
 
 def evaluate(fam: Family, per_run: pd.DataFrame, predictions: pd.DataFrame, arms, knobs=None,
-             level: float = stats.LEVEL) -> pd.DataFrame:
+             level: float = stats.LEVEL, names: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Every check of ``fam`` per (model, task) of ``per_run`` (``aggregate.run_metrics`` rows with ``method`` set to
-    the arm label), paired over ``predictions``' test queries and seeds; :data:`COLUMNS`."""
+    the arm label), paired over ``predictions``' test queries and seeds; :data:`COLUMNS`. ``names``: arm label -> the
+    name of its runs (:func:`icrl_lib.paper.methods.name_run`), which the ``left`` and ``right`` columns show, so a
+    side reads as the same runs read in every other table (the label where it has none)."""
+    names = names or {}
     if per_run.empty:
         return pd.DataFrame(columns=COLUMNS)
     final, step0 = query_results(predictions, per_run, "final"), query_results(predictions, per_run, "step0")
@@ -196,8 +199,8 @@ def evaluate(fam: Family, per_run: pd.DataFrame, predictions: pd.DataFrame, arms
             base = {"family": fam.name, "finding_id": check.id, "finding": check.text, "model_name": model,
                     "task_name": task, "claim": claim_text(check), "reading": check.reading,
                     "scope": "paper" if check.on_task(base_task(task, fam)) else
-                    f"beyond the paper (it claims {', '.join(check.tasks)})", "left": _label(check, 0),
-                    "right": _label(check, 1)}
+                    f"beyond the paper (it claims {', '.join(check.tasks)})", "left": _label(check, 0, names),
+                    "right": _label(check, 1, names)}
             if left_runs is None:
                 rows.append({**base, "floor": False, **stats.NAN_ESTIMATE.as_dict(), "verdict": NOT_MEASURED,
                              "note": "needs runs of at least 2 model sizes"})
@@ -217,8 +220,9 @@ def evaluate(fam: Family, per_run: pd.DataFrame, predictions: pd.DataFrame, arms
     return _adjust(table, estimators, {c.id: c for c in fam.checks(knobs)}, level)
 
 
-def _label(check: Check, i: int) -> str:
+def _label(check: Check, i: int, names: Mapping[str, str]) -> str:
     arm, measure = check.sides[i]
+    arm = names.get(arm, arm)
     where = (" [largest]" if i == 0 else " [smallest]") if check.across else ""
     return (arm if measure == "final" else f"{arm} [{measure}]") + where
 

@@ -243,8 +243,8 @@ def load_tokenizer(model_name: str, source: ModelSource, trust_remote_code: bool
     """
     token = hf_token or os.environ.get("HF_TOKEN") or None
     converted = cache_root() / "models" / model_name
-    if source.kind == "embedded" and not all((converted / f).is_file() for f in ("config.json",
-                                                                                 "tokenizer_config.json")):
+    if source.kind == "embedded" and EMBEDDED_MODELS[model_name].gguf_file and not all(
+            (converted / f).is_file() for f in ("config.json", "tokenizer_config.json")):
         from transformers import AutoTokenizer
 
         gguf = embedded_gguf_file(model_name)

@@ -25,7 +25,7 @@ from icrl_lib.analysis import aggregate
 from icrl_lib.analysis.aggregate import metric_text
 from icrl_lib.analysis.coordinates import SETTING_FIELDS
 from icrl_lib.paper.experiments import Arm, Family
-from icrl_lib.paper.methods import differences
+from icrl_lib.paper.methods import differences, window_text
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.tasks.files import paper_train_k
 
@@ -58,10 +58,10 @@ class Setting:
 
 
 def paper_vs_ours(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.DataFrame:
-    """Per task, arm (the family's order) and metric: our value (mean [95% interval], n seeds) per model, the paper's
-    value per model for the same method and task at its own setting (:func:`paper_arm`), ``ours: setting`` and
-    ``paper: setting`` in full, and ``alike`` ("same setting" or "differs: ..."). Regret is per training step, so
-    runs of different lengths compare."""
+    """Per task, arm (the family's order, named as every table names its runs) and metric: our value (mean [95%
+    interval], n seeds) per model, the paper's value per model for the same method and task at its own setting
+    (:func:`paper_arm`), ``ours: setting`` and ``paper: setting`` in full, and ``alike`` ("same setting" or "differs:
+    ..."). Regret is per training step, so runs of different lengths compare."""
     if tables.aggregated.empty:
         return pd.DataFrame()
     by_label = {a.label: a for a in arms.values()}
@@ -70,10 +70,11 @@ def paper_vs_ours(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.Da
     paper = paper[paper["family"].isin(fam.paper_families)].drop_duplicates(["model", "task", "method", "setting",
                                                                              "metric"])
     ours = tables.aggregated[tables.aggregated["metric"].isin(COMPARED_METRICS)]
+    key = "arm" if "arm" in ours and "arm" in tables.per_run else "method"  # hand-made tables: method = the label
     rows = []
-    for (task, label), cell in ours.groupby(["task_name", "method"], sort=False):
+    for (task, label), cell in ours.groupby(["task_name", key], sort=False):
         arm = by_label[label]
-        runs = tables.per_run[(tables.per_run["method"] == label) & (tables.per_run["task_name"] == task)]
+        runs = tables.per_run[(tables.per_run[key] == label) & (tables.per_run["task_name"] == task)]
         config = tables.configs.get(runs["run"].iloc[0]) if not runs.empty else None
         config = config or ExperimentConfig.from_dict(dict(arm.fields))  # hand-made tables may lack configs
         theirs = paper_arm(fam, arm, task, paper)
@@ -92,7 +93,7 @@ def paper_vs_ours(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.Da
         for metric, by_metric in cell.groupby("metric", sort=False):
             if config.zero_shot and metric != "test_acc_step0":
                 continue  # its one test is step 0
-            row = {"task": task, "arm": label, "metric": metric, "order": order.get(label, len(order)),
+            row = {"task": task, "arm": cell["method"].iloc[0], "metric": metric, "order": order.get(label, len(order)),
                    **{f"ours: {m}": _our_value(r) for m, r in zip(by_metric["model_name"],
                                                                   by_metric.to_dict("records"))}}
             for r in values[values["metric"] == ("regret" if metric == "regret_per_step" else metric)].to_dict(
@@ -142,7 +143,7 @@ def our_setting(tables: Tables, runs: pd.DataFrame, config: ExperimentConfig) ->
     else:
         tokens = tables.tests.loc[tables.tests["run"].isin(runs["run"]), "context_window"].dropna().unique() \
             if "context_window" in tables.tests else []
-        window = " / ".join(_tokens(int(w)) for w in sorted(tokens)) or "window unknown"
+        window = " / ".join(window_text(int(w)) for w in sorted(tokens)) or "window unknown"
     if config.zero_shot:
         text = "step 0 only"
     else:  # seeds still running may be behind the others: their range
@@ -159,7 +160,7 @@ def paper_setting(arm: Arm, task: str) -> Setting:
     else:
         tokens = next((int(p.split("=")[1]) for p in arm.paper_setting.split(";") if p.startswith("window=")),
                       PAPER_WINDOW)
-        window = _tokens(tokens)
+        window = window_text(tokens)
         if arm.paper_method == "icl":  # the paper's ICL final: the first test once the context is full
             steps, text = frozenset(), "until its context is full"
         else:
@@ -210,11 +211,6 @@ def _value(field: str, value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return NONE if value is None else str(value)
-
-
-def _tokens(window: int) -> str:
-    """A token window as the paper writes it: 4K = 4,096, 128K = 131,072; others in full."""
-    return f"{window // 1024}K-token window" if window % 1024 == 0 else f"{window:,}-token window"
 
 
 def _paper_text(arm: Arm, setting: Setting) -> str:

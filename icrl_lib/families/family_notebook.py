@@ -70,7 +70,7 @@ def build(name: str):
         code(f"params = family_notebook.parameters({name!r}, notebook.new_parameters(globals(), _before_parameters))\n"
              f"fam = family({name!r})\n"
              "sweep, arms = report.family_sweep(fam, params)\n"
-             "print(f\"{len(sweep.configs)} runs: {', '.join(sorted({a.label for a in arms.values()}))}\")"),
+             "print(f\"{len(sweep.configs)} runs: {', '.join(report.arm_names(sweep, arms).values())}\")"),
         md("## Runs\nEach run is resumed or skipped when already done; progress lines come while the runs go."),
         code("status = launchers.run_sweep(sweep) if params[\"run\"] else launchers.status(sweep)\n"
              "report.runs_overview(status)  # every run: status[[\"run\", \"state\", \"steps_done\", \"steps\"]]"),
@@ -92,10 +92,10 @@ def build(name: str):
            "run's training predictions share one context: they are not independent trials), so with one seed, or "
            "seeds that agree, they show the mean alone. The peak selects on the test set: read it next to the final "
            "value. Collapse columns are over the last 50 training predictions (a shorter run says its own)."),
-        code("aggregate.metrics_table(tables.aggregated, report.arm_order(arms))"),
+        code("aggregate.metrics_table(tables.aggregated, report.arm_order(arms, tables))"),
         md("## Figures"),
         code("figures = report.figures(fam, tables, arms)\nfamily_notebook.show_figures(figures, tables.curves, "
-             "report.references(arms))"),
+             "report.references(arms, tables))"),
         md("## Paper vs ours\nOur value next to the paper's for the same method and task at the paper's own "
            "setting (`icrl_lib/data/paper_results.csv`; where the paper never ran the arm's value of a knob, its "
            "default for the method), both settings in full (steps, test queries, window, what differs, seeds) and "

@@ -4,7 +4,7 @@ few calls into this module; everything also works on partial results (whatever r
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -16,6 +16,7 @@ from icrl_lib.analysis.aggregate import metric_text
 from icrl_lib.families.spec import configs
 from icrl_lib.notebook import export_table, resolve_path, save_figures
 from icrl_lib.paper.experiments import Arm, Family
+from icrl_lib.paper.methods import name_run
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.identity import run_name
 from icrl_lib.runs.store import ANALYSIS_DIR
@@ -27,7 +28,9 @@ RUNNING_WINDOW = 256  # the paper's appendix: running training accuracy over 256
 
 @dataclass(frozen=True)
 class Tables:
-    """Everything a family's figures and tables are drawn from (tidy DataFrames, ``method`` = the arm's label)."""
+    """Everything a family's figures and tables are drawn from (tidy DataFrames): ``method`` is the run's name, the
+    one every table gives it (:func:`icrl_lib.paper.methods.name_run`: ``results.ipynb`` names the same run folder
+    alike), ``arm`` the label of its arm (what parameters and the paper's findings refer to)."""
 
     tests: pd.DataFrame
     steps: pd.DataFrame
@@ -36,6 +39,11 @@ class Tables:
     aggregated: pd.DataFrame
     curves: pd.DataFrame
     configs: Mapping[str, ExperimentConfig]  # run folder name -> its config
+    names: Mapping[str, str] = field(default_factory=dict)  # arm label -> its runs' name, in the family's order
+
+    def name(self, label: str) -> str:
+        """The name of the runs of the arm ``label`` (the label itself for hand-made tables without names)."""
+        return self.names.get(label, label)
 
 
 def family_sweep(fam: Family, params: Mapping[str, Any]) -> tuple[Sweep, Mapping[str, Arm]]:
@@ -65,26 +73,40 @@ def runs_overview(status: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def arm_names(sweep: Sweep, arms: Mapping[str, Arm]) -> dict[str, str]:
+    """Arm label -> the name of its runs (:func:`icrl_lib.paper.methods.name_run` of their config: what the arm is,
+    overrides included), in the family's order."""
+    configs = {run_name(c): c for c in sweep.configs}
+    names: dict[str, str] = {}
+    for folder, a in arms.items():
+        names.setdefault(a.label, name_run(configs[folder].to_dict()))
+    return names
+
+
 def collect(sweep: Sweep, arms: Mapping[str, Arm]) -> Tables:
-    """The family's runs as tables, each labelled by its arm; runs not started yet are simply absent."""
+    """The family's runs as tables, each named as every table names it (``method``) and labelled by its arm
+    (``arm``); runs not started yet are simply absent."""
     tests, steps, predictions = load.read(Path(sweep.configs[0].output_dir), runs=arms)
     for table in (tests, steps):
         if not table.empty:
-            table["method"] = table["run"].map(lambda r: arms[r].label)
+            table["arm"] = table["run"].map(lambda r: arms[r].label)
     per_run = aggregate.run_metrics(tests, steps)
+    per_run["arm"] = per_run["run"].map(lambda r: arms[r].label)
     aggregated = aggregate.aggregate(per_run)
-    return Tables(tests, steps, predictions, per_run, aggregated.assign(arm=aggregated["method"]),
-                  aggregate.accuracy_curves(tests), MappingProxyType({run_name(c): c for c in sweep.configs}))
+    label = dict(zip(per_run["method"], per_run["arm"]))
+    return Tables(tests, steps, predictions, per_run, aggregated.assign(arm=aggregated["method"].map(label)),
+                  aggregate.accuracy_curves(tests), MappingProxyType({run_name(c): c for c in sweep.configs}),
+                  MappingProxyType(arm_names(sweep, arms)))
 
 
-def arm_order(arms: Mapping[str, Arm]) -> list[str]:
-    """The family's arm labels in its (the paper's) order."""
-    return list(dict.fromkeys(a.label for a in arms.values()))
+def arm_order(arms: Mapping[str, Arm], tables: Tables | None = None) -> list[str]:
+    """The family's run names (arm labels without ``tables``) in its (the paper's) order."""
+    return list(dict.fromkeys(tables.name(a.label) if tables else a.label for a in arms.values()))
 
 
-def references(arms: Mapping[str, Arm]) -> list[str]:
-    """Labels of the arms drawn as flat references (zero-shot, ICL)."""
-    return sorted({a.label for a in arms.values() if a.reference})
+def references(arms: Mapping[str, Arm], tables: Tables | None = None) -> list[str]:
+    """Names (labels without ``tables``) of the arms drawn as flat references (zero-shot, ICL)."""
+    return sorted({tables.name(a.label) if tables else a.label for a in arms.values() if a.reference})
 
 
 def _over_seeds(steps: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -102,7 +124,7 @@ def figures(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> dict[str, A
     sizes = f"<br><sup>{sizes_caption(tables)}</sup>"
     out = {"test_accuracy": plots.facet_figure(
         tables.curves, "mean", title=f"{fam.title}: test accuracy (mean over seeds, 95% interval){sizes}",
-        y_title="test accuracy", percent=True, references=references(arms))}
+        y_title="test accuracy", percent=True, references=references(arms, tables))}
     steps = tables.steps
     if "reward" in steps and steps["reward"].notna().any():
         steps = steps.sort_values(["run", "step"])
@@ -137,7 +159,7 @@ def sizes_caption(tables: Tables) -> str:
 
 
 def knob_points(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.DataFrame:
-    """Final accuracy per arm against the value it sets (series = the arm label before that value); for a family
+    """Final accuracy per arm against the value it sets (series = the runs' name without that value); for a family
     swept over models (scaling), against the model."""
     columns = ["knob", "series", "x", "mean", "low", "high", "task_name"]
     if tables.aggregated.empty:
@@ -146,8 +168,16 @@ def knob_points(fam: Family, tables: Tables, arms: Mapping[str, Arm]) -> pd.Data
     if fam.by_model:
         return final.assign(knob="model", series=final["method"], x=final["model_name"])[columns]
     by_label = {a.label: a for a in arms.values()}
-    rows = [{"knob": by_label[label].knob, "series": label.rsplit(", ", 1)[0], "x": by_label[label].x, **row}
-            for label, row in zip(final["method"], final[["mean", "low", "high", "task_name"]].to_dict("records"))
+    config = {a.label: tables.configs[folder] for folder, a in arms.items() if folder in tables.configs}
+    labels = final["arm"] if "arm" in final else final["method"]
+
+    def series(label: str, name: str) -> str:
+        knob = by_label[label].knob
+        return name_run(config[label].to_dict(), leave_out=(knob,)) if label in config else name
+
+    rows = [{"knob": by_label[label].knob, "series": series(label, name), "x": by_label[label].x, **row}
+            for label, name, row in zip(labels, final["method"],
+                                        final[["mean", "low", "high", "task_name"]].to_dict("records"))
             if by_label[label].knob is not None]
     return pd.DataFrame(rows, columns=columns)
 
@@ -174,9 +204,21 @@ def token_view(tokens: pd.DataFrame):
 
 
 def verdict_table(fam: Family, tables: Tables, arms: Mapping[str, Arm], params: Mapping[str, Any]) -> pd.DataFrame:
-    """The paper's findings tested on these runs (:func:`icrl_lib.analysis.verdicts.evaluate`), for the knobs they
-    ran."""
-    return verdicts.evaluate(fam, tables.per_run, tables.predictions, arms, params.get("knobs"))
+    """The paper's findings tested on these runs (:func:`icrl_lib.analysis.verdicts.evaluate`: arms by label), for
+    the knobs they ran; its sides (``left``, ``right``) named as every table names their runs."""
+    per_run = tables.per_run.assign(method=tables.per_run["arm"]) if "arm" in tables.per_run else tables.per_run
+    return verdicts.evaluate(fam, per_run, tables.predictions, arms, params.get("knobs"),
+                             names=side_names(fam, params, tables.names))
+
+
+def side_names(fam: Family, params: Mapping[str, Any], ran: Mapping[str, str]) -> dict[str, str]:
+    """Arm label -> name for every side a finding of ``fam`` may read: ``ran`` (the names of the runs, from
+    :func:`arm_names`), else the name of the arm's fields with the parameters' overrides (a side that has not run,
+    or a knob value the parameters leave out)."""
+    overrides = params.get("arm_overrides") or {}
+    names = {a.label: name_run({**a.fields, **overrides.get("*", {}), **overrides.get(a.label, {})})
+             for a in (*fam.arms(), *fam.arms(params.get("knobs")))}
+    return {**names, **ran}
 
 
 def show_verdicts(fam: Family, table: pd.DataFrame) -> None:

@@ -23,6 +23,7 @@ from icrl_lib.errors import RunInterrupted, ServerError, ServerRefused
 from icrl_lib.runs.backend import open_backend
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.context import ContextBuilder, shown_feedback
+from icrl_lib.runs.estimate import announce
 from icrl_lib.runs.plan import RunPlan, prepare
 from icrl_lib.runs.progress import Progress
 from icrl_lib.runs.record import StepRecord, TestRecord, TrainRecord
@@ -75,6 +76,7 @@ def run(plan: RunPlan, progress: bool | None = True, lm: LanguageModel | None = 
             write_tables(store.path, records)
             return RunResult(store.path, records, plan.budget)
         predictor = route.predictor(lm)
+        announce(plan, builder, predictor, len(records))
         stepper = Stepper(plan, predictor, builder, store,
                           debug_left=plan.config.debug_k - sum(r.model_calls for r in records))
         store.write_meta({**plan.summary(), **route.record()})

@@ -7,6 +7,7 @@ from icrl_lib.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, names={
     "task": ("Example", "Task", "load_task", "task_label"),
-    "files": ("TaskSpec", "read_spec", "registered"),
+    "files": ("read_spec", "registered"),
+    "schema": ("FIELDS", "TaskSpec"),
     "sources": ("data_dir_param", "resolve_data_dir"),
 })

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from icrl_lib.errors import UserError, os_error
 from icrl_lib.paths import resolve_path
-from icrl_lib.tasks.files import REVISION_PARQUET, TaskSpec
+from icrl_lib.tasks.schema import REVISION_PARQUET, TaskSpec
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data beside this checkout
 HUB = "hub"  # data_dir / $ICRL_DATA_DIR value that forces loading from the Hugging Face hub

@@ -17,7 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from icrl_lib.errors import UserError
-from icrl_lib.tasks.files import PACKAGE_TASKS, TaskSpec, is_task_path, read_spec, registered, task_file
+from icrl_lib.tasks.files import PACKAGE_TASKS, is_task_path, read_spec, registered, task_file
+from icrl_lib.tasks.schema import TaskSpec
 from icrl_lib.tasks.sources import raw_splits
 from icrl_lib.tasks.trie import LabelTrie
 

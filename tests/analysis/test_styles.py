@@ -8,12 +8,12 @@ from icrl_lib.paper import methods
 
 
 def test_order_and_colours_are_fixed():
-    names = ["approximate ICRL", "explorative ICRL (p_keep=0.5)", "zero-shot", "explorative ICRL", "ICL", "other"]
-    assert methods.method_order(names) == ["zero-shot", "ICL", "explorative ICRL", "explorative ICRL (p_keep=0.5)",
+    names = ["approximate ICRL", "explorative ICRL, p_keep=0.5", "zero-shot", "explorative ICRL", "ICL", "other"]
+    assert methods.method_order(names) == ["zero-shot", "ICL", "explorative ICRL", "explorative ICRL, p_keep=0.5",
                                            "approximate ICRL", "other"]
-    assert styles.color_of("explorative ICRL (p_keep=0.5)") == styles.color_of("explorative ICRL") == "#1f77b4"
+    assert styles.color_of("explorative ICRL, p_keep=0.5") == styles.color_of("explorative ICRL") == "#1f77b4"
     assert styles.dash_of("explorative ICRL", names) == "solid"
-    assert styles.dash_of("explorative ICRL (p_keep=0.5)", names) == "dash"
+    assert styles.dash_of("explorative ICRL, p_keep=0.5", names) == "dash"
     assert styles.color_of("other") == styles.color_of("other") in styles.OTHER_COLORS
     assert len({m.color for m in methods.METHODS}) == len(methods.METHODS)
 
@@ -24,7 +24,9 @@ def test_names_drawn_together_get_distinct_styles(family):
     shared 8 hashed colours; the paper's 9 naive temperatures shared 5 dashes). Methods keep their colour."""
     from icrl_lib.paper import experiments
 
-    names = methods.method_order([a.label for a in experiments.family(family).arms()])
+    fam = experiments.family(family)  # a figure draws its runs' names (methods.name_run), one per arm
+    names = methods.method_order([methods.name_run({**a.fields, "task_name": "clinic150" + fam.task_suffix})
+                                  for a in fam.arms()])
     looks = styles.styles(names)
     assert len(set(looks.values())) == len(names), looks
     for name in names:

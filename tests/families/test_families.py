@@ -126,15 +126,17 @@ def test_the_ci_override_is_applied_only_when_asked(monkeypatch):
 
 @pytest.mark.model
 def test_an_executed_family_notebook_keeps_its_figures_in_html(tmp_path, monkeypatch):
-    """papermill runs family_scaling with its CI sizes; nbconvert's HTML of the result holds the figures' data and
-    plotly.js (offline), and the exported files exist and are not empty."""
+    """papermill runs family_scaling with its CI sizes on the real embedded model (nbval runs every family notebook on
+    the tiny one); nbconvert's HTML of the result holds the figures' data and plotly.js (offline), and the exported
+    files exist and are not empty."""
     import papermill
 
     monkeypatch.delenv("ICRL_FAMILY_PARAMS", raising=False)  # the CI sizes come as papermill parameters here
     ci = read_yaml_mapping(ROOT / "params" / "families" / "scaling" / "ci.yaml")
     executed = tmp_path / "scaling.ipynb"
     papermill.execute_notebook(str(ROOT / "notebooks" / "family_scaling.ipynb"), str(executed),
-                               parameters={**ci, "output_dir": str(tmp_path / "out")}, kernel_name="python3",
+                               parameters={**ci, "models": ["smollm2-135m-instruct"],
+                                           "output_dir": str(tmp_path / "out")}, kernel_name="python3",
                                cwd=str(ROOT / "notebooks"), progress_bar=False)
     html = tmp_path / "scaling.html"
     subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", str(executed), "--output",

@@ -231,3 +231,31 @@ def test_a_hub_task_file_reads_the_revision_and_splits_it_names(tmp_path, monkey
         task_sources._raw_splits.cache_clear()
     assert calls == [("acme/tickets", "en", "v1.0", "train"), ("acme/tickets", "en", "v1.0", "validation")]
     assert (len(task.train), len(task.test)) == (200, 100) and task.source == "hub:acme/tickets/en@v1.0"
+
+
+def test_the_schema_is_declared_once_and_the_help_and_readme_follow_it():
+    """FIELDS is the one declaration: the module's help lists each field with its help line, the README's example
+    uses only declared fields and parses, and every TaskSpec attribute comes from some field's check."""
+    import dataclasses
+
+    import icrl_lib.tasks.schema as schema
+
+    for field in schema.FIELDS:
+        assert f"{field.name}: {field.example}" in schema.__doc__ and field.help in schema.__doc__
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("## Your own task", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    doc = yaml.safe_load(example)
+    assert set(doc) <= set(schema.FIELD_NAMES)
+    task_dir = Path(__file__).resolve().parents[2] / "params" / "tasks" / "support_tickets"
+    spec = schema.parse_spec(doc, str(task_dir / "task.yaml"))
+    assert {f.name for f in dataclasses.fields(schema.TaskSpec)} == {"file", *_produced(spec)}
+    assert spec.display("technical_support") == "technical support"
+
+
+def _produced(spec) -> set[str]:
+    """The attributes FIELDS' checks produce for a file (every one, whatever the values)."""
+    import icrl_lib.tasks.schema as schema
+
+    reading = schema.Reading(spec.file)
+    doc = {"name": "x", "input_prefix": "a:", "prediction_prefix": "b:", "source": {"hub": "o/n"}}
+    return {key for field in schema.FIELDS for key in field.read(reading, doc.get(field.name))}
