@@ -38,9 +38,9 @@ def _max_examples(argv: list[str]) -> int:
     from icrl_lib.runs.window import find_max_context_examples
     from icrl_lib.tasks.task import parse_task_name
 
-    parse_task_name(args.task_name)  # fail on a bad name before loading the model
+    task = parse_task_name(args.task_name)  # fail on a bad name before loading the model (parsed once)
     resolve_model(args.model_name)
-    n = find_max_context_examples(args.model_name, args.task_name, args.max_window_tokens, args.data_dir, args.icrl)
+    n = find_max_context_examples(args.model_name, task, args.max_window_tokens, args.data_dir, args.icrl)
     print(f"{n} examples")
     return 0
 

@@ -22,8 +22,9 @@ from icrl_lib.errors import UserError
 from icrl_lib.paper import methods
 from icrl_lib.paths import find_file, project_root, resolve_path
 from icrl_lib.runs.config import ExperimentConfig, read_yaml_mapping, with_paths_resolved
+from icrl_lib.runs.identity import model_label, run_name
 from icrl_lib.runs.plan import provenance
-from icrl_lib.runs.store import ANALYSIS_DIR, FIGURES_DIR, model_label, run_name
+from icrl_lib.runs.store import ANALYSIS_DIR, FIGURES_DIR
 from icrl_lib.runs.tables import COLLAPSE_WINDOW
 from icrl_lib.tasks.task import task_label
 

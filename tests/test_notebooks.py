@@ -21,7 +21,7 @@ from icrl_lib import notebook
 from icrl_lib.engine.embedded import DEFAULT_MODEL
 from icrl_lib.paper.experiments import FAMILIES
 from icrl_lib.runs.config import ExperimentConfig, load_config
-from icrl_lib.runs.store import model_label
+from icrl_lib.runs.identity import model_label
 from icrl_lib.tasks.task import load_task
 
 ROOT = Path(__file__).resolve().parents[1]

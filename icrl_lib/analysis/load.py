@@ -4,7 +4,6 @@ tables over runs. The paper's metrics per run and their aggregates are :mod:`icr
 """
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -13,9 +12,10 @@ from typing import NamedTuple
 import pandas as pd
 
 from icrl_lib.analysis.coordinates import paper_coordinates
+from icrl_lib.errors import UserError
 from icrl_lib.paper.methods import key_of, name_run
 from icrl_lib.runs.config import ExperimentConfig, read_yaml_mapping
-from icrl_lib.runs.store import CONFIG_FILE, META_FILE, read_records, run_folders
+from icrl_lib.runs.store import CONFIG_FILE, read_meta, read_records, run_folders
 from icrl_lib.runs.tables import require_columns, run_column, steps_table, test_predictions_table, tests_table
 
 CONFIG_COLUMNS = ("model_name", "task_name", "context_strategy_name", "context_p_keep", "temperature", "icrl",
@@ -71,8 +71,8 @@ def _window(run_dir: Path, config: dict) -> float:
     if config.get("max_window_tokens") and config.get("max_context_examples") is None:
         return float(config["max_window_tokens"])
     try:
-        return float(json.loads((run_dir / META_FILE).read_text())["model"]["context_window"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return float(read_meta(run_dir)["model"]["context_window"])
+    except (UserError, KeyError, TypeError, ValueError):
         return math.nan
 
 

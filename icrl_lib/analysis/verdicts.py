@@ -97,12 +97,11 @@ def chance(task: str) -> float:
     """1 / the number of labels of ``task`` (a registered name with its variants), 0 when unknown (a task file
     whose labels come from its data)."""
     from icrl_lib.errors import UserError
-    from icrl_lib.tasks.files import read_spec, task_file
     from icrl_lib.tasks.task import base_labels, parse_task_name
 
     try:
-        base, top, _ = parse_task_name(task)
-        labels = base_labels(read_spec(task_file(base)))
+        parsed = parse_task_name(task)
+        top, labels = parsed.top, base_labels(parsed.spec)
     except (UserError, FileNotFoundError, ValueError):
         return 0.0
     n = top or (len(labels) if labels else 0)

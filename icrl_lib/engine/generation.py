@@ -57,7 +57,7 @@ class LabelPredictor:
         self.lm = lm
         self.cascade = cascade
         self.prompt_ids = PromptTokenizer(lm.tokenizer)  # heads of recent contexts, tokenized once
-        self.trie = trie  # the run plan's (tasks.task.check_label_tokens)
+        self.trie = trie  # the run plan's (tasks.task.Task.label_trie)
         self.temperature = float(temperature)
         self.fast = fast
         self.batch_size = batch_size

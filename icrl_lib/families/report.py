@@ -18,7 +18,8 @@ from icrl_lib.notebook import export_table, resolve_path, save_figures
 from icrl_lib.paper.experiments import Arm, Family
 from icrl_lib.paper.methods import name_run
 from icrl_lib.runs.config import ExperimentConfig
-from icrl_lib.runs.store import ANALYSIS_DIR, run_name
+from icrl_lib.runs.identity import run_name
+from icrl_lib.runs.store import ANALYSIS_DIR
 from icrl_lib.runs.tables import COLLAPSE_WINDOW
 from icrl_lib.sweeps.sweep import Sweep
 

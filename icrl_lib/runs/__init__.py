@@ -10,6 +10,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, modules=("window",), name
     "config": ("ExperimentConfig", "FIELD_HELP", "load_config"),
     "plan": ("RunPlan", "prepare"),
     "loop": ("RunResult", "run_experiment"),
-    "store": ("model_label", "run_name"),
+    "identity": ("model_label", "run_name"),
     "inspector": ("StepInspector", "StepView", "inspect_step", "render_step"),
 })

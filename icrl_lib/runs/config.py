@@ -7,22 +7,23 @@ written out: it only sets ``HF_TOKEN`` for the running process.
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import functools
 import math
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from icrl_lib.errors import UserError, os_error
 from icrl_lib.paper.strategies import check_parameters
 from icrl_lib.paths import resolve_path
-from icrl_lib.serving.backends import DEFAULT_BACKEND, SERVER_BACKENDS, Backend, backend, backend_help, check_backend
+from icrl_lib.serving.backends import DEFAULT_BACKEND, SERVER_BACKENDS, Backend, backend_help, check_backend
 from icrl_lib.tasks.sources import data_dir_param
-from icrl_lib.tasks.task import parse_task_name
+from icrl_lib.tasks.task import TaskName, parse_task_name
 
 # Fields that change what an experiment computes; the others (where it runs, how it reports) may differ on resume.
 NON_RESULT_FIELDS = frozenset({"verbose", "output_dir", "data_dir", "device", "fast", "batch_size", "log_every",
@@ -98,26 +99,25 @@ class ExperimentConfig:
             value = getattr(self, name)
             if float in _allowed_types(annotation) and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, name, float(value))
-        self.validate()
+        self.validate()  # the one check: a config value is valid from here on
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ExperimentConfig:
-        """Build from a mapping, rejecting unknown keys and wrong types with the key's name."""
+        """Build from a mapping, rejecting unknown keys (with close matches) and, on construction, wrong types with
+        the key's name."""
         known = {f.name: f for f in fields(cls)}
         for key in values:
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else f"; known keys: {', '.join(known)}"
                 raise ValueError(f"unknown config key {key!r}{hint}")
-        for key, value in values.items():
-            _check_type(key, value, _field_types()[key])
         return cls(**dict(values))
 
     def validate(self) -> None:
-        """Names and ranges, checked before any data or model is loaded."""
+        """Types, names and ranges, checked before any data or model is loaded (on construction)."""
         for f in fields(self):
             _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
-        parse_task_name(self.task_name)
+        self.task  # noqa: B018 - parsed here, so a bad task_name fails on construction
         check_parameters(self.context_strategy_name, self.context_p_keep, self.max_contexts,
                          self.approximate_context_sampling_method)
         if self.temperature < 0:
@@ -137,7 +137,7 @@ class ExperimentConfig:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ValueError(f"device: got {self.device!r}; allowed: auto, cpu, cuda, cuda:N, mps")
-        entry = check_backend(self.backend, self.allow_approximate)
+        entry = self.backend_entry
         if entry.in_process:
             for name in ("server_url", "server_model", "api_key_env", "server_concurrency"):
                 if getattr(self, name) is not None:
@@ -178,10 +178,16 @@ class ExperimentConfig:
         """``max_context_examples: 0``: one test step on an empty context (the paper's step 0)."""
         return self.max_context_examples == 0
 
-    @property
+    @functools.cached_property
+    def task(self) -> TaskName:
+        """``task_name`` parsed (its task file read): the one parse, which the plan and the run folder's name use."""
+        return parse_task_name(self.task_name)
+
+    @functools.cached_property
     def backend_entry(self) -> Backend:
-        """The registry entry of ``backend`` (:mod:`icrl_lib.serving.backends`)."""
-        return backend(self.backend)
+        """The registry entry of ``backend`` (:mod:`icrl_lib.serving.backends`), refused when it samples
+        approximately without ``allow_approximate``."""
+        return check_backend(self.backend, self.allow_approximate)
 
     @property
     def model_id(self) -> str:
@@ -330,8 +336,12 @@ def _parse_optional(kind: type):
 def with_paths_resolved(config: ExperimentConfig) -> ExperimentConfig:
     """``config`` with a relative ``output_dir`` / ``data_dir`` resolved against the checkout: the one rule of every
     entry point (``icrl run``, ``icrl check``, notebooks, sweeps, families), so ``outputs`` is one folder whichever
-    folder a command starts in (outside a checkout: the current folder)."""
-    return replace(config, output_dir=str(resolve_path(config.output_dir)), data_dir=data_dir_param(config.data_dir))
+    folder a command starts in (outside a checkout: the current folder). Not validated again: ``validate`` checks
+    neither path, so the copy keeps the checked value (and its parsed task)."""
+    resolved = copy.copy(config)
+    object.__setattr__(resolved, "output_dir", str(resolve_path(config.output_dir)))
+    object.__setattr__(resolved, "data_dir", data_dir_param(config.data_dir))
+    return resolved
 
 
 def config_from_argv(argv: list[str]) -> ExperimentConfig:

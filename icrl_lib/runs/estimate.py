@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from icrl_lib.paper.prompts import Episode
 from icrl_lib.runs.plan import RunPlan
 from icrl_lib.runs.progress import format_duration
 
@@ -42,8 +41,8 @@ class Estimate:
     def line(self, tokens_per_second: float, device: str, latency: float = 0.0) -> str:
         """The line printed before the first step (a warning on a CPU past :data:`WARN_SECONDS`)."""
         low, high = self.seconds(tokens_per_second, latency)
-        span = format_duration(low) if format_duration(low) == format_duration(high) else \
-            f"{format_duration(low)} to {format_duration(high)}"
+        low_text, high_text = (format_duration(seconds) for seconds in (low, high))
+        span = low_text if low_text == high_text else f"{low_text} to {high_text}"
         text = (f"{self.steps:,} steps and {self.tests} tests of {self.queries} queries left: "
                 f"{_tokens(self.low_tokens)} to {_tokens(self.high_tokens)} tokens to compute, at "
                 f"{tokens_per_second:,.0f} tokens/s measured here ({device}) roughly {span}")
@@ -87,8 +86,7 @@ def prompt_sizes(plan: RunPlan, builder: Any) -> tuple[int, int, int]:
     task, data, encode = plan.task, plan.data, plan.model.encode
     example = (data.stream or data.test)[0]
     query = task.format_input(data.test[0])
-    episode = Episode(task.format_input(example), task.answer(example), task.answer(example) if plan.config.icrl
-                      else None, 1 if plan.config.icrl else None)
+    episode = plan.gold_episode(example)
     empty = len(encode(builder.prompt([], query)))
     head = len(encode(builder.context([])))
     return max(1, empty - head), max(1, len(encode(builder.prompt([episode], query))) - empty), head

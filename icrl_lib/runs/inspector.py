@@ -26,11 +26,11 @@ from icrl_lib.paper.methods import name_run
 from icrl_lib.paper.prompts import Episode, feedback_text, supports_system_role
 from icrl_lib.runs.config import ExperimentConfig, load_config, with_paths_resolved
 from icrl_lib.runs.context import ContextBuilder
+from icrl_lib.runs.identity import check_recorded_data
 from icrl_lib.runs.plan import Provenance, RunPlan, recorded_plan
 from icrl_lib.runs.record import StepRecord
 from icrl_lib.runs.replay import check_drawn, replay
-from icrl_lib.runs.store import CONFIG_FILE, DATA_FILE, META_FILE, RunStore
-from icrl_lib.runs.stream import check_recorded_data
+from icrl_lib.runs.store import CONFIG_FILE, DATA_FILE, LOG_FILE, read_data, read_meta, read_records
 
 
 @dataclass(frozen=True)
@@ -109,15 +109,13 @@ class StepInspector:
             raise UserError(f"run folder: {folder} is not a run folder (no {CONFIG_FILE}); give a folder that a run "
                             "made under its output_dir")
         config = replace(with_paths_resolved(load_config(folder / CONFIG_FILE)), output_dir=str(folder.parent))
-        store = RunStore(folder, config)  # never opened: no lock is taken
-        meta = store.read_json(META_FILE) or {}
+        meta = read_meta(folder)
         budget = meta.get("max_context_examples") if config.max_context_examples is None else None
-        plan = replace(recorded_plan(config, recorded_facts(config, meta), budget, _provenance(meta)),
-                       run_dir=folder)
-        fingerprint = store.read_json(DATA_FILE)
+        plan = recorded_plan(config, folder, recorded_facts(config, meta), budget, _provenance(meta))
+        fingerprint = read_data(folder)
         if fingerprint is not None:
-            check_recorded_data(folder, fingerprint, plan.task, plan.data)
-        return cls(plan, tuple(store.records()), store.log_path)
+            check_recorded_data(folder / DATA_FILE, fingerprint, plan.task, plan.data)
+        return cls(plan, tuple(read_records(folder)), folder / LOG_FILE)
 
     @property
     def test_steps(self) -> tuple[int, ...]:

@@ -28,8 +28,7 @@ from icrl_lib.runs.plan import RunPlan, prepare
 from icrl_lib.runs.progress import Progress
 from icrl_lib.runs.record import StepRecord, TestRecord, TrainRecord
 from icrl_lib.runs.replay import replay
-from icrl_lib.runs.store import META_FILE, RunStore
-from icrl_lib.runs.stream import check_data
+from icrl_lib.runs.store import RunStore
 from icrl_lib.runs.tables import steps_table, tests_table, write_tables
 
 log = logging.getLogger("icrl")
@@ -66,10 +65,10 @@ def run(plan: RunPlan, progress: bool | None = True, lm: LanguageModel | None = 
     _show_verbose_logs(plan.config)
     builder = ContextBuilder(plan)
     route = open_backend(plan, builder)  # a server backend is probed before the run folder is locked
-    with RunStore.open(plan.config) as store:
-        check_data(store, plan.task, plan.data, dict(plan.fingerprint))
+    with RunStore.open(plan.run_dir, plan.config) as store:
+        store.check_data(plan.task, plan.data)
         records = store.records()
-        route.check_resume(store.read_json(META_FILE) or {})
+        route.check_resume(store.meta())
         print(f"[icrl] run folder: {store.path} ({len(records)} steps logged)", flush=True)
         replay(plan, records, builder, store.log_path)
         store.trim_debug_prompts(min(sum(r.model_calls for r in records), plan.config.debug_k))
@@ -80,7 +79,7 @@ def run(plan: RunPlan, progress: bool | None = True, lm: LanguageModel | None = 
         announce(plan, builder, predictor, len(records))
         stepper = Stepper(plan, predictor, builder, store,
                           debug_left=plan.config.debug_k - sum(r.model_calls for r in records))
-        store.write_json(META_FILE, {**plan.summary(), **route.record()})
+        store.write_meta({**plan.summary(), **route.record()})
         return RunResult(store.path, stepper.run(records, progress), plan.budget)
 
 

@@ -1,7 +1,7 @@
 """Prepare once: a config becomes a frozen, weight-free :class:`RunPlan` before any folder is locked or weight read.
 
-The plan holds everything a run is decided by: the validated config, its run folder, the task and the rows it uses
-(with their fingerprint), the model's tokenizer facts, the label trie, the context budget, the schedule of test
+The plan holds everything a run is decided by: the validated config, its run folder, the task and the rows it uses,
+the model's tokenizer facts, the label trie, the context budget, the schedule of test
 steps (with the paper's ICL stop rule) and where the code came from. ``icrl check``, the runner, the sweep status and
 the launchers read it; nothing in it is computed twice. Everything a user can get wrong fails here, in one line
 naming the parameter or file (UserError).
@@ -12,7 +12,6 @@ import importlib.metadata
 import os
 import platform
 import subprocess
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,10 +22,10 @@ from icrl_lib.errors import UserError
 from icrl_lib.paper.prompts import Episode, system_prompt
 from icrl_lib.paths import project_root
 from icrl_lib.runs.config import ExperimentConfig
-from icrl_lib.runs.store import check_output_dir, run_dir
-from icrl_lib.runs.stream import RunData, data_fingerprint, sample_data
+from icrl_lib.runs.store import writable_run_dir
+from icrl_lib.runs.stream import RunData, sample_data
 from icrl_lib.runs.window import episode_budget
-from icrl_lib.tasks.task import Task, check_label_tokens, load_task
+from icrl_lib.tasks.task import Example, Task, load_task
 from icrl_lib.tasks.trie import LabelTrie
 
 
@@ -113,7 +112,6 @@ class RunPlan:
     run_dir: Path
     task: Task
     data: RunData
-    fingerprint: Mapping[str, Any]  # data.json: where the rows came from and hashes of each part used
     source: ModelSource | None  # where the weights load from (None: a loaded model was given)
     model: ModelFacts
     trie: LabelTrie
@@ -127,6 +125,10 @@ class RunPlan:
     def test_answers(self) -> tuple[str, ...]:
         return tuple(self.task.answer(ex) for ex in self.data.test)
 
+    def gold_episode(self, example: Example) -> Episode:
+        """``example`` shown with its gold label (:func:`gold_episode`)."""
+        return gold_episode(self.task, example, self.config.icrl)
+
     def summary(self) -> dict[str, Any]:
         """The plan as ``meta.json`` records it (the sweep status reads the schedule from there)."""
         return {"max_context_examples": self.budget, "steps": self.schedule.steps,
@@ -139,41 +141,45 @@ class RunPlan:
 
 
 def prepare(config: ExperimentConfig, lm: LanguageModel | None = None) -> RunPlan:
-    """The plan of ``config`` (``lm``: an already loaded model, whose facts are used). Checks, in order: the config,
-    that output_dir is writable, that ``model_name`` resolves, the task file, the data and its sizes, that the labels
-    tokenize apart; then the context budget (cached per output_dir) and the schedule."""
-    config.validate()
-    check_output_dir(config.output_dir)
+    """The plan of ``config`` (``lm``: an already loaded model, whose facts are used). The config was checked when it
+    was made (its task file read); checks, in order: that output_dir is writable, that ``model_name`` resolves, the
+    data and its sizes, that the labels tokenize apart; then the context budget (cached per output_dir) and the
+    schedule."""
+    folder = writable_run_dir(config)
     if config.hf_token:
         os.environ["HF_TOKEN"] = config.hf_token  # for this process only; never written anywhere
     source = None if lm is not None else resolve_model(config.model_name, config.hf_token)
-    task = load_task(config.task_name, config.data_dir)
+    task = load_task(config.task, config.data_dir)
     data = sample_data(config, task)
     if lm is not None and lm.yarn_factor != config.yarn_factor:
         raise UserError(f"yarn_factor: the loaded model has {lm.yarn_factor}, the config asks for {config.yarn_factor}")
     facts = lm if lm is not None else model_facts(config.model_name, source, config.trust_remote_code, config.hf_token,
                                                   config.yarn_factor)
-    return _decide(config, task, data, source, facts, provenance())
+    return _decide(config, folder, task, data, source, facts, provenance())
 
 
-def recorded_plan(config: ExperimentConfig, facts: ModelFacts, budget: int | None,
+def recorded_plan(config: ExperimentConfig, folder: Path, facts: ModelFacts, budget: int | None,
                   recorded: Provenance) -> RunPlan:
-    """The plan of a run already made, from what its folder recorded: its config, the model's facts, the context
-    budget it computed (None: computed again, as :func:`prepare` does) and where its code came from. Writes nothing,
-    checks no output_dir and asks no git (the step inspector reads runs with it, even while they run)."""
-    config.validate()
-    task = load_task(config.task_name, config.data_dir)
-    return _decide(config, task, sample_data(config, task), None, facts, recorded, budget)
+    """The plan of the run in ``folder``, from what it recorded: its config, the model's facts, the context budget it
+    computed (None: computed again, as :func:`prepare` does) and where its code came from. Writes nothing, checks no
+    output_dir and asks no git (the step inspector reads runs with it, even while they run)."""
+    task = load_task(config.task, config.data_dir)
+    return _decide(config, folder, task, sample_data(config, task), None, facts, recorded, budget)
 
 
-def _decide(config: ExperimentConfig, task: Task, data: RunData, source: ModelSource | None, facts: ModelFacts,
-            made_by: Provenance, budget: int | None = None) -> RunPlan:
+def gold_episode(task: Task, example: Example, icrl: bool) -> Episode:
+    """``example`` shown with its gold label, the one rule of gold exemplars: in ICRL as a correct prediction with
+    positive feedback, in ICL as its answer."""
+    answer = task.answer(example)
+    return Episode(task.format_input(example), answer, answer if icrl else None, 1 if icrl else None)
+
+
+def _decide(config: ExperimentConfig, folder: Path, task: Task, data: RunData, source: ModelSource | None,
+            facts: ModelFacts, made_by: Provenance, budget: int | None = None) -> RunPlan:
     """The plan once the task, its data and the model's facts are known: label trie, budget, schedule, exemplars."""
-    trie = check_label_tokens(task, facts.encode, facts.eot_id, config.model_name)
+    trie = task.label_trie(facts.encode, facts.eot_id, config.model_name)
     if budget is None:
         budget = 0 if config.zero_shot else episode_budget(config, facts, task, len(data.exemplars))
-    exemplars = tuple(Episode(task.format_input(e), task.answer(e), task.answer(e) if config.icrl else None,
-                              1 if config.icrl else None) for e in data.exemplars)
-    return RunPlan(config, run_dir(config), task, data, data_fingerprint(task, data), source, facts, trie, budget,
-                   Schedule.of(config, budget), system_prompt(config.icrl, task.description, config.system_prompt),
-                   exemplars, made_by)
+    exemplars = tuple(gold_episode(task, e, config.icrl) for e in data.exemplars)
+    return RunPlan(config, folder, task, data, source, facts, trie, budget, Schedule.of(config, budget),
+                   system_prompt(config.icrl, task.description, config.system_prompt), exemplars, made_by)

@@ -1,21 +1,20 @@
-"""Run folders, the one owner of their format: names, files, one process at a time, a crash-safe step log, side
-files written atomically. No pickle.
+"""Run folders, the one owner of their format: files, one process at a time, a crash-safe step log, side files
+written atomically. No pickle.
 
 ``<output_dir>/<run_name>/`` holds ``config.yaml`` (no secrets), ``data.json`` (fingerprint of the data used),
 ``steps.jsonl`` (one JSON object per completed step, each written with a single write + flush + fsync),
 ``meta.json`` (the run's plan and model facts), ``debug_prompts.txt``, ``tables/*.parquet`` and ``figures/``. Beside
-the run folders: ``_cache/`` (context capacities), ``_sweeps/`` and ``_analysis/``. The run name is readable and
-stable: the main parameters plus a hash of the config's :meth:`~icrl_lib.runs.config.ExperimentConfig.identity`,
-so the same experiment always finds its folder (:func:`run_dir` is the one rule).
+the run folders: ``_cache/`` (context capacities), ``_sweeps/`` and ``_analysis/``. The folder's name, and the
+fingerprint ``data.json`` holds, are :mod:`icrl_lib.runs.identity`'s.
 
 Guarantees: a process holds an exclusive lock on the folder (``.lock``, ``flock``) for the whole run, so a second
 process is refused with the holder's PID; the kernel drops the lock when the holder dies, even by ``kill -9``.
 Side files are written under a unique temporary name, fsynced, then renamed over the target, so a reader sees the
-old or the new file, never half of one. :func:`read_log` is the one reader of the step log.
+old or the new file, never half of one. One reader per file: :func:`read_log` (the step log), :func:`read_meta`
+and :func:`read_data` (the side files).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,8 +30,10 @@ import yaml
 from icrl_lib.errors import RunLockedError, UserError, os_error
 from icrl_lib.runs.config import ExperimentConfig, load_config, read_yaml_mapping
 from icrl_lib.runs.durable import atomic_write_text, file_lock
+from icrl_lib.runs.identity import check_recorded_data, data_fingerprint, run_dir
 from icrl_lib.runs.record import StepRecord
-from icrl_lib.tasks.task import task_label
+from icrl_lib.runs.stream import RunData
+from icrl_lib.tasks.task import Task
 
 log = logging.getLogger("icrl")
 # The run folder's files, and the folders beside run folders in an output_dir.
@@ -42,49 +43,9 @@ CACHE_DIR, SWEEPS_DIR, ANALYSIS_DIR = "_cache", "_sweeps", "_analysis"
 DEBUG_SEPARATOR = "=" * 80 + "\n"  # between two prompts in debug_prompts.txt
 
 
-def digest(text: str) -> str:
-    """SHA-256 of ``text`` in hex: the one hash of run names, data fingerprints and cache keys."""
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def model_label(model_name: str) -> str:
-    """A model name as part of a file name (hub ids and folders: ``/`` becomes ``--``)."""
-    return model_name.strip("/").replace("/", "--")
-
-
-def run_name(config: ExperimentConfig) -> str:
-    """Readable, stable folder name, e.g. ``trec_coarse__smollm2-135m-instruct__random_unbiased_only_positive_p0.1
-    __icrl__t1__seed100-100-100__1a2b3c4d`` (zero-shot: ``...__zeroshot__t1__seed100-100__<hash>``); a server
-    backend follows the model: ``smollm2-135m-instruct@llamacpp``."""
-    c = config
-    model = model_label(c.model_tag)
-    identity = digest(json.dumps(c.identity(), sort_keys=True))[:8]
-    if c.zero_shot:
-        parts = [task_label(c.task_name), model, "zeroshot" if c.icrl else "zeroshot-icl", f"t{c.temperature:g}",
-                 f"seed{c.seed}-{c.test_seed}", identity]
-    else:
-        parts = [task_label(c.task_name), model, _strategy_label(c), "icrl" if c.icrl else "icl", f"t{c.temperature:g}",
-                 f"seed{c.seed}-{c.training_seed}-{c.test_seed}", identity]
-    return "__".join(parts)
-
-
-def run_dir(config: ExperimentConfig) -> Path:
-    """``<output_dir>/<run_name>``: where the run of ``config`` lives (the one rule)."""
-    return Path(config.output_dir) / run_name(config)
-
-
 def run_folders(output_dir: str | os.PathLike) -> list[Path]:
     """Every run folder under ``output_dir`` (those holding a config), sorted by name."""
     return sorted(cfg.parent for cfg in Path(output_dir).glob(f"*/{CONFIG_FILE}"))
-
-
-def _strategy_label(c: ExperimentConfig) -> str:
-    label = f"{c.context_strategy_name}_p{c.context_p_keep:g}"
-    if c.context_strategy_name.startswith("approximate"):
-        label += f"_{c.approximate_context_sampling_method}{c.max_contexts}"
-    return label
-
-
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -132,9 +93,10 @@ def read_records(run_dir: str | os.PathLike) -> list[StepRecord]:
     return out
 
 
-def check_output_dir(output_dir: str | os.PathLike) -> Path:
-    """Create ``output_dir`` if needed and prove it writable (before any model is loaded); UserError otherwise."""
-    path = Path(output_dir)
+def writable_run_dir(config: ExperimentConfig) -> Path:
+    """:func:`run_dir` of ``config``, once its ``output_dir`` is created if needed and proved writable (before any
+    model is loaded); UserError otherwise."""
+    path = Path(config.output_dir)
     if path.exists() and not path.is_dir():
         raise UserError(f"output_dir: {path} is a file, not a folder; choose a folder for the run folders")
     try:
@@ -144,7 +106,31 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
             probe.flush()
     except OSError as err:
         raise os_error("output_dir: writing in", path, err, "choose a writable folder") from None
-    return path
+    return run_dir(config)
+
+
+def read_meta(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """``meta.json`` of a run folder (its plan, model facts and where it ran; {} before the run wrote one): the one
+    reader. UserError naming the file when it is damaged."""
+    meta = _read_json(Path(run_dir) / META_FILE)
+    if not isinstance(meta, (dict, type(None))):
+        raise UserError(f"{Path(run_dir) / META_FILE}: unreadable (a JSON {type(meta).__name__}, not an object); "
+                        "restore it, or remove the run folder to start over")
+    return meta or {}
+
+
+def read_data(run_dir: str | os.PathLike) -> Any:
+    """``data.json`` of a run folder (:func:`data_fingerprint`; None before the run wrote one): the one reader."""
+    return _read_json(Path(run_dir) / DATA_FILE)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable ({err}); restore it, or remove the run folder to start over") from None
 
 
 @dataclass
@@ -157,10 +143,10 @@ class RunStore:
     _lock_cm: Any = field(default=None, repr=False)
 
     @classmethod
-    def open(cls, config: ExperimentConfig) -> RunStore:
-        """Create the folder for ``config`` or reopen it to resume; refuse a folder held by another process or
-        holding a different experiment. Use as a context manager (or call :meth:`close`) to release the lock."""
-        path = run_dir(config)
+    def open(cls, path: Path, config: ExperimentConfig) -> RunStore:
+        """Create the run folder ``path`` of ``config`` (its plan's ``run_dir``) or reopen it to resume; refuse a
+        folder held by another process or holding a different experiment. Use as a context manager (or call
+        :meth:`close`) to release the lock."""
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -210,7 +196,7 @@ class RunStore:
     def _check_config(self) -> None:
         saved = self.path / CONFIG_FILE
         if not saved.is_file():
-            atomic_write_text(saved, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            self._write(CONFIG_FILE, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
             return
         try:
             old = load_config(read_yaml_mapping(saved))
@@ -229,7 +215,7 @@ class RunStore:
         if self.config.train_k > old.train_k:
             log.info("extending %s from train_k=%d to %d", self.path.name, old.train_k, self.config.train_k)
         if self.config.to_dict() != old.to_dict():
-            atomic_write_text(saved, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
+            self._write(CONFIG_FILE, yaml.safe_dump(self.config.to_dict(), sort_keys=False))
 
     @property
     def log_path(self) -> Path:
@@ -279,19 +265,28 @@ class RunStore:
         with open(self.path / DEBUG_FILE, "a", encoding="utf-8") as fh:
             fh.write(prompt + "\n" + DEBUG_SEPARATOR)
 
-    def write_json(self, name: str, obj: Any) -> Path:
-        """Write a small JSON side file atomically."""
-        return atomic_write_text(self.path / name, json.dumps(obj, indent=1, sort_keys=True))
+    def check_data(self, task: Task, data: RunData) -> None:
+        """Record the data fingerprint of a new run; refuse to resume a run on other data (another data_dir, or an
+        edited dataset). A longer stream (larger train_k) must begin with the logged one."""
+        old = read_data(self.path)
+        if old is None or check_recorded_data(self.path / DATA_FILE, old, task, data) < len(data.stream):
+            self._write(DATA_FILE, _json_text(data_fingerprint(task, data)))
 
-    def read_json(self, name: str) -> Any:
-        """A JSON side file, or None when it does not exist; UserError naming the file when it is damaged."""
-        path = self.path / name
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as err:
-            raise UserError(f"{path}: unreadable ({err}); restore it, or remove the run folder to start over") from None
+    def meta(self) -> dict[str, Any]:
+        """The run's ``meta.json`` (:func:`read_meta`)."""
+        return read_meta(self.path)
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        """Record the run's plan and where it runs (``meta.json``)."""
+        self._write(META_FILE, _json_text(meta))
+
+    def _write(self, name: str, text: str) -> None:
+        """Every side file is written here: all or nothing (``durable.atomic_write_text``)."""
+        atomic_write_text(self.path / name, text)
+
+
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True)
 
 
 def holder(run_dir: str | os.PathLike) -> dict[str, Any] | None:

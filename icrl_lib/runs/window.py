@@ -18,9 +18,10 @@ from icrl_lib.engine.models import LanguageModel, ModelFacts, load_model
 from icrl_lib.paper.prompts import Episode, build_messages, feedback_text, render_prompt, system_prompt
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.durable import atomic_write_text, file_lock
-from icrl_lib.runs.store import CACHE_DIR, digest
+from icrl_lib.runs.identity import digest
+from icrl_lib.runs.store import CACHE_DIR
 from icrl_lib.tasks.files import PACKAGE_TASKS
-from icrl_lib.tasks.task import Task, load_task
+from icrl_lib.tasks.task import Task, TaskName, load_task
 
 if TYPE_CHECKING:  # pandas is imported where a table is made: planning a run (or inspecting one) needs none
     import pandas as pd
@@ -151,9 +152,10 @@ def hash_text(text: str | None) -> str:
     return "default" if text is None else digest(text)[:8]
 
 
-def find_max_context_examples(model_name: str, task_name: str, max_window_tokens: int | None = None,
+def find_max_context_examples(model_name: str, task_name: str | TaskName, max_window_tokens: int | None = None,
                               data_dir: str | None = None, icrl: bool = True, lm: LanguageModel | None = None) -> int:
-    """The paper's tool: most episodes whose worst-case prompt fits 95% of ``max_window_tokens``."""
+    """The paper's tool: most episodes whose worst-case prompt fits 95% of ``max_window_tokens`` (``task_name``: as
+    given, or parsed)."""
     task = load_task(task_name, data_dir)
     lm = lm or load_model(model_name)
     return max_examples_for_window(lm, task, usable_window(lm, max_window_tokens), icrl=icrl)

@@ -32,8 +32,8 @@ import pandas as pd
 from icrl_lib.errors import RunLockedError, UserError
 from icrl_lib.runs.config import ExperimentConfig
 from icrl_lib.runs.durable import atomic_write_text
+from icrl_lib.runs.identity import run_name
 from icrl_lib.runs.progress import format_duration
-from icrl_lib.runs.store import run_name
 from icrl_lib.sweeps.sweep import Sweep, failure_path, status, summary, time_left
 
 _MODELS: dict[tuple, Any] = {}  # per worker process: loaded models, reused by the runs it is given

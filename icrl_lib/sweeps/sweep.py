@@ -39,8 +39,9 @@ from icrl_lib.errors import UserError
 from icrl_lib.paper.methods import BY_KEY, config_fields, name_run
 from icrl_lib.paths import project_root
 from icrl_lib.runs.config import ExperimentConfig, read_yaml_mapping, with_paths_resolved
+from icrl_lib.runs.identity import run_dir, run_name
 from icrl_lib.runs.plan import Schedule
-from icrl_lib.runs.store import LOG_FILE, META_FILE, SWEEPS_DIR, TABLES_DIR, holder, run_dir, run_name
+from icrl_lib.runs.store import LOG_FILE, SWEEPS_DIR, TABLES_DIR, holder, read_meta
 
 LAUNCHERS = ("local", "slurm", "ray")
 SWEEP_KEYS = ("name", "launcher", "workers", "threads", "configs", "base", "axes", "slurm", "ray")
@@ -169,7 +170,7 @@ def status(sweep: Sweep) -> pd.DataFrame:
     rows = []
     for config in sweep.configs:
         folder = run_dir(config)
-        meta = _json(folder / META_FILE) or {}  # the run's plan, as its runner recorded it
+        meta = _meta(folder)  # the run's plan, as its runner recorded it
         done_steps = _lines(folder / LOG_FILE)
         planned = meta.get("steps") if meta.get("train_size") == (0 if config.zero_shot else config.train_k) else None
         failure = _json(failure_path(sweep.folder, config))
@@ -227,6 +228,14 @@ def _lines(path: Path) -> int:
         return path.read_bytes().count(b"\n")
     except OSError:
         return 0
+
+
+def _meta(folder: Path) -> dict[str, Any]:
+    """The run's ``meta.json``; a damaged one reads as none (the status is read while runs go on)."""
+    try:
+        return read_meta(folder)
+    except UserError:
+        return {}
 
 
 def _json(path: Path) -> Any:

@@ -150,11 +150,13 @@ def _read_hub(spec: TaskSpec, split: str) -> list[Row]:
     return [_row(spec, row, f"{where} row {i}") for i, row in enumerate(rows)]
 
 
-def raw_splits(spec: TaskSpec, data_dir: str | os.PathLike | None = None) -> tuple[tuple[Row, ...], tuple[Row, ...]]:
-    """(train, test) rows of a task's source, each checked, cut by ``split`` when there is no test split."""
+def raw_splits(spec: TaskSpec, data_dir: str | os.PathLike | None = None
+               ) -> tuple[tuple[Row, ...], tuple[Row, ...], str]:
+    """(train, test) rows of a task's source, each checked, cut by ``split`` when there is no test split, and where
+    they were read (:func:`data_source`)."""
     folder = resolve_data_dir(data_dir)
     stamps = tuple(Path(p).stat().st_mtime_ns for _, p in spec.files)  # an edited file is read again
-    return _raw_splits(spec, str(folder) if folder and spec.mirror else None, stamps)
+    return *_raw_splits(spec, str(folder) if folder and spec.mirror else None, stamps), data_source(spec, data_dir)
 
 
 @lru_cache(maxsize=8)

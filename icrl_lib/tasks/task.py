@@ -17,9 +17,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from icrl_lib.errors import UserError
-from icrl_lib.tasks.files import is_task_path, read_spec, registered, task_file
+from icrl_lib.tasks.files import PACKAGE_TASKS, is_task_path, read_spec, registered, task_file
 from icrl_lib.tasks.schema import TaskSpec
-from icrl_lib.tasks.sources import data_source, raw_splits
+from icrl_lib.tasks.sources import raw_splits
 from icrl_lib.tasks.trie import LabelTrie
 
 _VARIANT = re.compile(r"^(?P<base>.+?)(?P<rest>(?:_top\d+|_unsemantic)*)$", re.DOTALL)
@@ -46,11 +46,22 @@ def base_labels(spec: TaskSpec) -> tuple[str, ...] | None:
     return tuple(spec.display(n) for n in spec.label_names if n not in spec.drop_labels)
 
 
-def parse_task_name(name: str) -> tuple[str, int | None, bool]:
-    """``'banking77_top10_unsemantic'`` -> ``('banking77', 10, True)``; UserError naming ``task_name`` otherwise.
+@dataclass(frozen=True)
+class TaskName:
+    """A ``task_name``, parsed once (the config carries it): its base task, variants, task file and the name run
+    folders show."""
 
-    Reads and checks the task file (no data): k of ``_top<k>`` is checked against declared labels.
-    """
+    name: str  # as given
+    base: str  # without the variant suffixes
+    top: int | None  # k of _top<k>
+    unsemantic: bool
+    spec: TaskSpec  # the base task's file, read
+    label: str  # as run folders show it (see task_label)
+
+
+def parse_task_name(name: str) -> TaskName:
+    """``'banking77_top10_unsemantic'`` -> base ``banking77``, top 10, unsemantic; UserError naming ``task_name``
+    otherwise. Reads and checks the task file (no data): k of ``_top<k>`` is checked against declared labels."""
     match = _VARIANT.match(name) if isinstance(name, str) and name else None
     if match is None:
         raise UserError(f"task_name: unknown task {name!r}; {_allowed()}")
@@ -59,17 +70,23 @@ def parse_task_name(name: str) -> tuple[str, int | None, bool]:
     if len(tops) > 1 or unsemantic > 1:
         raise UserError(f"task_name: {name!r} repeats a variant; {_allowed()}")
     top = int(tops[0]) if tops else None
-    labels = base_labels(read_spec(task_file(match["base"])))
+    path = task_file(match["base"])
+    spec = read_spec(path)
+    labels = base_labels(spec)
     if top is not None and (top < 1 or (labels is not None and top > len(labels))):
         n = len(labels) if labels is not None else "its"
         raise UserError(f"task_name: {name!r} asks for the top {top} labels but {match['base']} has {n}; "
                         f"k must be in 1..{n}; {_allowed()}")
-    return match["base"], top, bool(unsemantic)
+    # task_file gives exactly this path for a registered name, and a resolved file for a path (task_label's rule)
+    registered_name = path == PACKAGE_TASKS / f"{match['base']}.yaml"
+    return TaskName(name, match["base"], top, bool(unsemantic), spec,
+                    name if registered_name else spec.name + match["rest"])
 
 
 def task_label(name: str) -> str:
     """``task_name`` as run folders show it: a registered name as is; a task file's ``name`` plus its variants
-    (``params/tasks/tickets.yaml_top5`` -> ``support_tickets_top5``)."""
+    (``params/tasks/tickets.yaml_top5`` -> ``support_tickets_top5``). Never fails (a moved task file: the name made
+    safe for a folder), for listing runs; a run's own is its config's ``task.label``."""
     match = _VARIANT.match(name)
     if match is None or not is_task_path(match["base"]):
         return name
@@ -88,7 +105,7 @@ class Task:
     labels: tuple[str, ...]
     train: tuple[Example, ...]
     test: tuple[Example, ...]
-    source: str = field(default="", compare=False)  # where the rows came from (see data_source); not the content
+    source: str = field(default="", compare=False)  # where the rows came from (sources.data_source); not the content
 
     @property
     def prediction_prefix(self) -> str:
@@ -133,6 +150,16 @@ class Task:
         """First k rows of the test split shuffled with ``seed`` (k None or -1: all)."""
         return _shuffled(self.test, seed, k)
 
+    def label_trie(self, encode, eot_id: int, model_name: str) -> LabelTrie:
+        """The label trie under the model's tokenizer. Labels whose token sequences (`` <label>`` + end-of-turn) are
+        identical cannot be told apart by constrained decoding: UserError naming both and the task file, before the
+        model loads (it needs only the tokenizer)."""
+        try:
+            return LabelTrie.build(self.labels, encode, eot_id)
+        except ValueError as err:
+            raise UserError(f"{self.spec.file}: display_names: {err} for model_name {model_name!r}; give one of them "
+                            "another display name") from None
+
 
 def _shuffled(rows: tuple[Example, ...], seed: int, k: int | None) -> tuple[Example, ...]:
     if k is not None and (not isinstance(k, int) or k < -1):
@@ -143,28 +170,28 @@ def _shuffled(rows: tuple[Example, ...], seed: int, k: int | None) -> tuple[Exam
     return tuple(rows if k is None or k == -1 else rows[:k])
 
 
-def load_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
-    """Build the task ``name`` (variants included) from its task file's source (see :func:`resolve_data_dir` for
-    the paper tasks' local mirror). UserError (a ValueError) naming the field and file for anything wrong;
-    FileNotFoundError when a local data folder or file is missing."""
-    base, top, unsemantic = parse_task_name(name)
-    spec = read_spec(task_file(base))
-    train, test = raw_splits(spec, data_dir)
+def load_task(name: str | TaskName, data_dir: str | os.PathLike | None = None) -> Task:
+    """Build the task ``name`` (variants included; parsed already, or parsed here) from its task file's source (see
+    :func:`resolve_data_dir` for the paper tasks' local mirror). UserError (a ValueError) naming the field and file
+    for anything wrong; FileNotFoundError when a local data folder or file is missing."""
+    parsed = name if isinstance(name, TaskName) else parse_task_name(name)
+    spec = parsed.spec
+    train, test, source = raw_splits(spec, data_dir)
     raws = spec.label_names if spec.label_names is not None else tuple(sorted({r for _, r in train + test}))
     kept = [r for r in raws if r not in spec.drop_labels]
     new_id = {raw: i for i, raw in enumerate(kept)}
-    task = Task(task_label(name), spec,
+    task = Task(parsed.label, spec,
                 tuple(spec.display(r) for r in kept),
                 tuple(Example(t, new_id[r]) for t, r in train if r in new_id),
-                tuple(Example(t, new_id[r]) for t, r in test if r in new_id), data_source(spec, data_dir))
+                tuple(Example(t, new_id[r]) for t, r in test if r in new_id), source)
     check_labels(task, kept)
-    if top is not None:
-        task = _top_k(task, top)
-    if unsemantic:
+    if parsed.top is not None:
+        task = _top_k(task, parsed.top)
+    if parsed.unsemantic:
         task = replace(task, labels=tuple(f"label_{1000 + i}" for i in range(len(task.labels))))
     for split in ("train", "test"):
         if not getattr(task, split):
-            raise UserError(f"task_name: {name!r} has no {split} rows left in {task.source}")
+            raise UserError(f"task_name: {parsed.name!r} has no {split} rows left in {task.source}")
     return task
 
 
@@ -193,17 +220,6 @@ def check_labels(task: Task, raws: list[str]) -> None:
             where = "label_names" if spec.label_names else "label_column"
             raise UserError(f"{spec.file}: {where}: label {empty[0]!r} has no examples in the training split "
                             f"({len(empty)} such); add them to drop_labels, or set allow_labels_without_examples")
-
-
-def check_label_tokens(task: Task, encode, eot_id: int, model_name: str) -> LabelTrie:
-    """The task's label trie under the model's tokenizer. Labels whose token sequences (`` <label>`` + end-of-turn)
-    are identical cannot be told apart by constrained decoding: UserError naming both and the task file, before the
-    model loads (it needs only the tokenizer)."""
-    try:
-        return LabelTrie.build(task.labels, encode, eot_id)
-    except ValueError as err:
-        raise UserError(f"{task.spec.file}: display_names: {err} for model_name {model_name!r}; give one of them "
-                        "another display name") from None
 
 
 def _top_k(task: Task, k: int) -> Task:

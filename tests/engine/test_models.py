@@ -9,9 +9,9 @@ import torch
 
 from icrl_lib.engine.models import load_model, load_tokenizer, model_facts, resolve_model
 from icrl_lib.errors import UserError
+from icrl_lib.runs.identity import run_name
 from icrl_lib.runs.loop import run_experiment
 from icrl_lib.runs.plan import prepare
-from icrl_lib.runs.store import run_name
 from tests.helpers import small
 
 

@@ -17,7 +17,7 @@ from icrl_lib.errors import UserError
 from icrl_lib.families import comparison, family_notebook, report, spec
 from icrl_lib.paper import experiments
 from icrl_lib.runs.config import read_yaml_mapping
-from icrl_lib.runs.store import run_name
+from icrl_lib.runs.identity import run_name
 from icrl_lib.tasks.files import paper_train_k
 from tests.helpers import ROOT
 
@@ -154,7 +154,7 @@ def test_an_executed_family_notebook_keeps_its_figures_in_html(tmp_path, monkeyp
 
 
 def test_a_family_runs_on_a_server_backend_like_any_other_config_field():
-    from icrl_lib.runs.store import run_name
+    from icrl_lib.runs.identity import run_name
 
     params = {"arm_overrides": {"*": {"backend": "llamacpp", "server_url": "http://127.0.0.1:8080"}}}
     expanded = spec.configs(experiments.FAMILIES["main"], params)

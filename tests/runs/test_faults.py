@@ -25,9 +25,10 @@ from icrl_lib.errors import RunLockedError, UserError
 from icrl_lib.paper.prompts import ICL_SYSTEM_PROMPT, ICRL_SYSTEM_PROMPT
 from icrl_lib.runs.config import ExperimentConfig, build_parser, load_config
 from icrl_lib.runs.durable import atomic_write_text
+from icrl_lib.runs.identity import run_dir, run_name
 from icrl_lib.runs.loop import run_experiment
 from icrl_lib.runs.record import StepRecord
-from icrl_lib.runs.store import RunStore, run_name
+from icrl_lib.runs.store import RunStore
 from icrl_lib.runs.tables import test_distribution_table, tests_table, window_collapse
 from icrl_lib.runs.window import cached_max_examples
 from icrl_lib.tasks.task import load_task
@@ -38,8 +39,10 @@ from tests.helpers import ROOT, argv_of, assert_one_line_error, assert_same_run,
 HOLDER = textwrap.dedent("""
     import sys, time
     from icrl_lib.runs.config import ExperimentConfig
+    from icrl_lib.runs.identity import run_dir
     from icrl_lib.runs.store import RunStore
-    store = RunStore.open(ExperimentConfig(task_name="trec_coarse", output_dir=sys.argv[1]))
+    config = ExperimentConfig(task_name="trec_coarse", output_dir=sys.argv[1])
+    store = RunStore.open(run_dir(config), config)
     print(store.path, flush=True)
     time.sleep(600)
 """)
@@ -52,15 +55,15 @@ def test_a_held_run_folder_is_refused_with_the_holders_pid_until_it_dies(tmp_pat
         folder = holder.stdout.readline().strip()
         config = ExperimentConfig(task_name="trec_coarse", output_dir=str(tmp_path))
         with pytest.raises(RunLockedError, match=f"{folder} is in use by process {holder.pid} on "):
-            RunStore.open(config)
+            RunStore.open(run_dir(config), config)
     finally:
         holder.kill()  # SIGKILL: the kernel releases the lock with the process
         holder.wait()
-    with RunStore.open(config) as store:
+    with RunStore.open(run_dir(config), config) as store:
         assert str(store.path) == folder
         with pytest.raises(RunLockedError):  # also within one process: a second open of a held folder
-            RunStore.open(config)
-    RunStore.open(config).close()  # released by close()
+            RunStore.open(run_dir(config), config)
+    RunStore.open(run_dir(config), config).close()  # released by close()
 
 
 @pytest.mark.tiny
@@ -215,11 +218,11 @@ def test_damaged_data_files_are_named_with_their_line(tmp_path, data_dir):
 
 def test_a_damaged_run_folder_config_is_named(tmp_path):
     config = ExperimentConfig(task_name="trec_coarse", output_dir=str(tmp_path))
-    with RunStore.open(config) as store:
+    with RunStore.open(run_dir(config), config) as store:
         saved = store.path / "config.yaml"
     saved.write_text("model_name: [unclosed\n")
     with pytest.raises(UserError, match=f"{saved}: not a valid run configuration .*line 2"):
-        RunStore.open(config)
+        RunStore.open(run_dir(config), config)
 
 
 # --- 7. sizes beyond the data ---------------------------------------------------------------------------------------

@@ -271,7 +271,7 @@ def test_a_run_in_progress_can_be_inspected_while_another_process_holds_it(runs)
 
     result, _ = runs["naive"]
     inspector = StepInspector.open(result.run_dir)
-    with RunStore.open(inspector.plan.config):
+    with RunStore.open(inspector.plan.run_dir, inspector.plan.config):
         assert StepInspector.open(result.run_dir).view(2).prompt == inspector.view(2).prompt
 
 

@@ -14,8 +14,8 @@ import pytest
 from icrl_lib.analysis.load import read
 from icrl_lib.errors import ServerError, UserError
 from icrl_lib.runs.config import ExperimentConfig
+from icrl_lib.runs.identity import model_label
 from icrl_lib.runs.loop import run_experiment
-from icrl_lib.runs.store import model_label
 from icrl_lib.serving.backends import BACKENDS
 from icrl_lib.serving.hosted import GeminiEnumPredictor, GeminiEnumRoute, gemini_contents
 from icrl_lib.serving.sampled import query_seed

@@ -14,8 +14,9 @@ import yaml
 
 from icrl_lib.errors import UserError
 from icrl_lib.runs.config import load_config
+from icrl_lib.runs.identity import run_dir, run_name
 from icrl_lib.runs.loop import run_experiment
-from icrl_lib.runs.store import read_records, run_dir, run_name
+from icrl_lib.runs.store import read_records
 from icrl_lib.sweeps.launchers import run_sweep
 from icrl_lib.sweeps.sweep import load_sweep, status
 from tests.helpers import ROOT, TICKETS, assert_same_run

@@ -20,10 +20,10 @@ from icrl_lib.engine.models import encode, find_eot_id
 from icrl_lib.errors import UserError
 from icrl_lib.paper.prompts import Episode, build_messages, render_prompt, supports_system_role, system_prompt
 from icrl_lib.runs.config import ExperimentConfig
+from icrl_lib.runs.identity import run_name
 from icrl_lib.runs.loop import run_experiment
 from icrl_lib.runs.plan import prepare
-from icrl_lib.runs.store import run_name
-from icrl_lib.tasks.task import check_label_tokens, load_task
+from icrl_lib.tasks.task import load_task
 
 ROOT = Path(__file__).resolve().parents[2]
 TICKETS = ROOT / "params" / "tasks" / "support_tickets"
@@ -179,8 +179,8 @@ def test_labels_that_tokenize_alike_are_refused_with_the_tokenizer_alone(tmp_pat
         prepare(config)
     assert str(path) in str(err.value) and not any((tmp_path / "out").iterdir())  # no run folder
     task = load_task(str(_write_task(tmp_path / "fine")))
-    check_label_tokens(task, lambda t: encode(tokenizer, t), find_eot_id(tokenizer),
-                       "smollm2-135m-instruct")  # distinct labels pass
+    task.label_trie(lambda t: encode(tokenizer, t), find_eot_id(tokenizer),
+                    "smollm2-135m-instruct")  # distinct labels pass
 
 
 @pytest.mark.tiny

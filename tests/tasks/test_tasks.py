@@ -169,8 +169,11 @@ def test_unsemantic_and_combined(data_dir):
     both = load_task("banking77_top10_unsemantic", data_dir)
     assert both.labels == tuple(f"label_{1000 + i}" for i in range(10)) and both.train == top.train
     assert load_task("banking77_unsemantic_top10", data_dir).labels == both.labels
-    assert parse_task_name("banking77_unsemantic_top10") == ("banking77", 10, True)
-    assert parse_task_name("trec_fine") == ("trec_fine", None, False)
+    parsed = parse_task_name("banking77_unsemantic_top10")
+    assert (parsed.base, parsed.top, parsed.unsemantic, parsed.label) == ("banking77", 10, True,
+                                                                          "banking77_unsemantic_top10")
+    fine = parse_task_name("trec_fine")
+    assert (fine.base, fine.top, fine.unsemantic, fine.spec.name) == ("trec_fine", None, False, "trec_fine")
 
 
 @pytest.mark.data
