@@ -19,6 +19,8 @@ from icrl_lib.runs.progress import format_duration
 WARN_SECONDS = 3600  # on a CPU, an upper end beyond this is a warning
 CALIBRATION_TOKENS = 512  # one forward of this many tokens measures the prefill rate (about 1 s for 135M on a CPU)
 FORWARDS_PER_LABEL = 4  # a prediction's forwards: the prompt, then a few label-trie levels (engine.generation)
+MESSAGE_TOKENS = 5  # a chat template's tokens around one message (ChatML: <|im_start|>role\n ... <|im_end|>\n)
+FEEDBACK_TOKENS = 12  # the paper's feedback sentence ("'x' is the correct answer! Good job!") without the label
 PACKED_TOKENS = 1024  # query tokens a test packs into one forward (engine.generation's row size)
 
 
@@ -81,15 +83,17 @@ def estimate(plan: RunPlan, start: int, query_tokens: int, episode_tokens: int, 
                     sum(1 for s in schedule.test_steps if s >= start), queries, low, high, forwards)
 
 
-def prompt_sizes(plan: RunPlan, builder: Any) -> tuple[int, int, int]:
-    """(query, episode, head) token counts of this run's prompts, from two rendered prompts on its own rows."""
+def prompt_sizes(plan: RunPlan) -> tuple[int, int, int]:
+    """(query, episode, head) token counts of this run's prompts, from its own rows' texts and a chat template's
+    usual cost per message (:data:`MESSAGE_TOKENS`). Nothing is rendered: the run's renderer meets its prompts first,
+    in order (it checks its first renderings whole)."""
     task, data, encode = plan.task, plan.data, plan.model.encode
     example = (data.stream or data.test)[0]
-    query = task.format_input(data.test[0])
-    episode = plan.gold_episode(example)
-    empty = len(encode(builder.prompt([], query)))
-    head = len(encode(builder.context([])))
-    return max(1, empty - head), max(1, len(encode(builder.prompt([episode], query))) - empty), head
+    query = len(encode(task.format_input(data.test[0]))) + len(encode(task.prediction_prefix)) + 2 * MESSAGE_TOKENS
+    answer = len(encode(f"{task.prediction_prefix} {task.answer(example)}"))
+    feedback = FEEDBACK_TOKENS + MESSAGE_TOKENS if plan.config.icrl and not plan.config.icrl_omit_feedback else 0
+    episode = len(encode(task.format_input(example))) + answer + 2 * MESSAGE_TOKENS + feedback
+    return query, episode, len(encode(plan.system)) + MESSAGE_TOKENS
 
 
 def measure_speed(lm: Any, tokens: int = CALIBRATION_TOKENS) -> tuple[float, float]:
@@ -112,12 +116,12 @@ def measure_speed(lm: Any, tokens: int = CALIBRATION_TOKENS) -> tuple[float, flo
         return tokens / max(timed(tokens) - latency, 1e-6), latency
 
 
-def announce(plan: RunPlan, builder: Any, predictor: Any, start: int) -> Estimate | None:
+def announce(plan: RunPlan, predictor: Any, start: int) -> Estimate | None:
     """Print the estimate of the steps from ``start`` (local models only: a server's rate is not measured here)."""
     lm = getattr(predictor, "lm", None)
     if lm is None or getattr(lm, "model", None) is None or start >= plan.schedule.steps:
         return None
-    guess = estimate(plan, start, *prompt_sizes(plan, builder))
+    guess = estimate(plan, start, *prompt_sizes(plan))
     rate, latency = measure_speed(lm)
     print(guess.line(rate, lm.device, latency), flush=True)
     return guess

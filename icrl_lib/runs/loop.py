@@ -76,7 +76,7 @@ def run(plan: RunPlan, progress: bool | None = True, lm: LanguageModel | None = 
             write_tables(store.path, records)
             return RunResult(store.path, records, plan.budget)
         predictor = route.predictor(lm)
-        announce(plan, builder, predictor, len(records))
+        announce(plan, predictor, len(records))
         stepper = Stepper(plan, predictor, builder, store,
                           debug_left=plan.config.debug_k - sum(r.model_calls for r in records))
         store.write_meta({**plan.summary(), **route.record()})
