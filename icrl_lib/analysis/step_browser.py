@@ -16,8 +16,9 @@ from typing import Any
 from icrl_lib.paper.methods import name_run
 from icrl_lib.paths import resolve_path
 from icrl_lib.runs.config import load_config
+from icrl_lib.runs.identity import model_label
 from icrl_lib.runs.inspector import ContextEpisode, StepInspector, StepView
-from icrl_lib.runs.store import CONFIG_FILE, model_label
+from icrl_lib.runs.store import CONFIG_FILE
 
 REWARD_COLOURS = {1: "#d8f0d8", 0: "#f8d8d8", None: "#ececec"}  # rewarded, not rewarded, gold (ICL, exemplars)
 MAX_INPUT_CHARS = 160  # an episode's input in the list; the whole prompt is below it
