@@ -210,8 +210,8 @@ class ExperimentConfig:
         Fields without effect are left out, so that one experiment never lands in two folders: the backend when it
         is local, ``train_k`` (a
         larger one extends the run), ``yarn_factor`` when unset and ``dtype`` at ``auto`` (runs made before these
-        options existed keep their folders), everything about training for zero-shot, the approximate-only fields for other
-        strategies, the flip probability without flipping, feedback options for ICL, the window cap when
+        options existed keep their folders), everything about training for zero-shot, the approximate-only fields for
+        other strategies, the flip probability without flipping, feedback options for ICL, the window cap when
         ``max_context_examples`` is set.
         """
         unused = set(EXTENDABLE_FIELDS)
