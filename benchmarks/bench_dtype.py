@@ -14,7 +14,7 @@ share the cores (it undercounts single-threaded Python, and OpenMP threads spinn
 Whether bf16 pays on a CPU depends on AMX (``amx_bf16`` in /proc/cpuinfo's flags): the machine line says which
 flags this CPU has.
 
-    python benchmarks/bench_dtype.py                          # parts 1-2, ~3 min on 2 cores
+    python benchmarks/bench_dtype.py                          # parts 1-2, ~5 min on 2 shared cores
     python benchmarks/bench_dtype.py --quickstart-steps 150   # and part 3
 """
 from __future__ import annotations
