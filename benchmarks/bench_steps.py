@@ -39,7 +39,7 @@ def main() -> None:
             return ExperimentConfig.from_dict(dict(
                 model_name=args.model_name, task_name=args.task_name, context_p_keep=args.p_keep, train_k=train_k,
                 test_every=10**6, test_k=1, max_context_examples=args.max_context_examples, debug_k=0,
-                data_dir=args.data_dir, output_dir=out, **kw))
+                data_dir=args.data_dir, output_dir=out, dtype=args.dtype or "auto", **kw))
 
         # One-off per model, task and window in a real output folder (cached there): not part of a step's cost.
         start = time.perf_counter()

@@ -75,7 +75,8 @@ def load_bench_model(model_name: str, layers: int | None = None, tokenizer: str 
     weights, bf16 on GPU: throughput does not depend on the weights, and it needs no hub access. It borrows the
     embedded SmolLM2 tokenizer (its ids are all < Llama's 128,256), or the tokenizer saved in the folder
     ``tokenizer`` (``save_bench_tokenizer``: the 98 MB GGUF need not travel to a GPU machine). ``layers`` shrinks
-    it for a smoke test on CPU; ``dtype`` (``float32``, ``bfloat16``) overrides bf16 on GPU, fp32 on CPU.
+    it for a smoke test on CPU. ``dtype`` (``float32``, ``bfloat16``, ``float16``) overrides bf16 on GPU, fp32 on CPU,
+    for any model (the ``dtype`` field of a run).
     """
     from icrl_lib.engine.models import (
         DEFAULT_MODEL,
@@ -89,7 +90,7 @@ def load_bench_model(model_name: str, layers: int | None = None, tokenizer: str 
     from icrl_lib.paper.prompts import supports_system_role
 
     if model_name not in (RANDOM_LLAMA, RANDOM_SCALED):
-        return load_model(model_name)
+        return load_model(model_name, dtype=dtype or "auto")
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if tokenizer:
@@ -135,8 +136,9 @@ def parser(doc: str, task_name: str) -> argparse.ArgumentParser:
     ap.add_argument("--layers", type=int, default=None, help=f"{RANDOM_LLAMA} only: fewer layers (CPU smoke test)")
     ap.add_argument("--tokenizer", default=None,
                     help=f"{RANDOM_LLAMA} only: a saved tokenizer folder (default: the embedded SmolLM2's)")
-    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                    help=f"{RANDOM_LLAMA} only: weights and activations (default: bfloat16 on GPU, float32 on CPU)")
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="weights and activations (default: as the dtype field's auto, bfloat16 on GPU, float32 on "
+                         "CPU)")
     ap.add_argument("--task_name", default=task_name)
     ap.add_argument("--data_dir", default=None,
                     help="local data folder (default: as icrl_lib.tasks.task.resolve_data_dir)")

@@ -287,16 +287,17 @@ def load_model(
     source: ModelSource | None = None,
     facts: ModelFacts | None = None,
     yarn_factor: float | None = None,
+    dtype: str = "auto",
 ) -> LanguageModel:
     """Load ``model_name``: an embedded alias, a hub id or a local folder (``source``: already resolved;
     ``facts``: already read by :func:`model_facts`, as a run's plan holds them).
 
-    On CUDA the model is loaded with ``device_map="auto"`` in bf16 (fp16 where bf16 is unsupported); on CPU in
-    fp32 (bf16 matmuls are several times slower on common CPUs). The token comes from ``hf_token`` or the
+    On CUDA the model is loaded with ``device_map="auto"``. ``dtype`` (:func:`resolve_dtype`): ``auto`` is bf16 on
+    CUDA (fp16 where bf16 is unsupported) and fp32 elsewhere (bf16 matmuls are several times slower on CPUs without
+    AMX); ``float32``, ``bfloat16`` or ``float16`` force that type. The token comes from ``hf_token`` or the
     ``HF_TOKEN`` environment variable and is passed to the hub only, never stored. ``yarn_factor``: YaRN rope
     scaling over the model's config (:func:`with_yarn`).
     """
-    import torch
     from transformers import AutoModelForCausalLM
 
     device = resolve_device(device)
@@ -305,11 +306,9 @@ def load_model(
     source = source or resolve_model(model_name, token)
     location, common = _location(model_name, source, trust_remote_code, token)
     facts = facts or model_facts(model_name, source, trust_remote_code, token, yarn_factor)
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, device)}
     if device.startswith("cuda"):
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        kwargs = {"dtype": dtype, "device_map": "auto" if device == "cuda" else device}
-    else:
-        kwargs = {"dtype": torch.float32}
+        kwargs["device_map"] = "auto" if device == "cuda" else device
     if facts.yarn_factor is not None:
         kwargs["config"] = _config(location, common, facts.yarn_factor)
     model = AutoModelForCausalLM.from_pretrained(location, attn_implementation="sdpa", **kwargs, **common)
@@ -318,6 +317,34 @@ def load_model(
     model.eval()
     return LanguageModel(**{f.name: getattr(facts, f.name) for f in fields(ModelFacts)}, model=model,
                          device=str(next(model.parameters()).device), cache_arg=cache_argument(model))
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """The torch dtype a model is loaded in on ``device`` (already resolved): ``auto`` -> bf16 on CUDA (fp16 where
+    bf16 is unsupported), fp32 on CPU and MPS; ``float32`` | ``bfloat16`` | ``float16`` -> that type."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"dtype: got {dtype!r}; allowed: auto, float32, bfloat16, float16")
+    return getattr(torch, dtype)
+
+
+def dtype_name(lm: LanguageModel) -> str:
+    """The type ``lm``'s weights are in, by name (``float32``, ``bfloat16``...): what ``meta.json`` records."""
+    return str(next(lm.model.parameters()).dtype).removeprefix("torch.")
+
+
+def check_dtype(lm: LanguageModel, dtype: str) -> None:
+    """UserError naming ``dtype`` where ``lm`` (loaded already) is not in the type ``dtype`` gives on its device."""
+    want = str(resolve_dtype(dtype, lm.device)).removeprefix("torch.")
+    if dtype_name(lm) != want:
+        asked = dtype if dtype != "auto" else f"auto ({want} on {lm.device})"
+        raise UserError(f"dtype: the loaded model is {dtype_name(lm)}, the config asks for {asked}; load it with "
+                        f"load_model(..., dtype={dtype!r}) or set dtype: {dtype_name(lm)}")
 
 
 def avoid_cudnn_attention(device: str) -> None:

@@ -32,6 +32,8 @@ NON_RESULT_FIELDS = frozenset({"verbose", "output_dir", "data_dir", "device", "f
 # Result fields that are not part of a run's identity: a larger train_k continues the same run (its stream begins
 # with the shorter one's), so the run folder does not depend on it.
 EXTENDABLE_FIELDS = frozenset({"train_k"})
+# Values of ``dtype``: ``auto`` is load_model's own choice by device; the others are torch dtypes by name.
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Where the command line's default differs from the dataclass's: the paper's parser left --test_k at None.
 CLI_DEFAULTS: Mapping[str, Any] = types.MappingProxyType({"test_k": None})
 
@@ -90,6 +92,8 @@ class ExperimentConfig:
                                         "its runs carry the backend's name")
     yarn_factor: float | None = _f(None, "YaRN rope scaling of the positions the model was trained on, applied at load "
                                          "(the paper: 4.0 for Qwen2.5's 128K windows); None: the model's config")
+    dtype: str = _f("auto", "local model's weights and activations: auto (CUDA: bfloat16, or float16 without bf16; "
+                            "else float32) | float32 | bfloat16 | float16")
 
     def __post_init__(self) -> None:
         # Normalised once, here, so YAML (temperature: 1), the CLI and notebooks (1.0) give one run identity.
@@ -161,6 +165,11 @@ class ExperimentConfig:
                              "--hf-overrides with rope_scaling; llama.cpp: --rope-scaling yarn --rope-scale 4)")
         if self.request_retries < 0:
             raise ValueError(f"request_retries: must be >= 0, got {self.request_retries}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"dtype: got {self.dtype!r}; allowed: {', '.join(DTYPES)}")
+        if self.dtype != "auto" and not entry.in_process:
+            raise UserError(f"dtype: applies to the local backend; backend {self.backend}'s numerics are the server's "
+                            "(set them where the server is started), so leave dtype at auto")
 
     def to_dict(self, secrets: bool = False) -> dict[str, Any]:
         """Plain dict of the fields; ``hf_token`` only with ``secrets=True``."""
@@ -206,8 +215,9 @@ class ExperimentConfig:
 
         Fields without effect are left out, so that one experiment never lands in two folders: the backend when it
         is local, ``train_k`` (a
-        larger one extends the run), everything about training for zero-shot, the approximate-only fields for other
-        strategies, the flip probability without flipping, feedback options for ICL, the window cap when
+        larger one extends the run), ``yarn_factor`` when unset and ``dtype`` at ``auto`` (runs made before these
+        options existed keep their folders), everything about training for zero-shot, the approximate-only fields for
+        other strategies, the flip probability without flipping, feedback options for ICL, the window cap when
         ``max_context_examples`` is set.
         """
         unused = set(EXTENDABLE_FIELDS)
@@ -217,6 +227,8 @@ class ExperimentConfig:
             unused.add("model_name")
         if self.yarn_factor is None:  # likewise before the option existed
             unused.add("yarn_factor")
+        if self.dtype == "auto":  # likewise: runs of the device's own choice keep their names
+            unused.add("dtype")
         if not self.context_strategy_name.startswith("approximate"):
             unused |= {"max_contexts", "approximate_context_sampling_method"}
         if not self.icrl_flip_feedback:

@@ -250,7 +250,8 @@ def with_probabilities(view: StepView, plan: RunPlan, lm: LanguageModel | None =
     c = plan.config
     if lm is None:
         lm = load_model(c.model_name, c.device, c.trust_remote_code, c.hf_token,
-                        source=resolve_model(c.model_name, c.hf_token), facts=plan.model, yarn_factor=c.yarn_factor)
+                        source=resolve_model(c.model_name, c.hf_token), facts=plan.model, yarn_factor=c.yarn_factor,
+                        dtype=c.dtype)
     logprobs = label_logprobs(lm, plan.trie, view.token_ids, c.temperature)
     ranked = sorted(((label, math.exp(lp)) for label, lp in logprobs.items()), key=lambda lp: -lp[1])
     return replace(view, probabilities=tuple(ranked))

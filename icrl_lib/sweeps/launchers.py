@@ -73,14 +73,15 @@ def run_one(config_fields: dict[str, Any], sweep_folder: str) -> dict[str, Any]:
 
 
 def _model(config: ExperimentConfig):
-    """This worker's copy of ``config``'s model (loaded on first use; one per name, device and remote-code flag)."""
+    """This worker's copy of ``config``'s model (loaded on first use; one per name, device, remote-code flag, YaRN
+    factor and dtype)."""
     from icrl_lib.engine.models import load_model
 
-    key = (config.model_name, config.device, config.trust_remote_code, config.yarn_factor)
+    key = (config.model_name, config.device, config.trust_remote_code, config.yarn_factor, config.dtype)
     if key not in _MODELS:
         _MODELS.clear()  # one model at a time per worker: memory, not speed, is the constraint on GPUs
         _MODELS[key] = load_model(config.model_name, config.device, config.trust_remote_code,
-                                  yarn_factor=config.yarn_factor)
+                                  yarn_factor=config.yarn_factor, dtype=config.dtype)
     return _MODELS[key]
 
 

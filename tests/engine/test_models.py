@@ -1,5 +1,5 @@
-"""Model options applied at load: YaRN rope scaling (the paper's Qwen2.5 at 128K tokens), on the tiny model; the
-tokenizer alone, without weights."""
+"""Model options applied at load: YaRN rope scaling (the paper's Qwen2.5 at 128K tokens) and the dtype, on the tiny
+model; the tokenizer alone, without weights."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from icrl_lib.errors import UserError
 from icrl_lib.runs.identity import run_name
 from icrl_lib.runs.loop import run_experiment
 from icrl_lib.runs.plan import prepare
-from tests.helpers import small
+from tests.helpers import assert_one_line_error, cli, small
 
 
 @pytest.mark.tiny
@@ -48,6 +48,58 @@ def test_yarn_is_part_of_a_runs_identity_and_record(tiny, tmp_path):
 def test_bad_yarn_settings_name_the_field(tmp_path, fields, needle):
     with pytest.raises(ValueError, match=needle):
         small(tmp_path, **fields)
+
+
+# Run names computed on main before the dtype field existed: a config that leaves dtype at auto keeps its folder.
+NAMES_BEFORE_DTYPE = {
+    "defaults": "banking77__smollm2-135m-instruct__random_unbiased_only_positive_p0.1__icrl__t1__seed100-100-100"
+                "__0e34148e",
+    "params/quickstart.yaml": "clinic150__smollm2-135m-instruct__approximate_only_positive_p0.5_uniform8__icrl__t1"
+                              "__seed100-100-100__5cd9d6f7",
+}
+
+
+def test_dtype_auto_keeps_the_run_names_and_others_get_their_own(monkeypatch):
+    from icrl_lib.paths import project_root
+    from icrl_lib.runs.config import load_config
+
+    monkeypatch.chdir(project_root())
+    for source, name in NAMES_BEFORE_DTYPE.items():
+        config = load_config(None if source == "defaults" else source)
+        assert config.dtype == "auto" and "dtype" not in config.identity() and run_name(config) == name
+        names = {run_name(load_config(None if source == "defaults" else source, dtype=d))
+                 for d in ("float32", "bfloat16", "float16")}
+        assert len(names) == 3 and name not in names  # a bf16 run never resumes an fp32 (or auto) run folder
+
+
+@pytest.mark.parametrize("fields,needle", [
+    ({"dtype": "bf16"}, "dtype: got 'bf16'; allowed: auto, float32, bfloat16, float16"),
+    ({"dtype": "bfloat16", "backend": "llamacpp", "server_url": "http://h:1"}, "dtype: applies to the local backend"),
+])
+def test_bad_dtype_settings_name_the_field(tmp_path, fields, needle):
+    with pytest.raises(UserError, match=needle):
+        small(tmp_path, **fields)
+
+
+def test_bad_dtype_is_one_line_on_the_command_line():
+    assert_one_line_error(cli("run", "--dtype", "fp16"), "dtype", "auto, float32, bfloat16, float16")
+
+
+@pytest.mark.tiny
+def test_dtype_loads_the_model_in_that_type_and_meta_records_it(tiny, tmp_path):
+    assert next(tiny.model.parameters()).dtype == torch.float32  # auto on the CPU
+    half = load_model(tiny.name, device="cpu", dtype="bfloat16")
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    assert half.kv_bytes_per_token == tiny.kv_bytes_per_token // 2
+    with pytest.raises(UserError, match=r"dtype: the loaded model is float32, the config asks for bfloat16"):
+        prepare(small(tmp_path, model_name=tiny.name, dtype="bfloat16"), tiny)
+    with pytest.raises(UserError, match=r"dtype: the loaded model is bfloat16, the config asks for auto \(float32"):
+        prepare(small(tmp_path, model_name=tiny.name), half)
+    for dtype, lm, recorded in (("auto", tiny, "float32"), ("bfloat16", None, "bfloat16")):
+        result = run_experiment(small(tmp_path, model_name=tiny.name, dtype=dtype, train_k=4, test_every=2),
+                                progress=False, lm=lm)
+        meta = json.loads((result.run_dir / "meta.json").read_text())
+        assert meta["dtype"] == recorded and len(result.records) == 4
 
 
 @pytest.mark.tiny
