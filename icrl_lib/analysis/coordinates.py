@@ -10,7 +10,8 @@ from icrl_lib.runs.config import ExperimentConfig
 # The fields that say which method and setting a run is (sizes, seeds and places are not).
 SETTING_FIELDS = ("context_strategy_name", "temperature", "context_p_keep", "max_context_examples", "icrl",
                   "icrl_omit_feedback", "icrl_flip_feedback", "icrl_flip_feedback_prob", "max_contexts",
-                  "approximate_context_sampling_method", "exemplars_per_label", "max_window_tokens", "system_prompt")
+                  "approximate_context_sampling_method", "exemplars_per_label", "max_window_tokens", "system_prompt",
+                  "dtype")
 
 
 @cache

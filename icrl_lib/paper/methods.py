@@ -62,7 +62,7 @@ def config_fields(key: str, **overrides: Any) -> dict[str, Any]:
 # A run's name (:func:`name_run`): the method the paper calls it, then each setting in which it departs from that
 # method's definition, in this order (keys of :func:`differences`; a family's knob is one of them).
 SETTING_ORDER = ("downsampling", "episodes", "rewards", "p_keep", "temperature", "K", "sampling", "exemplars",
-                 "window", "prompt")
+                 "window", "prompt", "dtype")
 EPISODES = MappingProxyType({"all": "all episodes", "positive": "positive episodes only",
                              "negative": "negative episodes only"})
 
@@ -142,6 +142,8 @@ def differences(config: Mapping[str, Any]) -> dict[str, str]:
             out["window"] = window_text(int(config["max_window_tokens"]))  # with a cap on episodes it has no effect
     if config.get("system_prompt") is not None:
         out["prompt"] = "custom prompt"
+    if config.get("dtype") not in (None, "auto"):  # other numerics: never averaged with the device's own choice
+        out["dtype"] = str(config["dtype"])
     return {k: out[k] for k in SETTING_ORDER if k in out}
 
 

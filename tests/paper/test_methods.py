@@ -66,6 +66,9 @@ def test_each_method_built_from_the_table_is_named_plainly(key):
      "explorative ICRL, random_biased_start downsampling, all episodes"),
     (config_fields("naive", context_p_keep=0.5), "naive ICRL, p_keep=0.5"),
     (config_fields("explorative", system_prompt="Be brief."), "explorative ICRL, custom prompt"),
+    # numerics other than the device's own choice are a setting: bf16 runs are never averaged with fp32 ones
+    (config_fields("explorative", dtype="bfloat16"), "explorative ICRL, bfloat16"),
+    (config_fields("explorative", dtype="auto"), "explorative ICRL"),
 ])
 def test_a_run_is_named_by_what_differs_from_its_method(fields, name):
     assert named(**fields) == name

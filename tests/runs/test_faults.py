@@ -153,7 +153,8 @@ def test_a_missing_model_fails_fast_in_one_line_and_leaves_no_run_folder(tmp_pat
     started = time.perf_counter()
     proc = cli("run", "--model_name", name, "--task_name", "trec_coarse", "--output_dir", str(tmp_path / "out"))
     assert time.perf_counter() - started < 60
-    assert_one_line_error(proc, f"model_name: {name!r}", "not an embedded alias (smollm2-135m-instruct, smollm2-tiny-random)")
+    assert_one_line_error(proc, f"model_name: {name!r}",
+                          "not an embedded alias (smollm2-135m-instruct, smollm2-tiny-random)")
     assert list((tmp_path / "out").iterdir()) == []
 
 
