@@ -28,7 +28,7 @@ import torch
 from common import forward_timer, machine, parser
 
 from icrl_lib.engine.generation import LabelPredictor
-from icrl_lib.engine.models import dtype_name, load_model
+from icrl_lib.engine.models import load_model
 from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
 from icrl_lib.tasks.task import load_task
 from icrl_lib.tasks.trie import LabelTrie
@@ -93,7 +93,7 @@ def main() -> None:
     rate = {t: ids.shape[1] / min(s) for t, s in seconds.items()}
     cpu_rate = {t: ids.shape[1] / statistics.median(s) for t, s in cpu.items()}
     for t in types:
-        print(f"prefill {dtype_name(models[t])}: {rate[t]:.0f} tokens/s wall (best of {args.rounds}; median "
+        print(f"prefill {models[t].dtype_name}: {rate[t]:.0f} tokens/s wall (best of {args.rounds}; median "
               f"{ids.shape[1] / statistics.median(seconds[t]):.0f}); {cpu_rate[t]:.0f} tokens/s CPU-time (median)")
     print(f"prefill {types[1]} / {types[0]}: {rate[types[1]] / rate[types[0]]:.2f}x the speed wall, "
           f"{cpu_rate[types[1]] / cpu_rate[types[0]]:.2f}x CPU-time")

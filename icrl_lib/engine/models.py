@@ -50,6 +50,11 @@ class LanguageModel(ModelFacts):
     cache_arg: str = "past_key_values"  # forward() keyword of the KV cache ("cache" from transformers 5.24 on)
 
     @property
+    def dtype_name(self) -> str:
+        """The type the weights are in, by name (``float32``, ``bfloat16``...): what ``meta.json`` records."""
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
+    @property
     def kv_bytes_per_token(self) -> int:
         """Bytes of KV cache one token costs (keys + values over all layers)."""
         cfg = self.model.config
@@ -231,6 +236,14 @@ def model_facts(model_name: str, source: ModelSource, trust_remote_code: bool = 
 GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
 
+def find_model(model_name: str, hf_token: str | None = None, trust_remote_code: bool = False,
+               yarn_factor: float | None = None) -> tuple[ModelSource, ModelFacts]:
+    """Where ``model_name``'s weights load from (:func:`resolve_model`) and what a run needs to know of them
+    (:func:`model_facts`), before any weight is read: what a run plan asks of this module, in one call."""
+    source = resolve_model(model_name, hf_token)
+    return source, model_facts(model_name, source, trust_remote_code, hf_token, yarn_factor)
+
+
 def load_tokenizer(model_name: str, source: ModelSource, trust_remote_code: bool = False,
                    hf_token: str | None = None) -> Any:
     """The tokenizer :func:`model_facts` loads, without the model's weights or config (so without torch where it can).
@@ -333,18 +346,13 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return getattr(torch, dtype)
 
 
-def dtype_name(lm: LanguageModel) -> str:
-    """The type ``lm``'s weights are in, by name (``float32``, ``bfloat16``...): what ``meta.json`` records."""
-    return str(next(lm.model.parameters()).dtype).removeprefix("torch.")
-
-
 def check_dtype(lm: LanguageModel, dtype: str) -> None:
     """UserError naming ``dtype`` where ``lm`` (loaded already) is not in the type ``dtype`` gives on its device."""
     want = str(resolve_dtype(dtype, lm.device)).removeprefix("torch.")
-    if dtype_name(lm) != want:
+    if lm.dtype_name != want:
         asked = dtype if dtype != "auto" else f"auto ({want} on {lm.device})"
-        raise UserError(f"dtype: the loaded model is {dtype_name(lm)}, the config asks for {asked}; load it with "
-                        f"load_model(..., dtype={dtype!r}) or set dtype: {dtype_name(lm)}")
+        raise UserError(f"dtype: the loaded model is {lm.dtype_name}, the config asks for {asked}; load it with "
+                        f"load_model(..., dtype={dtype!r}) or set dtype: {lm.dtype_name}")
 
 
 def avoid_cudnn_attention(device: str) -> None:

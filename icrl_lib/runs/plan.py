@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from icrl_lib.engine.models import LanguageModel, ModelFacts, ModelSource, check_dtype, model_facts, resolve_model
+from icrl_lib.engine.models import LanguageModel, ModelFacts, ModelSource, check_dtype, find_model
 from icrl_lib.errors import UserError
 from icrl_lib.paper.prompts import Episode, system_prompt
 from icrl_lib.paths import project_root
@@ -148,15 +148,15 @@ def prepare(config: ExperimentConfig, lm: LanguageModel | None = None) -> RunPla
     folder = writable_run_dir(config)
     if config.hf_token:
         os.environ["HF_TOKEN"] = config.hf_token  # for this process only; never written anywhere
-    source = None if lm is not None else resolve_model(config.model_name, config.hf_token)
+    # The model is found (and its tokenizer read) before the data: a model that does not exist fails first.
+    source, facts = (None, lm) if lm is not None else find_model(config.model_name, config.hf_token,
+                                                                 config.trust_remote_code, config.yarn_factor)
     task = load_task(config.task, config.data_dir)
     data = sample_data(config, task)
     if lm is not None and lm.yarn_factor != config.yarn_factor:
         raise UserError(f"yarn_factor: the loaded model has {lm.yarn_factor}, the config asks for {config.yarn_factor}")
     if isinstance(lm, LanguageModel) and config.backend_entry.in_process:
         check_dtype(lm, config.dtype)
-    facts = lm if lm is not None else model_facts(config.model_name, source, config.trust_remote_code, config.hf_token,
-                                                  config.yarn_factor)
     return _decide(config, folder, task, data, source, facts, provenance())
 
 

@@ -25,7 +25,7 @@ class LocalRoute:
     def predictor(self, lm: Any = None):
         """The label predictor on ``lm``, or on the run's model loaded now (``plan.source``)."""
         from icrl_lib.engine.generation import LabelPredictor
-        from icrl_lib.engine.models import dtype_name, load_model
+        from icrl_lib.engine.models import load_model
 
         c, plan = self.plan.config, self.plan
         lm = lm or load_model(c.model_name, c.device, c.trust_remote_code, source=plan.source, facts=plan.model,
@@ -33,7 +33,7 @@ class LocalRoute:
         # One cache entry per approximate context (they only grow: each is extended in place) plus one spare.
         predictor = LabelPredictor(lm, plan.trie, c.temperature, fast=c.fast, batch_size=c.batch_size,
                                    max_cached_contexts=max(9, (c.max_contexts or 0) + 1))
-        self._where = {"kv_cache": predictor.pool.settings(), "device": lm.device, "dtype": dtype_name(lm)}
+        self._where = {"kv_cache": predictor.pool.settings(), "device": lm.device, "dtype": lm.dtype_name}
         return predictor
 
     def record(self) -> dict[str, Any]:

@@ -161,7 +161,8 @@ def _entries(walk) -> tuple[dict[str, set], dict[str, int]]:
 
 
 @pytest.mark.tiny
-def test_walking_a_config_to_its_first_step_enters_each_file_at_most_twice(tmp_path, tiny):
+@pytest.mark.parametrize("loaded", [True, False], ids=["model given", "model loaded by the run"])
+def test_walking_a_config_to_its_first_step_enters_each_file_at_most_twice(tmp_path, tiny, loaded):
     """The run plan is the one source: from the config's values (as ``icrl run`` and the notebooks make it: a mapping,
     paths resolved) through ``run_experiment`` to the first step, the task name is parsed and its file read once,
     the config validated and each field's type checked once, the run folder named once, and no icrl_lib file is
@@ -171,7 +172,8 @@ def test_walking_a_config_to_its_first_step_enters_each_file_at_most_twice(tmp_p
 
     def walk(name: str):
         values = {**small(tmp_path / name, model_name=tiny.name).to_dict()}
-        return lambda: run_experiment(with_paths_resolved(load_config(values)), progress=False, lm=tiny)
+        return lambda: run_experiment(with_paths_resolved(load_config(values)), progress=False,
+                                      lm=tiny if loaded else None)
 
     _entries(walk("warm"))
     entries, calls = _entries(walk("measured"))
