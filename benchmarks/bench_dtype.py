@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 
 import torch
-from common import forward_timer, machine, parser
+from common import forward_timer, icrl_renderer, machine, parser
 
 from icrl_lib.engine.generation import LabelPredictor
 from icrl_lib.engine.models import load_model
-from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
+from icrl_lib.paper.prompts import Episode
 from icrl_lib.tasks.task import load_task
 from icrl_lib.tasks.trie import LabelTrie
 
@@ -61,14 +61,8 @@ def main() -> None:
     print(f"machine: {machine()}; {cpu_flags()}")
 
     task = load_task(args.task_name, args.data_dir)
-    system = system_prompt(True, task.description)
     episodes: list[Episode] = []
-
-    def render(query):
-        msgs = build_messages(system, episodes, query, icrl=True, prediction_prefix=task.prediction_prefix,
-                              system_role=ref.system_role)
-        return (render_prompt(ref.tokenizer, msgs, task.prediction_prefix) if query
-                else render_context(ref.tokenizer, msgs))
+    render = icrl_renderer(ref, task, episodes)
 
     for i, ex in enumerate(task.sample_train(2000, seed=1)[1]):  # a real ICRL context, as benchmark 1's
         if len(ref.encode(render(None))) >= args.context_tokens:

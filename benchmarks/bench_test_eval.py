@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 
 import torch
-from common import forward_flops, forward_timer, load_bench_model, machine, parser
+from common import forward_flops, forward_timer, icrl_renderer, load_bench_model, machine, parser
 
 from icrl_lib.engine.generation import LabelPredictor
-from icrl_lib.paper.prompts import Episode, build_messages, render_context, render_prompt, system_prompt
+from icrl_lib.paper.prompts import Episode
 from icrl_lib.tasks.task import load_task
 from icrl_lib.tasks.trie import LabelTrie
 
@@ -29,15 +29,9 @@ def main() -> None:
     args = ap.parse_args()
     lm = load_bench_model(args.model_name, args.layers, args.tokenizer, args.dtype)
     task = load_task(args.task_name, args.data_dir)
-    system = system_prompt(True, task.description)
     stream = task.sample_train(2000, seed=1)[1]
     episodes: list[Episode] = []
-
-    def render(query):
-        msgs = build_messages(system, episodes, query, icrl=True, prediction_prefix=task.prediction_prefix,
-                              system_role=lm.system_role)
-        return (render_prompt(lm.tokenizer, msgs, task.prediction_prefix) if query
-                else render_context(lm.tokenizer, msgs))
+    render = icrl_renderer(lm, task, episodes)
 
     # grow a real ICRL context (gold predictions, alternating feedback) to the size asked
     for i, ex in enumerate(stream):

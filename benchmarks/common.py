@@ -143,3 +143,19 @@ def parser(doc: str, task_name: str) -> argparse.ArgumentParser:
     ap.add_argument("--data_dir", default=None,
                     help="local data folder (default: as icrl_lib.tasks.task.resolve_data_dir)")
     return ap
+
+
+def icrl_renderer(lm, task, episodes: list):
+    """``render(query)``: the ICRL prompt for ``query`` over ``episodes`` (a list the caller grows), or the context
+    alone (``query`` None), rendered as a run renders them: what benchmarks 1 and 7 build their real contexts with."""
+    from icrl_lib.paper.prompts import build_messages, render_context, render_prompt, system_prompt
+
+    system = system_prompt(True, task.description)
+
+    def render(query):
+        msgs = build_messages(system, episodes, query, icrl=True, prediction_prefix=task.prediction_prefix,
+                              system_role=lm.system_role)
+        return (render_prompt(lm.tokenizer, msgs, task.prediction_prefix) if query
+                else render_context(lm.tokenizer, msgs))
+
+    return render
